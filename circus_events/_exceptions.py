@@ -1,0 +1,74 @@
+"""The errors circus-events raises.
+
+Every error is a :class:`CircusEventsError`; catch that to catch them all::
+
+    CircusEventsError
+    ├── ConfigError            an option or variable has a bad value (names the key)
+    ├── ProtocolError          bytes from a peer are not a valid message
+    ├── ChannelError           (also ValueError) a channel or pattern name is invalid
+    ├── EncodeError            (also ValueError) the codec cannot encode a payload
+    ├── DecodeError            a payload cannot be decoded with its codec
+    ├── MessageTooLarge        (also ValueError) over ``max_message_bytes``
+    ├── PublishTimeout         (also TimeoutError) the local bridge took nothing in time
+    ├── BusClosed              the bus was closed
+    └── BridgeError            the bridge cannot start or run (socket in use, ...)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BridgeError",
+    "BusClosed",
+    "ChannelError",
+    "CircusEventsError",
+    "ConfigError",
+    "DecodeError",
+    "EncodeError",
+    "MessageTooLarge",
+    "ProtocolError",
+    "PublishTimeout",
+]
+
+
+class CircusEventsError(Exception):
+    """Base class of every error raised by circus-events."""
+
+
+class ConfigError(CircusEventsError):
+    """A configuration value is invalid; ``key`` names the option or variable."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class ProtocolError(CircusEventsError):
+    """A peer sent bytes that are not a valid circus-events message."""
+
+
+class ChannelError(CircusEventsError, ValueError):
+    """A channel name or subscription pattern is not allowed."""
+
+
+class EncodeError(CircusEventsError, ValueError):
+    """The bus codec cannot encode the payload given to ``publish``."""
+
+
+class DecodeError(CircusEventsError):
+    """A received payload cannot be decoded with the codec it names."""
+
+
+class MessageTooLarge(CircusEventsError, ValueError):
+    """The encoded message is larger than ``max_message_bytes``."""
+
+
+class PublishTimeout(CircusEventsError, TimeoutError):
+    """The local bridge did not take the message before the publish timeout."""
+
+
+class BusClosed(CircusEventsError):
+    """The bus was closed; it can no longer publish or receive."""
+
+
+class BridgeError(CircusEventsError):
+    """The bridge cannot start or keep running (for example: already running)."""

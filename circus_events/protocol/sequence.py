@@ -1,0 +1,95 @@
+"""Sequence tracking: find lost and repeated messages per (origin, channel).
+
+Theory of operation
+-------------------
+Every origin numbers its messages per channel, under an epoch that grows when
+the origin restarts. A receiver remembers, per (origin, channel), the epoch,
+the highest sequence seen and a 64-bit window of which recent sequences it
+has seen:
+
+* the next number: delivered;
+* a jump ahead: delivered, and the numbers skipped are reported as missed;
+* a number already in the window: a duplicate (a replay), dropped;
+* an unseen number inside the window: a late arrival, delivered;
+* a number older than the window: dropped as a duplicate (too old to tell);
+* a newer epoch: the origin restarted, tracking starts afresh (not a gap);
+* an older epoch: a replay from before the restart, dropped.
+
+The first message from an origin on a channel is never a gap: a subscriber
+that joins late only sees what comes after it joined. State is bounded by
+``max_keys``; the oldest key is forgotten first, and a forgotten key is
+treated as new when it comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["DUPLICATE", "WINDOW", "SequenceTracker"]
+
+#: Returned by :meth:`SequenceTracker.observe` for a message to drop.
+DUPLICATE: Final = -1
+#: How many recent sequence numbers are remembered per key.
+WINDOW: Final = 64
+_FULL: Final = (1 << WINDOW) - 1
+#: Default bound on remembered (origin, channel) pairs: ~100 bytes each.
+DEFAULT_MAX_KEYS: Final = 100_000
+
+
+class SequenceTracker:
+    """Per-(origin, channel) gap and duplicate detection with bounded memory."""
+
+    __slots__ = ("_max_keys", "_state", "duplicates", "gaps", "late", "missed")
+
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max_keys = max_keys
+        # key -> [epoch, highest seq, bitmap of seen seqs; bit 0 is the highest]
+        self._state: dict[tuple[str, str], list[int]] = {}
+        #: Number of gap events (one jump ahead counts once).
+        self.gaps = 0
+        #: Number of messages reported missing in total.
+        self.missed = 0
+        #: Number of messages dropped as duplicates or stale replays.
+        self.duplicates = 0
+        #: Number of messages that arrived after a later one (already counted missed).
+        self.late = 0
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def observe(self, origin: str, channel: str, epoch: int, seq: int) -> int:
+        """Record one message; return how many were missed before it, or DUPLICATE."""
+        key = (origin, channel)
+        state = self._state.get(key)
+        if state is None or epoch > state[0]:
+            if state is None and len(self._state) >= self._max_keys:
+                del self._state[next(iter(self._state))]
+            self._state[key] = [epoch, seq, 1]
+            return 0
+        if epoch < state[0]:
+            self.duplicates += 1
+            return DUPLICATE
+        highest = state[1]
+        if seq > highest:
+            shift = seq - highest
+            state[1] = seq
+            state[2] = ((state[2] << shift) | 1) & _FULL if shift < WINDOW else 1
+            missed = shift - 1
+            if missed:
+                self.gaps += 1
+                self.missed += missed
+            return missed
+        age = highest - seq
+        if age >= WINDOW or state[2] >> age & 1:
+            self.duplicates += 1
+            return DUPLICATE
+        state[2] |= 1 << age
+        self.late += 1
+        return 0
+
+    def forget(self, origin: str) -> None:
+        """Drop all state about one origin (it left for good)."""
+        for key in [k for k in self._state if k[0] == origin]:
+            del self._state[key]
