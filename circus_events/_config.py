@@ -120,7 +120,8 @@ def _check_namespace(value: object) -> str:
     text = str(value)
     if not text or not all(c.isalnum() or c in "-_." for c in text) or text.startswith("."):
         raise ConfigError(
-            "namespace", f"{text!r} must be letters, digits, '-', '_' or '.' (not starting with '.')"
+            "namespace",
+            f"{text!r} must be letters, digits, '-', '_' or '.' (not starting with '.')",
         )
     return text
 

@@ -17,7 +17,14 @@ from .envelope import (
     frame_to_redis,
     split_topic,
 )
-from .interest import InterestChange, InterestTable
+from .interest import (
+    FLUSH_CHANNEL,
+    SYNC_CHANNEL,
+    SYNC_REQUEST,
+    InterestChange,
+    InterestTable,
+    parse_sync_request,
+)
 from .sequence import DUPLICATE, SequenceTracker
 from .topics import (
     MAX_CHANNEL_BYTES,
@@ -35,8 +42,11 @@ __all__ = [
     "DUPLICATE",
     "FLAG_DIRECT",
     "FLAG_HOST_ONLY",
+    "FLUSH_CHANNEL",
     "MAX_CHANNEL_BYTES",
     "NODE_ID_BYTES",
+    "SYNC_CHANNEL",
+    "SYNC_REQUEST",
     "Codec",
     "Envelope",
     "InterestChange",
@@ -55,6 +65,7 @@ __all__ = [
     "inbox_topic",
     "parse_codec",
     "parse_subscription_topic",
+    "parse_sync_request",
     "split_topic",
     "validate_channel",
     "validate_worker_id",

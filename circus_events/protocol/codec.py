@@ -38,7 +38,8 @@ try:  # orjson is an optional extra: about 5x faster on typical event payloads.
 except ImportError:  # pragma: no cover - exercised only where orjson is absent
     _json_dumps = _json_dumps_stdlib
     _json_loads = json.loads
-    _JSON_ERRORS = (TypeError, ValueError)
+    # The C encoder raises RecursionError on deep nesting; orjson has its own limit.
+    _JSON_ERRORS = (TypeError, ValueError, RecursionError)
 
 
 def parse_codec(name: str | Codec) -> Codec:
@@ -91,7 +92,8 @@ def decode_payload(codec: int, payload: bytes) -> Any:
     if codec == Codec.JSON:
         try:
             return _json_loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: the stdlib decoder on deeply nested input from a peer.
             raise DecodeError(f"payload is not valid JSON: {exc}") from exc
     if codec == Codec.RAW:
         return payload

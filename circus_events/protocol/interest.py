@@ -14,12 +14,30 @@ its inbox has a subscriber.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .._exceptions import ChannelError, ProtocolError
-from .topics import SubscriptionTopic, parse_subscription_topic
+from .topics import SubscriptionTopic, parse_subscription_topic, validate_worker_id
 
-__all__ = ["InterestChange", "InterestTable"]
+__all__ = [
+    "FLUSH_CHANNEL",
+    "SYNC_CHANNEL",
+    "SYNC_REQUEST",
+    "InterestChange",
+    "InterestTable",
+    "parse_sync_request",
+]
+
+#: First byte of a sync request that a worker sends up its XSUB socket after
+#: its subscriptions (0 and 1 are unsubscribe and subscribe). The bridge
+#: answers on the worker's inbox, on ``SYNC_CHANNEL``, once it has read the
+#: request, that is once every earlier subscription of that worker is applied.
+SYNC_REQUEST: Final = b"\x02"
+SYNC_CHANNEL: Final = "@sync"
+#: A marker a worker sends itself through the bridge to learn that the bridge
+#: has taken everything it published before (``Bus.flush``).
+FLUSH_CHANNEL: Final = "@flush"
+_MAX_SYNC_TOKEN: Final = 64
 
 
 class InterestChange(NamedTuple):
@@ -56,7 +74,7 @@ class InterestTable:
             return InterestChange(topic, True) if count == 0 else None
         if count <= 1:
             # An unsubscribe we never saw subscribed (a bridge restarted under
-            # live workers) is reported once, so upstream stays consistent.
+            # live workers) is ignored: nothing upstream was subscribed for it.
             if self._counts.pop(raw, None) is None:
                 return None
             return InterestChange(topic, False)
@@ -78,3 +96,19 @@ class InterestTable:
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+def parse_sync_request(frame: bytes) -> tuple[str, bytes]:
+    """Read ``SYNC_REQUEST worker NUL token``; raise :class:`ProtocolError` if malformed."""
+    worker_end = frame.find(b"\0", 1)
+    if not frame.startswith(SYNC_REQUEST) or worker_end < 0:
+        raise ProtocolError(f"not a sync request: {frame[:40]!r}")
+    token = frame[worker_end + 1 :]
+    if len(token) > _MAX_SYNC_TOKEN:
+        raise ProtocolError("sync token is too long")
+    try:
+        worker = frame[1:worker_end].decode("utf-8")
+        validate_worker_id(worker)
+    except (UnicodeDecodeError, ChannelError) as exc:
+        raise ProtocolError(f"sync request names no valid worker: {exc}") from None
+    return worker, token

@@ -67,7 +67,9 @@ def _check_name(kind: str, name: object, forbidden: re.Pattern[str], limit: int)
     except UnicodeEncodeError:
         raise ChannelError(f"{kind} {name!r} is not valid Unicode text") from None
     if len(encoded) > limit:
-        raise ChannelError(f"{kind} {name[:40]!r}... is {len(encoded)} bytes long; the limit is {limit}")
+        raise ChannelError(
+            f"{kind} {name[:40]!r}... is {len(encoded)} bytes long; the limit is {limit}"
+        )
     return encoded
 
 

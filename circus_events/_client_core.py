@@ -1,0 +1,338 @@
+"""What :class:`Bus` and :class:`AsyncBus` share: options, encoding, filtering.
+
+The two clients differ only in how they wait (a thread or an event loop).
+Everything else lives here and does no I/O: building frames with per-channel
+sequence numbers, echo suppression, gap and duplicate tracking, and the
+reference-counted ZeroMQ topics behind the subscriptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+
+from ._config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_NAMESPACE,
+    BridgeConfig,
+    SocketPaths,
+    default_dir,
+    default_host,
+    environ_options,
+    socket_paths,
+)
+from ._event import Event, Gap
+from ._exceptions import ChannelError, ConfigError, MessageTooLarge, ProtocolError
+from .protocol import (
+    DUPLICATE,
+    FLAG_HOST_ONLY,
+    FLUSH_CHANNEL,
+    SYNC_CHANNEL,
+    SYNC_REQUEST,
+    Codec,
+    Envelope,
+    Pattern,
+    SequenceTracker,
+    decode_frame,
+    encode_frame,
+    encode_payload,
+    inbox_channel,
+    inbox_topic,
+    parse_codec,
+    validate_channel,
+    validate_worker_id,
+)
+
+__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "DEFAULT_QUEUE_SIZE", "BusCore", "ClientOptions", "Scope"]
+
+log = logging.getLogger("circus_events.client")
+
+Scope = Literal["process", "host", "cluster"]
+
+_SCOPES: Final = ("process", "host", "cluster")
+#: How long ``publish`` waits for room in the queue to the bridge before raising.
+DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+#: Messages queued towards the bridge (while it is down or slow) before
+#: ``publish`` waits: 100k x ~150 B is ~15 MB per worker at most.
+DEFAULT_SEND_QUEUE: Final = 100_000
+#: Events buffered per subscription iterator; past it the receiver waits
+#: (backpressure) and the bridge's per-worker limit applies.
+DEFAULT_QUEUE_SIZE: Final = 10_000
+#: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
+RECEIVE_HWM: Final = 50_000
+
+
+def default_worker_id(host: str) -> str:
+    """``<host>/<program>/<pid>``: a circus wid is a reused slot, not an identity."""
+    program = os.environ.get("SUPERVISOR_PROCESS_NAME") or os.path.basename(sys.argv[0] or "")
+    program = program.removesuffix(".py") or "python"
+    return f"{host}/{program}/{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """A client's resolved options: argument, else variable, else the shared default."""
+
+    paths: SocketPaths
+    host: str
+    worker: str
+    worker_is_default: bool
+    codec: Codec
+    echo: bool
+    max_message_bytes: int
+    publish_timeout: float
+    send_queue: int
+    queue_size: int
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        dir: str | None = None,
+        namespace: str | None = None,
+        host: str | None = None,
+        worker: str | None = None,
+        codec: str | Codec = Codec.JSON,
+        echo: bool = False,
+        max_message_bytes: int | None = None,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        send_queue: int = DEFAULT_SEND_QUEUE,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        environ: Mapping[str, str] | None = None,
+    ) -> ClientOptions:
+        env = environ_options(environ)
+        bridge = BridgeConfig.from_options(
+            {
+                "dir": dir or env.get("dir") or default_dir(),
+                "namespace": namespace or env.get("namespace") or DEFAULT_NAMESPACE,
+                "host": host or env.get("host") or default_host(),
+                "max_message_bytes": max_message_bytes
+                or env.get("max_message_bytes")
+                or DEFAULT_MAX_MESSAGE_BYTES,
+            }
+        )
+        worker_id = worker or env.get("worker")
+        try:
+            validate_worker_id(worker_id or bridge.host)
+        except ChannelError as exc:
+            raise ConfigError("worker", str(exc)) from None
+        try:
+            parsed_codec = parse_codec(codec)
+        except ValueError as exc:
+            raise ConfigError("codec", str(exc)) from None
+        if publish_timeout < 0:
+            raise ConfigError("publish_timeout", "must not be negative")
+        if send_queue < 1 or queue_size < 1:
+            raise ConfigError("queue_size", "queue sizes must be at least 1")
+        return cls(
+            paths=socket_paths(bridge.dir, bridge.namespace),
+            host=bridge.host,
+            worker=worker_id or default_worker_id(bridge.host),
+            worker_is_default=not worker_id,
+            codec=parsed_codec,
+            echo=echo,
+            max_message_bytes=bridge.max_message_bytes,
+            publish_timeout=publish_timeout,
+            send_queue=send_queue,
+            queue_size=queue_size,
+        )
+
+    def after_fork(self) -> ClientOptions:
+        """The options for a forked child: a default worker id names the new pid."""
+        if not self.worker_is_default:
+            return self
+        return dataclasses.replace(self, worker=default_worker_id(self.host))
+
+
+class Subscriber:
+    """One registered interest: a pattern and where its events go."""
+
+    __slots__ = ("pattern", "sink")
+
+    def __init__(self, pattern: Pattern, sink: Callable[[Event], Any]) -> None:
+        self.pattern = pattern
+        self.sink = sink
+
+
+class BusCore:
+    """The I/O-free part of a bus: one per bus, reset in a forked child."""
+
+    def __init__(self, options: ClientOptions, on_gap: Callable[[Gap], Any] | None) -> None:
+        self.options = options
+        self.on_gap = on_gap
+        self.subscribers: list[Subscriber] = []
+        self.topic_refs: dict[bytes, int] = {}
+        self.tracker = SequenceTracker()
+        self.received = 0
+        self.published = 0
+        self.undecodable = 0
+        #: Called with the token of a flush marker that came back (see ``flush_frame``).
+        self.on_flush: Callable[[bytes], None] | None = None
+        self.renew()
+
+    def renew(self) -> None:
+        """A new identity for this process: new epoch, fresh sequence numbers."""
+        self.epoch = time.time_ns() // 1000
+        self._seqs: dict[str, int] = {}
+        self._origin = self.options.worker.encode("utf-8")
+        self._host = self.options.host.encode("utf-8")
+        self.inbox = inbox_topic(self.options.worker)
+
+    # -- publishing ---------------------------------------------------------------
+
+    def encode(
+        self,
+        channel: str,
+        data: Any,
+        scope: str,
+        target: str | None = None,
+        *,
+        system: bool = False,
+        codec: Codec | None = None,
+    ) -> bytes:
+        """Validate and encode one message; raises before anything is sent."""
+        validate_channel(channel, allow_system=system)
+        if scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
+        codec = self.options.codec if codec is None else codec
+        payload = encode_payload(codec, data)
+        flags = FLAG_HOST_ONLY if scope == "host" else 0
+        seq_key = channel if target is None else inbox_channel(target)
+        if flags:
+            seq_key += "\0host"
+        seq = self._seqs.get(seq_key, 0) + 1
+        frame = encode_frame(
+            channel,
+            origin=self._origin,
+            host=self._host,
+            epoch=self.epoch,
+            seq=seq,
+            time=time.time(),
+            codec=codec,
+            payload=payload,
+            flags=flags,
+            target=target,
+        )
+        if len(frame) > self.options.max_message_bytes:
+            raise MessageTooLarge(
+                f"message on {channel!r} is {len(frame)} bytes encoded; "
+                f"max_message_bytes is {self.options.max_message_bytes}"
+            )
+        self._seqs[seq_key] = seq
+        self.published += 1
+        return frame
+
+    def flush_frame(self, token: bytes) -> bytes:
+        """A marker sent to our own inbox: when it comes back, the bridge has
+        taken everything sent before it (one PUSH pipe is first in, first out)."""
+        return self.encode(
+            FLUSH_CHANNEL, token, "host", target=self.options.worker, system=True, codec=Codec.RAW
+        )
+
+    def sync_request(self, token: bytes) -> bytes:
+        """A request sent up the subscription socket, after our subscriptions:
+        the bridge answers on our inbox once it has applied all of them."""
+        return SYNC_REQUEST + self.options.worker.encode("utf-8") + b"\0" + token
+
+    def local_event(self, channel: str, data: Any) -> Event:
+        """A ``scope="process"`` event: encoded like any other, delivered in-process."""
+        validate_channel(channel)
+        payload = encode_payload(self.options.codec, data)
+        if len(payload) > self.options.max_message_bytes:
+            raise MessageTooLarge(
+                f"message on {channel!r} is {len(payload)} bytes encoded; "
+                f"max_message_bytes is {self.options.max_message_bytes}"
+            )
+        key = channel + "\0process"
+        seq = self._seqs.get(key, 0) + 1
+        self._seqs[key] = seq
+        envelope = Envelope(
+            channel,
+            self.options.worker,
+            self.options.host,
+            self.epoch,
+            seq,
+            time.time(),
+            self.options.codec,
+            0,
+            payload,
+        )
+        return Event(envelope)
+
+    # -- receiving ----------------------------------------------------------------
+
+    def accept(self, frame: bytes) -> Event | None:
+        """Turn a received frame into an event, or None (echo, duplicate, bad)."""
+        try:
+            env = decode_frame(frame)
+        except ProtocolError as exc:  # the bridge validated it; count, never crash
+            self.undecodable += 1
+            log.warning("dropped a frame that does not decode: %s", exc)
+            return None
+        if env.epoch == self.epoch and env.origin == self.options.worker and env.target is None:
+            if not self.options.echo:
+                return None
+        if env.target is not None:
+            if env.target != self.options.worker:
+                return None
+            if env.channel in (FLUSH_CHANNEL, SYNC_CHANNEL):
+                if self.on_flush is not None:
+                    self.on_flush(env.payload)
+                return None
+            key = inbox_channel(env.target)
+        else:
+            key = env.channel
+        if env.flags & FLAG_HOST_ONLY:
+            key += "\0host"
+        missed = self.tracker.observe(env.origin, key, env.epoch, env.seq)
+        if missed == DUPLICATE:
+            return None
+        if missed and self.on_gap is not None:
+            try:
+                self.on_gap(Gap(env.origin, env.host, env.channel, missed, env.seq))
+            except Exception:
+                log.exception("on_gap callback failed")
+        self.received += 1
+        return Event(env)
+
+    def matching(self, event: Event) -> list[Subscriber]:
+        channel = event.channel
+        return [s for s in self.subscribers if s.pattern.matches(channel)]
+
+    # -- subscriptions --------------------------------------------------------------
+
+    def add(self, subscriber: Subscriber) -> bytes | None:
+        """Register; return the ZeroMQ topic to subscribe to if it is new."""
+        self.subscribers.append(subscriber)
+        topic = subscriber.pattern.topic
+        count = self.topic_refs.get(topic, 0)
+        self.topic_refs[topic] = count + 1
+        return topic if count == 0 else None
+
+    def remove(self, subscriber: Subscriber) -> bytes | None:
+        """Unregister; return the ZeroMQ topic to unsubscribe from if unused now."""
+        if subscriber not in self.subscribers:
+            return None
+        self.subscribers.remove(subscriber)
+        topic = subscriber.pattern.topic
+        count = self.topic_refs.get(topic, 0) - 1
+        if count > 0:
+            self.topic_refs[topic] = count
+            return None
+        self.topic_refs.pop(topic, None)
+        return topic
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "received": self.received,
+            "gaps": self.tracker.gaps,
+            "missed": self.tracker.missed,
+            "duplicates": self.tracker.duplicates,
+            "undecodable": self.undecodable,
+        }

@@ -1,0 +1,96 @@
+"""What subscribers receive: :class:`Event`, and :class:`Gap` reports of loss."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .protocol import Envelope, decode_payload
+
+__all__ = ["Event", "Gap", "MessageId"]
+
+
+class MessageId(NamedTuple):
+    """Unique id of a message: who sent it, in which run, on which channel, which number."""
+
+    origin: str
+    epoch: int
+    channel: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.origin}~{self.epoch:x}~{self.channel}~{self.seq}"
+
+
+class Event:
+    """One received event. ``data`` is decoded on first access, with the sender's codec."""
+
+    __slots__ = ("_data", "_envelope")
+
+    _MISSING: Any = object()
+
+    def __init__(self, envelope: Envelope) -> None:
+        self._envelope = envelope
+        self._data: Any = Event._MISSING
+
+    @property
+    def channel(self) -> str:
+        return self._envelope.channel
+
+    @property
+    def data(self) -> Any:
+        """The payload, decoded (raises :class:`DecodeError` if it cannot be)."""
+        if self._data is Event._MISSING:
+            env = self._envelope
+            self._data = decode_payload(env.codec, env.payload)
+        return self._data
+
+    @property
+    def payload(self) -> bytes:
+        """The payload bytes as they travelled."""
+        return self._envelope.payload
+
+    @property
+    def id(self) -> MessageId:
+        env = self._envelope
+        return MessageId(env.origin, env.epoch, env.channel, env.seq)
+
+    @property
+    def origin(self) -> str:
+        """The worker id of the publisher."""
+        return self._envelope.origin
+
+    @property
+    def host(self) -> str:
+        """The host the publisher runs on."""
+        return self._envelope.host
+
+    @property
+    def time(self) -> float:
+        """When it was published (Unix time, the publisher's clock)."""
+        return self._envelope.time
+
+    @property
+    def seq(self) -> int:
+        return self._envelope.seq
+
+    @property
+    def direct(self) -> bool:
+        """True for a message sent to this worker with ``send_to``."""
+        return self._envelope.target is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(channel={self.channel!r}, origin={self.origin!r}, host={self.host!r}, "
+            f"seq={self.seq}, payload={self.payload[:40]!r})"
+        )
+
+
+class Gap(NamedTuple):
+    """Messages from ``origin`` on ``channel`` that never arrived."""
+
+    origin: str
+    host: str
+    channel: str
+    missed: int
+    #: The sequence number of the message that revealed the gap.
+    seq: int

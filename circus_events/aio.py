@@ -1,0 +1,324 @@
+"""The asyncio worker client: :class:`AsyncBus`, the twin of :class:`~circus_events.Bus`.
+
+One reader task per bus drains the SUB socket and feeds handlers (awaited in
+order, so one channel's events are handled in the order sent) and bounded
+subscription queues (a full queue pauses the reader: backpressure, and the
+bridge's per-worker limit turns sustained overload into reported gaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from ._client_core import RECEIVE_HWM, BusCore, ClientOptions, Scope, Subscriber
+from ._event import Event, Gap
+from ._exceptions import BusClosed, PublishTimeout
+from .protocol import Codec, Pattern
+
+__all__ = ["AsyncBus", "AsyncSubscription"]
+
+log = logging.getLogger("circus_events.client")
+
+Handler = TypeVar("Handler", bound=Callable[[Event], Any])
+_RECEIVE_BATCH: Final = 1000
+_END: Final = object()
+
+
+class AsyncSubscription:
+    """An async iterator over the events matching one pattern."""
+
+    def __init__(self, bus: AsyncBus, pattern: Pattern, size: int) -> None:
+        self.pattern = pattern
+        self._bus = bus
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        self.subscriber = Subscriber(pattern, self._queue.put)
+        self.closed = False
+
+    async def get(self, timeout: float | None = None) -> Event:
+        """The next event; raises ``TimeoutError`` after ``timeout`` seconds."""
+        if self.closed and self._queue.empty():
+            raise BusClosed("subscription closed")
+        item = await asyncio.wait_for(self._queue.get(), timeout)
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise BusClosed("subscription closed")
+        event: Event = item
+        return event
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.get()
+        except BusClosed:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stop receiving; iteration ends after what is already queued."""
+        if not self.closed:
+            self.closed = True
+            self._bus._unsubscribe(self.subscriber)
+            self._end()
+
+    def _end(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_END)
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncBus:
+    """A worker's connection to its host's bridge (asyncio). Same options as ``Bus``."""
+
+    def __init__(
+        self,
+        *,
+        dir: str | None = None,
+        namespace: str | None = None,
+        worker: str | None = None,
+        host: str | None = None,
+        codec: str | Codec = Codec.JSON,
+        echo: bool = False,
+        on_gap: Callable[[Gap], Any] | None = None,
+        publish_timeout: float = 5.0,
+        queue_size: int = 10_000,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        options = ClientOptions.resolve(
+            dir=dir,
+            namespace=namespace,
+            host=host,
+            worker=worker,
+            codec=codec,
+            echo=echo,
+            publish_timeout=publish_timeout,
+            queue_size=queue_size,
+            max_message_bytes=max_message_bytes,
+        )
+        self._core = BusCore(options, on_gap)
+        self.closed = False
+        self._subscriptions: list[AsyncSubscription] = []
+        self._context = zmq.asyncio.Context()
+        self._push = self._context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, options.send_queue)
+        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._push.connect(options.paths.endpoint(options.paths.pull))
+        # XSUB: subscriptions are messages, so a sync request can follow them.
+        self._sub = self._context.socket(zmq.XSUB)
+        self._sub.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        self._sub.setsockopt(zmq.SNDHWM, 0)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # Synchronous views of the same sockets for the non-blocking fast paths:
+        # an asyncio socket returns a future even for NOBLOCK calls.
+        self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
+        self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+        self._sub_now.send(b"\x01" + self._core.inbox)
+        self._sub.connect(options.paths.endpoint(options.paths.pub))
+        self._waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._core.on_flush = self._flushed
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def worker(self) -> str:
+        return self._core.options.worker
+
+    @property
+    def host(self) -> str:
+        return self._core.options.host
+
+    async def start(self) -> AsyncBus:
+        """Start receiving (done for you by ``async with`` and ``subscribe``)."""
+        self._ensure_reader()
+        return self
+
+    def _ensure_reader(self) -> None:
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_loop(), name=f"circus-events-{self.worker}"
+            )
+
+    async def publish(self, channel: str, data: Any, *, scope: Scope = "cluster") -> None:
+        """Publish ``data`` on ``channel`` to the process, the host or the cluster."""
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        if scope == "process":
+            event = self._core.local_event(channel, data)
+            for subscriber in self._core.matching(event):
+                await _call(subscriber.sink, event)
+            return
+        await self._send(self._core.encode(channel, data, scope))
+
+    async def send_to(self, worker: str, channel: str, data: Any) -> None:
+        """Send ``data`` on ``channel`` to one worker, on any host."""
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        await self._send(self._core.encode(channel, data, "cluster", target=worker))
+
+    def subscribe(self, pattern: str) -> AsyncSubscription:
+        """Async-iterate over events whose channel matches ``pattern``."""
+        self._ensure_reader()
+        subscription = AsyncSubscription(self, Pattern(pattern), self._core.options.queue_size)
+        self._subscriptions.append(subscription)
+        self._add(subscription.subscriber)
+        return subscription
+
+    def on(self, pattern: str) -> Callable[[Handler], Handler]:
+        """Decorator: call (or await) the function for each matching event."""
+        compiled = Pattern(pattern)
+
+        def register(handler: Handler) -> Handler:
+            self._ensure_reader()
+            self._add(Subscriber(compiled, _guarded(handler)))
+            return handler
+
+        return register
+
+    async def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until the bridge has applied every subscription made so far."""
+        self._ensure_reader()
+        token = os.urandom(8)
+        with contextlib.suppress(zmq.Again):
+            self._sub_now.send(self._core.sync_request(token), zmq.NOBLOCK)
+        return await self._wait_marker(token, timeout)
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the bridge has taken everything published so far."""
+        self._ensure_reader()
+        token = os.urandom(8)
+        try:
+            await self._send(self._core.flush_frame(token))
+        except PublishTimeout:
+            return False
+        return await self._wait_marker(token, timeout)
+
+    async def _wait_marker(self, token: bytes, timeout: float) -> bool:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[token] = waiter
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.pop(token, None)
+
+    def _flushed(self, token: bytes) -> None:
+        waiter = self._waiters.get(token)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stats(self) -> dict[str, int]:
+        return self._core.stats()
+
+    async def close(self) -> None:
+        """Stop the reader, end iterators, let queued messages leave (1 s at most)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for subscription in self._subscriptions:
+            subscription.closed = True
+            subscription._end()
+        self._sub.close(linger=0)
+        self._push.close()
+        # term() waits for the PUSH linger; keep the loop free meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._context.term)
+
+    async def __aenter__(self) -> AsyncBus:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _add(self, subscriber: Subscriber) -> None:
+        topic = self._core.add(subscriber)
+        if topic is not None:
+            self._sub_now.send(b"\x01" + topic)
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        topic = self._core.remove(subscriber)
+        if topic is not None and not self.closed:
+            self._sub_now.send(b"\x00" + topic)
+
+    async def _send(self, frame: bytes) -> None:
+        try:
+            self._push_now.send(frame, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
+        timeout = self._core.options.publish_timeout
+        try:
+            await asyncio.wait_for(self._push.send(frame), timeout)
+        except TimeoutError:
+            raise PublishTimeout(
+                f"the bridge at {self._core.options.paths.pull} took no message for "
+                f"{timeout}s and {self._core.options.send_queue} are queued; "
+                "is the bridge running?"
+            ) from None
+
+    async def _read_loop(self) -> None:
+        sub = self._sub
+        sub_now = self._sub_now
+        core = self._core
+        while True:
+            frame: bytes = await sub.recv()
+            for _ in range(_RECEIVE_BATCH):
+                event = core.accept(frame)
+                if event is not None:
+                    for subscriber in core.matching(event):
+                        await _call(subscriber.sink, event)
+                try:
+                    frame = sub_now.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+
+
+async def _call(sink: Callable[[Event], Any], event: Event) -> None:
+    result = sink(event)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _guarded(handler: Callable[[Event], Any]) -> Callable[[Event], Awaitable[None]]:
+    """Run a handler (sync or async); its exception is logged, never ends the reader."""
+
+    async def call(event: Event) -> None:
+        try:
+            result = handler(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("handler %r failed on %r", handler, event)
+
+    return call

@@ -1,0 +1,404 @@
+"""The bridge: one per host and namespace, between local workers and Redis.
+
+Theory of operation
+-------------------
+Workers PUSH frames to the bridge's PULL socket; the bridge checks each one
+(size, envelope), sends it to its XPUB socket, from which every local
+subscriber receives what it subscribed to, and hands it to the Redis side
+unless it is host-scoped. Frames from other hosts come back from the Redis
+side and go to XPUB the same way.
+
+The XPUB socket also tells the bridge every subscription its workers make
+or drop (verboser mode); the :class:`InterestTable` turns those into the
+Redis subscriptions the host needs and into the list of present workers.
+
+All sockets are serviced from one asyncio loop without per-message futures:
+the ZeroMQ file descriptors wake the loop, and each wake drains every ready
+socket in batches (``BATCH``) so a flood on one cannot starve the others.
+Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol, cast
+
+import zmq
+
+from .._config import BridgeConfig
+from .._exceptions import ProtocolError
+from .._version import __version__
+from ..protocol import (
+    FLAG_HOST_ONLY,
+    SYNC_CHANNEL,
+    SYNC_REQUEST,
+    Codec,
+    InterestTable,
+    SequenceTracker,
+    SubscriptionTopic,
+    decode_frame,
+    encode_frame,
+    parse_sync_request,
+)
+from .local import LocalSockets
+
+__all__ = ["BATCH", "Bridge", "run_bridge"]
+
+log = logging.getLogger("circus_events.bridge")
+
+#: Frames handled per socket per loop turn before the others get a turn.
+BATCH: Final = 2000
+
+
+class _RedisPort(Protocol):
+    """What the bridge needs of a Redis side (see ``redis_side.RedisSide``)."""
+
+    def publish(self, frame: bytes, topic_end: int) -> None: ...
+    def add_interest(self, topic: SubscriptionTopic) -> None: ...
+    def remove_interest(self, topic: SubscriptionTopic) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    async def run(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Bridge:
+    """The per-host bridge. ``await bridge.run()`` serves until :meth:`stop`."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.interest = InterestTable()
+        self.tracker = SequenceTracker()
+        self.counters: dict[str, int] = {
+            "accepted": 0,
+            "delivered": 0,
+            "from_redis": 0,
+            "rejected_malformed": 0,
+            "rejected_oversized": 0,
+            "rejected_subscriptions": 0,
+        }
+        self.started_at = time.time()
+        self.last_error: str | None = None
+        self._stopping = asyncio.Event()
+        self._sockets: LocalSockets | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._redis: _RedisPort | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._service_scheduled = False
+        self._epoch = time.time_ns() // 1000
+        self._sync_seq = 0
+        self._bridge_origin = config.host.encode("utf-8")
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Bind, serve until stopped (SIGTERM/SIGINT or :meth:`stop`), then shut down."""
+        self._loop = asyncio.get_running_loop()
+        self._context = zmq.Context()
+        try:
+            self._sockets = LocalSockets(
+                self._context,
+                self.config.paths,
+                max_message_bytes=self.config.max_message_bytes,
+                group=self.config.group,
+            )
+        except BaseException:
+            self._context.term()
+            raise
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self.stop)
+        redis_task: asyncio.Task[None] | None = None
+        if self.config.redis_url:
+            self._redis = self._make_redis_side()
+            redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
+        for sock in (self._sockets.pull, self._sockets.xpub, self._sockets.control):
+            self._loop.add_reader(_fd(sock), self._schedule_service)
+        self._schedule_service()
+        log.info(
+            "bridge %s serving %s (host %s, redis %s)",
+            __version__,
+            self.config.paths.directory,
+            self.config.host,
+            "on" if self._redis else "off: single-host",
+        )
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(redis_task)
+
+    def stop(self) -> None:
+        """Ask the bridge to shut down (safe from a signal handler and twice)."""
+        self._stopping.set()
+
+    async def _shutdown(self, redis_task: asyncio.Task[None] | None) -> None:
+        """Stop intake, drain what workers already sent, then close in order."""
+        assert self._sockets is not None and self._loop is not None
+        sockets = self._sockets
+        # 1. Stop being woken: nothing new is read after the final drain.
+        for sock in (sockets.pull, sockets.xpub, sockets.control):
+            self._loop.remove_reader(_fd(sock))
+        with contextlib.suppress(ValueError, RuntimeError):
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(signum)
+        # 2. Forward what is already queued from workers, so nothing accepted is lost.
+        while self._drain_pull():
+            pass
+        # 3. Give the Redis side its chance to flush, then close it.
+        if self._redis is not None:
+            await self._redis.close()
+        if redis_task is not None:
+            redis_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await redis_task
+        # 4. Close sockets (XPUB lingers briefly to hand out queued deliveries),
+        #    remove the socket files and release the lock.
+        sockets.close()
+        assert self._context is not None
+        self._context.term()
+        log.info("bridge stopped")
+
+    def _make_redis_side(self) -> _RedisPort:
+        from .redis_side import RedisSide  # noqa: PLC0415 - only with redis_url
+
+        side: _RedisPort = RedisSide(
+            self.config, deliver=self.deliver_from_redis, status_provider=self.local_status
+        )
+        return side
+
+    # -- servicing sockets ------------------------------------------------------
+
+    def _schedule_service(self) -> None:
+        if not self._service_scheduled and self._loop is not None:
+            self._service_scheduled = True
+            self._loop.call_soon(self._service)
+
+    def _service(self) -> None:
+        self._service_scheduled = False
+        if self._sockets is None or self._stopping.is_set():
+            return
+        busy = self._drain_subscriptions()
+        busy |= self._drain_pull()
+        busy |= self._drain_control()
+        if busy or self._any_readable():
+            self._schedule_service()
+
+    def _any_readable(self) -> bool:
+        """ZeroMQ's FD is edge-triggered: re-check EVENTS after our own sends."""
+        assert self._sockets is not None
+        s = self._sockets
+        return any(_events(sock) & zmq.POLLIN for sock in (s.pull, s.xpub, s.control))
+
+    def _drain_pull(self) -> bool:
+        """Handle up to BATCH frames from workers; True if more may be waiting."""
+        assert self._sockets is not None
+        pull = self._sockets.pull
+        xpub_send = self._sockets.xpub.send
+        redis = self._redis
+        limit = self.config.max_message_bytes
+        observe = self.tracker.observe
+        counters = self.counters
+        accepted = delivered = 0
+        for _ in range(BATCH):
+            try:
+                frame = pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if pull.getsockopt(zmq.RCVMORE):
+                self._discard_rest(pull)
+                counters["rejected_malformed"] += 1
+                continue
+            if len(frame) > limit:
+                counters["rejected_oversized"] += 1
+                continue
+            try:
+                env = decode_frame(frame)
+            except ProtocolError as exc:
+                counters["rejected_malformed"] += 1
+                self._note_bad_frame(exc)
+                continue
+            accepted += 1
+            observe(
+                env.origin,
+                env.channel if env.target is None else "@w:" + env.target,
+                env.epoch,
+                env.seq,
+            )
+            xpub_send(frame, zmq.NOBLOCK)
+            delivered += 1
+            if redis is not None and not env.flags & FLAG_HOST_ONLY:
+                redis.publish(frame, frame.index(b"\0"))
+        else:
+            counters["accepted"] += accepted
+            counters["delivered"] += delivered
+            return True
+        counters["accepted"] += accepted
+        counters["delivered"] += delivered
+        return False
+
+    def deliver_from_redis(self, frames: list[bytes]) -> None:
+        """Deliver frames that other hosts sent (called by the Redis side)."""
+        if self._sockets is None:
+            return
+        xpub_send = self._sockets.xpub.send
+        for frame in frames:
+            if len(frame) > self.config.max_message_bytes:
+                self.counters["rejected_oversized"] += 1
+                continue
+            try:
+                decode_frame(frame)
+            except ProtocolError as exc:
+                self.counters["rejected_malformed"] += 1
+                self._note_bad_frame(exc)
+                continue
+            xpub_send(frame, zmq.NOBLOCK)
+            self.counters["from_redis"] += 1
+            self.counters["delivered"] += 1
+        self._schedule_service()
+
+    def _drain_subscriptions(self) -> bool:
+        assert self._sockets is not None
+        xpub = self._sockets.xpub
+        for _ in range(BATCH):
+            try:
+                frame = xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if xpub.getsockopt(zmq.RCVMORE):
+                self._discard_rest(xpub)
+                self.counters["rejected_subscriptions"] += 1
+                continue
+            if frame[:1] == SYNC_REQUEST:
+                self._answer_sync(frame)
+                continue
+            try:
+                change = self.interest.feed(frame)
+            except ProtocolError as exc:
+                self.counters["rejected_subscriptions"] += 1
+                self._note_bad_frame(exc)
+                continue
+            if change is None:
+                continue
+            worker = change.topic.worker
+            if worker is not None:
+                log.debug("worker %s %s", worker, "arrived" if change.added else "left")
+            if self._redis is not None:
+                if change.added:
+                    self._redis.add_interest(change.topic)
+                else:
+                    self._redis.remove_interest(change.topic)
+        return True
+
+    def _answer_sync(self, frame: bytes) -> None:
+        """Tell a worker that every subscription it sent before this is applied."""
+        assert self._sockets is not None
+        try:
+            worker, token = parse_sync_request(frame)
+        except ProtocolError as exc:
+            self.counters["rejected_subscriptions"] += 1
+            self._note_bad_frame(exc)
+            return
+        self._sync_seq += 1
+        reply = encode_frame(
+            SYNC_CHANNEL,
+            origin=self._bridge_origin,
+            host=self._bridge_origin,
+            epoch=self._epoch,
+            seq=self._sync_seq,
+            time=time.time(),
+            codec=Codec.RAW,
+            payload=token,
+            target=worker,
+        )
+        self._sockets.xpub.send(reply, zmq.NOBLOCK)
+
+    def _drain_control(self) -> bool:
+        assert self._sockets is not None
+        control = self._sockets.control
+        for _ in range(100):
+            try:
+                parts = control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if len(parts) < 2:
+                continue
+            reply = self._answer(parts[-1])
+            with contextlib.suppress(zmq.ZMQError):
+                control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
+        return True
+
+    def _answer(self, request: bytes) -> bytes:
+        """Answer one control request (JSON ``{"cmd": ...}``)."""
+        try:
+            command = json.loads(request).get("cmd")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            command = None
+        if command == "status":
+            return json.dumps(self.status()).encode()
+        if command == "ping":
+            return b'{"ok": true}'
+        return json.dumps({"error": f"unknown request {request[:60]!r}"}).encode()
+
+    @staticmethod
+    def _discard_rest(sock: zmq.Socket[bytes]) -> None:
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv(zmq.NOBLOCK)
+
+    def _note_bad_frame(self, exc: Exception) -> None:
+        self.last_error = f"rejected a frame: {exc}"
+        log.debug(self.last_error)
+
+    # -- status ---------------------------------------------------------------
+
+    def local_status(self) -> dict[str, Any]:
+        """This host's view: identity, workers, counters (no Redis part)."""
+        return {
+            "host": self.config.host,
+            "namespace": self.config.namespace,
+            "node_id": self.config.node_id.hex(),
+            "version": __version__,
+            "pid": os.getpid(),
+            "dir": self.config.paths.directory,
+            "uptime": round(time.time() - self.started_at, 3),
+            "workers": self.interest.workers(),
+            "subscriptions": len(self.interest),
+            "counters": {
+                **self.counters,
+                "gaps": self.tracker.gaps,
+                "missed": self.tracker.missed,
+            },
+            "last_error": self.last_error,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``circus-events status`` shows for this host."""
+        status = self.local_status()
+        status["mode"] = self.config.mode if self.config.redis_url else "single-host"
+        status["redis"] = self._redis.status() if self._redis is not None else None
+        return status
+
+
+def _fd(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.FD))
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.EVENTS))
+
+
+def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None) -> None:
+    """Run a bridge in this thread until SIGTERM/SIGINT (the CLI's entry point)."""
+
+    async def main() -> None:
+        bridge = Bridge(config)
+        if ready is not None:
+            asyncio.get_running_loop().call_soon(ready)
+        await bridge.run()
+
+    asyncio.run(main())

@@ -1,0 +1,123 @@
+"""The bridge's local endpoints: the namespace directory, its lock and ipc sockets.
+
+The directory is created ``0700`` (``0770`` with a group) so no other local
+user can read or inject events. A ``flock`` on ``bridge.lock`` makes one
+bridge per namespace: the kernel releases it when a bridge dies, however it
+dies, so a successor knows that socket files it finds are stale and may
+unlink them before binding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import os
+from typing import Final
+
+import zmq
+
+from .._config import SocketPaths
+from .._exceptions import BridgeError
+
+__all__ = [
+    "PULL_HWM",
+    "XPUB_HWM",
+    "LocalSockets",
+]
+
+#: Messages queued from all workers before the bridge reads them. Workers
+#: block (backpressure) past this; 100k x ~150 B is ~15 MB at most.
+PULL_HWM: Final = 100_000
+#: Messages queued per subscriber. Past this, a stuck subscriber loses
+#: messages (and learns of it through sequence gaps) while the others go on.
+#: 50k x ~150 B is ~7.5 MB per stuck worker.
+XPUB_HWM: Final = 50_000
+#: How long queued deliveries may take to leave on shutdown.
+CLOSE_LINGER_MS: Final = 1000
+
+
+class LocalSockets:
+    """Owns the lock, the PULL (from workers), XPUB (to workers) and control sockets."""
+
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        paths: SocketPaths,
+        *,
+        max_message_bytes: int,
+        group: str | None = None,
+    ) -> None:
+        self.paths = paths
+        self._lock_fd = _lock(paths, group)
+        try:
+            for path in (paths.pull, paths.pub, paths.control):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self.pull = context.socket(zmq.PULL)
+            self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+            # A frame far over the limit is refused by libzmq before it is
+            # allocated; the per-message check below still applies.
+            self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 4096)
+            self.pull.setsockopt(zmq.LINGER, 0)
+            self.pull.bind("ipc://" + paths.pull)
+            self.xpub = context.socket(zmq.XPUB)
+            self.xpub.setsockopt(zmq.SNDHWM, XPUB_HWM)
+            self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            self.xpub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+            self.xpub.bind("ipc://" + paths.pub)
+            self.control = context.socket(zmq.ROUTER)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.setsockopt(zmq.MAXMSGSIZE, 65536)
+            self.control.bind("ipc://" + paths.control)
+            mode = 0o660 if group else 0o600
+            for path in (paths.pull, paths.pub, paths.control):
+                os.chmod(path, mode)
+        except zmq.ZMQError as exc:
+            self._release()
+            raise BridgeError(
+                f"cannot bind the bridge sockets in {paths.directory}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        """Close the sockets, remove their files, release the lock."""
+        for sock in (self.pull, self.control, self.xpub):
+            sock.close()
+        for path in (self.paths.pull, self.paths.pub, self.paths.control):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(paths: SocketPaths, group: str | None) -> int:
+    """Create the namespace directory with safe permissions and take its lock."""
+    mode = 0o770 if group else 0o700
+    try:
+        os.makedirs(paths.directory, mode=mode, exist_ok=True)
+        gid = -1
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise BridgeError(f"group {group!r} does not exist") from None
+        os.chown(paths.directory, -1, gid)
+        os.chmod(paths.directory, mode)
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise BridgeError(f"cannot prepare the socket directory {paths.directory}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BridgeError(
+            f"another bridge (pid {holder}) already serves {paths.directory}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

@@ -1,0 +1,431 @@
+"""The synchronous worker client, for threaded and pre-fork servers.
+
+:class:`Bus` publishes from any thread (a lock guards the PUSH socket) and
+receives on one background thread that owns the SUB socket; handlers run on
+that thread, iterators are fed from it. Other threads talk to it through a
+command queue and an inproc wake-up socket, never through its sockets.
+
+After ``fork()`` the child must not touch the parent's ZeroMQ sockets or
+threads: an at-fork hook gives every live bus in the child a new context,
+new sockets, a new receiver thread and a new identity (epoch, and the pid in
+a default worker id), keeping its subscriptions and handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import zmq
+
+from ._client_core import RECEIVE_HWM, BusCore, ClientOptions, Scope, Subscriber
+from ._event import Event, Gap
+from ._exceptions import BusClosed, PublishTimeout
+from .protocol import Codec, Pattern
+
+__all__ = ["Bus", "Subscription"]
+
+log = logging.getLogger("circus_events.client")
+
+Handler = TypeVar("Handler", bound=Callable[[Event], Any])
+
+#: Frames read per wake-up before commands get a turn.
+_RECEIVE_BATCH: Final = 1000
+_END: Final = object()
+_LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
+
+
+class Subscription:
+    """An iterator over the events matching one pattern (from :meth:`Bus.subscribe`)."""
+
+    def __init__(self, bus: Bus, pattern: Pattern, size: int) -> None:
+        self.pattern = pattern
+        self._bus = bus
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self._subscriber = Subscriber(pattern, self._put)
+        self.closed = False
+
+    def _put(self, event: Any) -> None:
+        # Waiting here is backpressure: the receiver stops reading, ZeroMQ queues,
+        # and past its limit the bridge drops for this worker only (a gap).
+        while True:
+            try:
+                self._queue.put(event, timeout=0.1)
+                return
+            except queue.Full:
+                if self.closed or self._bus.closed:
+                    return
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event; raises ``queue.Empty`` after ``timeout`` seconds."""
+        if self.closed and self._queue.empty():
+            raise BusClosed("subscription closed")
+        item = self._queue.get(timeout=timeout)
+        if item is _END:
+            self._queue.put(_END)
+            raise BusClosed("subscription closed")
+        event: Event = item
+        return event
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return self.get()
+        except BusClosed:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop receiving; iteration ends after what is already queued."""
+        if not self.closed:
+            self.closed = True
+            self._bus._unsubscribe(self._subscriber)
+            self._end()
+
+    def _end(self) -> None:
+        try:
+            self._queue.put_nowait(_END)
+        except queue.Full:
+            pass
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bus:
+    """A worker's connection to its host's bridge (sync).
+
+    ``Bus()`` with no arguments reads ``CIRCUS_EVENTS_DIR``, ``_NAMESPACE``,
+    ``_HOST`` and ``_WORKER``, with the same defaults as the bridge.
+    """
+
+    def __init__(
+        self,
+        *,
+        dir: str | None = None,
+        namespace: str | None = None,
+        worker: str | None = None,
+        host: str | None = None,
+        codec: str | Codec = Codec.JSON,
+        echo: bool = False,
+        on_gap: Callable[[Gap], Any] | None = None,
+        publish_timeout: float = 5.0,
+        queue_size: int = 10_000,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        options = ClientOptions.resolve(
+            dir=dir,
+            namespace=namespace,
+            host=host,
+            worker=worker,
+            codec=codec,
+            echo=echo,
+            publish_timeout=publish_timeout,
+            queue_size=queue_size,
+            max_message_bytes=max_message_bytes,
+        )
+        self._core = BusCore(options, on_gap)
+        self.closed = False
+        self._subscriptions: list[Subscription] = []
+        self._flush_waiters: dict[bytes, threading.Event] = {}
+        self._core.on_flush = self._flushed
+        self._open_io()
+        _LIVE_BUSES.add(self)
+
+    @property
+    def worker(self) -> str:
+        """This worker's id (the target of :meth:`send_to`)."""
+        return self._core.options.worker
+
+    @property
+    def host(self) -> str:
+        return self._core.options.host
+
+    # -- I/O setup ------------------------------------------------------------------
+
+    def _open_io(self) -> None:
+        options = self._core.options
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards the PUSH socket
+        self._wake_lock = threading.Lock()  # guards the wake-up socket
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._push = self._context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, options.send_queue)
+        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._push.connect(options.paths.endpoint(options.paths.pull))
+        wake_address = f"inproc://circus-events-wake-{id(self)}"
+        receiver_wake = self._context.socket(zmq.PULL)
+        receiver_wake.bind(wake_address)
+        self._wake = self._context.socket(zmq.PUSH)
+        self._wake.connect(wake_address)
+        # XSUB, not SUB: subscriptions are messages we send, so a sync request
+        # can follow them on the same pipe (see ``sync``). libzmq re-sends
+        # them after every reconnect, as for SUB.
+        sub = self._context.socket(zmq.XSUB)
+        sub.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        sub.setsockopt(zmq.SNDHWM, 0)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sub.send(b"\x01" + self._core.inbox)
+        for topic in self._core.topic_refs:
+            sub.send(b"\x01" + topic)
+        sub.connect(options.paths.endpoint(options.paths.pub))
+        self._thread = threading.Thread(
+            target=self._receive_loop,
+            args=(sub, receiver_wake),
+            name=f"circus-events-{options.worker}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """Replace everything inherited from the parent; keep subscriptions."""
+        # The parent's sockets and context are dropped, not closed: closing
+        # would touch state shared with the parent (pyzmq skips them in a child).
+        self._core.options = self._core.options.after_fork()
+        self._core.renew()
+        self._open_io()
+
+    def _check_process(self) -> None:
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        if self._pid != os.getpid():  # a fork the hook did not see (os.fork in C code)
+            self._after_fork_in_child()
+
+    # -- public API -----------------------------------------------------------------
+
+    def publish(self, channel: str, data: Any, *, scope: Scope = "cluster") -> None:
+        """Publish ``data`` on ``channel`` to the process, the host or the cluster.
+
+        Raises ``ValueError`` subclasses for a bad channel, scope, payload or
+        size, and :class:`PublishTimeout` if the bridge takes nothing in time.
+        """
+        self._check_process()
+        if scope == "process":
+            self._commands.put(("local", self._core.local_event(channel, data)))
+            self._poke()
+            return
+        self._send(self._core.encode(channel, data, scope))
+
+    def send_to(self, worker: str, channel: str, data: Any) -> None:
+        """Send ``data`` on ``channel`` to one worker, on any host."""
+        self._check_process()
+        self._send(self._core.encode(channel, data, "cluster", target=worker))
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """Iterate over events whose channel matches ``pattern`` (glob, like PSUBSCRIBE)."""
+        self._check_process()
+        subscription = Subscription(self, Pattern(pattern), self._core.options.queue_size)
+        self._subscriptions.append(subscription)
+        self._command("sub", subscription._subscriber)
+        return subscription
+
+    def on(self, pattern: str) -> Callable[[Handler], Handler]:
+        """Decorator: call the function (on the receiver thread) for each matching event."""
+        compiled = Pattern(pattern)
+
+        def register(handler: Handler) -> Handler:
+            self._check_process()
+            self._command("sub", Subscriber(compiled, _guarded(handler)))
+            return handler
+
+        return register
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until the bridge has applied every subscription made so far.
+
+        Events published on this host after ``sync()`` returns True reach
+        them. Returns False if the bridge did not answer within ``timeout``.
+        """
+        self._check_process()
+        token = os.urandom(8)
+        done = threading.Event()
+        self._flush_waiters[token] = done
+        try:
+            self._command("sync", token)
+            return done.wait(timeout)
+        finally:
+            self._flush_waiters.pop(token, None)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the bridge has taken everything published so far.
+
+        Returns False if that did not happen within ``timeout`` seconds (the
+        bridge is down or slow); the messages stay queued either way.
+        """
+        self._check_process()
+        token = os.urandom(8)
+        done = threading.Event()
+        self._flush_waiters[token] = done
+        try:
+            self._send(self._core.flush_frame(token))
+            return done.wait(timeout)
+        except PublishTimeout:
+            return False
+        finally:
+            self._flush_waiters.pop(token, None)
+
+    def _flushed(self, marker: bytes) -> None:
+        waiter = self._flush_waiters.get(marker)
+        if waiter is not None:
+            waiter.set()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: published, received, gaps, missed, duplicates."""
+        return self._core.stats()
+
+    def close(self) -> None:
+        """Stop the receiver, end iterators, let queued messages leave (1 s at most)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._pid != os.getpid():
+            return
+        self._commands.put(("stop", None))
+        self._poke()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        for subscription in self._subscriptions:
+            subscription.closed = True
+            subscription._end()
+        with self._lock:
+            self._push.close()
+        with self._wake_lock:
+            self._wake.close(linger=0)
+        self._context.term()
+        _LIVE_BUSES.discard(self)
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        with self._lock:
+            try:
+                self._push.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            timeout_ms = int(self._core.options.publish_timeout * 1000)
+            if self._push.poll(timeout_ms, zmq.POLLOUT):
+                self._push.send(frame, zmq.NOBLOCK)
+                return
+        raise PublishTimeout(
+            f"the bridge at {self._core.options.paths.pull} took no message for "
+            f"{self._core.options.publish_timeout}s and {self._core.options.send_queue} "
+            "are queued; is the bridge running?"
+        )
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        if not self.closed:
+            self._command("unsub", subscriber)
+
+    def _command(self, kind: str, argument: Any) -> None:
+        self._commands.put((kind, argument))
+        self._poke()
+
+    def _poke(self) -> None:
+        with self._wake_lock:
+            self._wake.send(b"", zmq.NOBLOCK)
+
+    def _receive_loop(self, sub: zmq.Socket[bytes], wake: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        core = self._core
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if wake in ready:
+                    while True:
+                        try:
+                            wake.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                    if not self._run_commands(sub):
+                        return
+                if sub in ready:
+                    for _ in range(_RECEIVE_BATCH):
+                        try:
+                            frame = sub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        event = core.accept(frame)
+                        if event is not None:
+                            for subscriber in core.matching(event):
+                                subscriber.sink(event)
+        finally:
+            sub.close(linger=0)
+            wake.close(linger=0)
+
+    def _run_commands(self, sub: zmq.Socket[bytes]) -> bool:
+        core = self._core
+        while True:
+            try:
+                kind, argument = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if kind == "stop":
+                return False
+            if kind == "sub":
+                topic = core.add(argument)
+                if topic is not None:
+                    sub.send(b"\x01" + topic)
+            elif kind == "unsub":
+                topic = core.remove(argument)
+                if topic is not None:
+                    sub.send(b"\x00" + topic)
+            elif kind == "sync":
+                with contextlib.suppress(zmq.Again):
+                    sub.send(core.sync_request(argument), zmq.NOBLOCK)
+            elif kind == "local":
+                for subscriber in core.matching(argument):
+                    subscriber.sink(argument)
+
+
+def _guarded(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+    """Run a handler; its exception is logged, never kills the receiver thread."""
+
+    def call(event: Event) -> None:
+        try:
+            handler(event)
+        except Exception:
+            log.exception("handler %r failed on %r", handler, event)
+
+    return call
+
+
+def _reopen_in_children() -> None:
+    for bus in list(_LIVE_BUSES):
+        if not bus.closed:
+            try:
+                bus._after_fork_in_child()
+            except Exception:  # never break the fork itself; the next call retries
+                log.exception("could not reopen the bus after fork")
+
+
+os.register_at_fork(after_in_child=_reopen_in_children)
