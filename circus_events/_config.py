@@ -41,6 +41,10 @@ DEFAULT_BUFFER_MAX_BYTES: Final = 64 * 1024 * 1024
 #: Stream mode: entries kept per stream (XADD MAXLEN ~).
 DEFAULT_RETENTION: Final = 100_000
 DEFAULT_STATS_INTERVAL: Final = 5.0
+#: Per local subscriber: past this many queued messages a stuck worker loses
+#: messages (and learns of it through sequence gaps) while the others go on.
+#: 50k x ~150 B is ~7.5 MB per stuck worker.
+DEFAULT_SUBSCRIBER_HWM: Final = 50_000
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -161,6 +165,8 @@ class BridgeConfig:
     stats_interval: float = DEFAULT_STATS_INTERVAL
     group: str | None = None
     redis_prefix: str = "circus-events"
+    #: Messages queued per local subscriber before it loses some (a gap).
+    subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
 
     @property
     def paths(self) -> SocketPaths:
@@ -217,6 +223,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "stats_interval": lambda v: _parse_float("stats_interval", v, 0.1),
     "group": lambda v: str(v) or None,
     "redis_prefix": lambda v: str(v),
+    "subscriber_hwm": lambda v: _parse_int("subscriber_hwm", v, 1),
 }
 
 #: Variables read by both the bridge and the clients, and the option each sets.

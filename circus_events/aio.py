@@ -97,6 +97,7 @@ class AsyncBus:
         on_gap: Callable[[Gap], Any] | None = None,
         publish_timeout: float = 5.0,
         queue_size: int = 10_000,
+        send_queue: int = 100_000,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(
@@ -108,6 +109,7 @@ class AsyncBus:
             echo=echo,
             publish_timeout=publish_timeout,
             queue_size=queue_size,
+            send_queue=send_queue,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap)
@@ -292,16 +294,17 @@ class AsyncBus:
         sub_now = self._sub_now
         core = self._core
         while True:
-            frame: bytes = await sub.recv()
-            for _ in range(_RECEIVE_BATCH):
+            frames: list[bytes] = [await sub.recv()]
+            for _ in range(_RECEIVE_BATCH - 1):
+                try:
+                    frames.append(sub_now.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frame in frames:
                 event = core.accept(frame)
                 if event is not None:
                     for subscriber in core.matching(event):
                         await _call(subscriber.sink, event)
-                try:
-                    frame = sub_now.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
 
 
 async def _call(sink: Callable[[Event], Any], event: Event) -> None:

@@ -96,6 +96,7 @@ def cli(verbose: int) -> None:
 @click.option("--ignore-hosts", help="Comma-separated hosts whose events are dropped.")
 @click.option("--stats-interval", help="Seconds between presence updates in Redis [5].")
 @click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
+@click.option("--subscriber-hwm", help="Messages queued per local subscriber before it loses some [50000].")
 def bridge(
     dir_: str | None,
     namespace: str | None,
@@ -107,6 +108,7 @@ def bridge(
     ignore_hosts: str | None,
     stats_interval: str | None,
     group: str | None,
+    subscriber_hwm: str | None,
 ) -> None:
     """Run this host's bridge in the foreground (for supervisor or systemd).
 
@@ -132,6 +134,7 @@ def bridge(
         ignore_hosts=ignore_hosts,
         stats_interval=stats_interval,
         group=group,
+        subscriber_hwm=subscriber_hwm,
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("circus_events").setLevel(logging.INFO)

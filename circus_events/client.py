@@ -122,6 +122,7 @@ class Bus:
         on_gap: Callable[[Gap], Any] | None = None,
         publish_timeout: float = 5.0,
         queue_size: int = 10_000,
+        send_queue: int = 100_000,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(
@@ -133,6 +134,7 @@ class Bus:
             echo=echo,
             publish_timeout=publish_timeout,
             queue_size=queue_size,
+            send_queue=send_queue,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap)

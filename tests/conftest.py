@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -164,3 +165,187 @@ def _no_inherited_bus_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CIRCUS_EVENTS_"):
             monkeypatch.delenv(name)
+
+
+WORKERS = Path(__file__).parent / "workers"
+
+
+def query_bridge(directory: Path | str, namespace: str = "default", timeout: float = 1.0) -> Any:
+    """Ask a bridge for its status over its control socket; None if it does not answer."""
+    import json  # noqa: PLC0415
+
+    import zmq  # noqa: PLC0415
+
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{directory}/{namespace}/ctl.sock")
+        sock.send(b'{"cmd": "status"}')
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+        context.term()
+
+
+class BridgeProcess:
+    """``circus-events bridge`` in its own process, standing for one host."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        host: str = "host-a",
+        namespace: str = "default",
+        redis_url: str | None = None,
+        args: tuple[str, ...] = (),
+        log: Path | None = None,
+    ) -> None:
+        self.directory = directory
+        self.host = host
+        self.namespace = namespace
+        self.redis_url = redis_url
+        self.args = args
+        self.log = log or directory.parent / f"bridge-{host}-{namespace}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "circus_events", "-v", "bridge", "--dir", str(self.directory)]
+        cmd += ["--host", self.host, "--namespace", self.namespace, *self.args]
+        if self.redis_url:
+            cmd += ["--redis-url", self.redis_url]
+        return cmd
+
+    def start(self, wait: bool = True) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_until(lambda: self.status(0.2) is not None, 15, f"bridge {self.host} to answer")
+
+    def status(self, timeout: float = 2.0) -> Any:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"bridge {self.host} exited: {self.log.read_text()[-2000:]}")
+        return query_bridge(self.directory, self.namespace, timeout)
+
+    def counters(self) -> dict[str, int]:
+        status = self.status()
+        assert status is not None, "bridge does not answer"
+        counters: dict[str, int] = status["counters"]
+        return counters
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(15)
+        self.process = None
+        return code
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def bridge_factory(short_tmp: Path) -> Iterator[Callable[..., BridgeProcess]]:
+    """Start bridges (one per simulated host); all are stopped after the test."""
+    bridges: list[BridgeProcess] = []
+
+    def make(host: str = "host-a", *, start: bool = True, **kwargs: Any) -> BridgeProcess:
+        directory = short_tmp / host
+        directory.mkdir(exist_ok=True)
+        bridge = BridgeProcess(directory, host=host, **kwargs)
+        if start:
+            bridge.start()
+        bridges.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in bridges:
+        bridge.stop()
+
+
+@pytest.fixture
+def bridge(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
+    """One single-host bridge."""
+    return bridge_factory()
+
+
+class WorkerProcess:
+    """A test worker script in its own process, read line by line."""
+
+    def __init__(self, script: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKERS / script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+
+    def expect_line(self, expected: str, timeout: float = 20.0) -> None:
+        import selectors  # noqa: PLC0415
+
+        assert self.process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if selector.select(deadline - time.monotonic()):
+                    line = self.process.stdout.readline().decode().strip()
+                    if line == expected:
+                        return
+                    if not line and self.process.poll() is not None:
+                        break
+        finally:
+            selector.close()
+        raise AssertionError(f"worker never printed {expected!r}: {self.stderr_tail()}")
+
+    def result(self, timeout: float = 60.0) -> Any:
+        import json  # noqa: PLC0415
+
+        out, err = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, err.decode()[-3000:]
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    def stderr_tail(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode()[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(script: str, *args: str, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(script, *args, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

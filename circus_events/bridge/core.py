@@ -106,6 +106,7 @@ class Bridge:
                 self._context,
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
+                subscriber_hwm=self.config.subscriber_hwm,
                 group=self.config.group,
             )
         except BaseException:

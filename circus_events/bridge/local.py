@@ -22,17 +22,12 @@ from .._exceptions import BridgeError
 
 __all__ = [
     "PULL_HWM",
-    "XPUB_HWM",
     "LocalSockets",
 ]
 
 #: Messages queued from all workers before the bridge reads them. Workers
 #: block (backpressure) past this; 100k x ~150 B is ~15 MB at most.
 PULL_HWM: Final = 100_000
-#: Messages queued per subscriber. Past this, a stuck subscriber loses
-#: messages (and learns of it through sequence gaps) while the others go on.
-#: 50k x ~150 B is ~7.5 MB per stuck worker.
-XPUB_HWM: Final = 50_000
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -46,6 +41,7 @@ class LocalSockets:
         paths: SocketPaths,
         *,
         max_message_bytes: int,
+        subscriber_hwm: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
@@ -62,7 +58,7 @@ class LocalSockets:
             self.pull.setsockopt(zmq.LINGER, 0)
             self.pull.bind("ipc://" + paths.pull)
             self.xpub = context.socket(zmq.XPUB)
-            self.xpub.setsockopt(zmq.SNDHWM, XPUB_HWM)
+            self.xpub.setsockopt(zmq.SNDHWM, subscriber_hwm)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.xpub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             self.xpub.bind("ipc://" + paths.pub)

@@ -1,0 +1,50 @@
+# The two commands: `make demo` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint typecheck unit bench clean redis-server
+
+setup: $(STAMP) redis-server
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "circus-events needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# redis-server comes from the system packages; install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "redis-server is missing: installing it with apt-get"; \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "cannot install redis-server here: install it (apt-get install redis-server) and retry"; exit 1; \
+		fi; }
+
+demo: setup
+	$(PY) examples/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check circus_events tests benchmarks examples
+	$(VENV)/bin/ruff format --check circus_events tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_protocol_*.py \
+		--cov=circus_events.protocol --cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
+
+bench: setup
+	$(PY) benchmarks/local_fanout.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
