@@ -63,6 +63,8 @@ DEFAULT_SEND_QUEUE: Final = 100_000
 #: Events buffered per subscription iterator; past it the receiver waits
 #: (backpressure) and the bridge's per-worker limit applies.
 DEFAULT_QUEUE_SIZE: Final = 10_000
+#: Seconds between repeats of an unanswered sync request.
+SYNC_RETRY: Final = 0.2
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
 RECEIVE_HWM: Final = 50_000
 

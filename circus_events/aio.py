@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar
 import zmq
 import zmq.asyncio
 
-from ._client_core import RECEIVE_HWM, BusCore, ClientOptions, Scope, Subscriber
+from ._client_core import RECEIVE_HWM, SYNC_RETRY, BusCore, ClientOptions, Scope, Subscriber
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
 from .protocol import Codec, Pattern
@@ -200,9 +200,20 @@ class AsyncBus:
         """Wait until the bridge has applied every subscription made so far."""
         self._ensure_reader()
         token = os.urandom(8)
-        with contextlib.suppress(zmq.Again):
-            self._sub_now.send(self._core.sync_request(token), zmq.NOBLOCK)
-        return await self._wait_marker(token, timeout)
+        request = self._core.sync_request(token)
+
+        async def keep_asking() -> None:
+            # Repeated: a request sent while the socket is reconnecting is dropped.
+            while True:
+                with contextlib.suppress(zmq.Again):
+                    self._sub_now.send(request, zmq.NOBLOCK)
+                await asyncio.sleep(SYNC_RETRY)
+
+        asking = asyncio.create_task(keep_asking())
+        try:
+            return await self._wait_marker(token, timeout)
+        finally:
+            asking.cancel()
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has taken everything published so far."""

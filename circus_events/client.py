@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -25,7 +26,7 @@ from typing import Any, Final, TypeVar
 
 import zmq
 
-from ._client_core import RECEIVE_HWM, BusCore, ClientOptions, Scope, Subscriber
+from ._client_core import RECEIVE_HWM, SYNC_RETRY, BusCore, ClientOptions, Scope, Subscriber
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
 from .protocol import Codec, Pattern
@@ -258,9 +259,16 @@ class Bus:
         token = os.urandom(8)
         done = threading.Event()
         self._flush_waiters[token] = done
+        deadline = time.monotonic() + timeout
         try:
-            self._command("sync", token)
-            return done.wait(timeout)
+            # Repeated: a request sent while the socket is reconnecting is dropped.
+            while True:
+                self._command("sync", token)
+                remaining = deadline - time.monotonic()
+                if done.wait(min(SYNC_RETRY, max(remaining, 0))):
+                    return True
+                if remaining <= SYNC_RETRY:
+                    return False
         finally:
             self._flush_waiters.pop(token, None)
 

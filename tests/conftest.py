@@ -349,3 +349,28 @@ def workers() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+class AsyncioThread:
+    """An event loop on a thread, so a sync test can drive an AsyncBus next to Bus objects."""
+
+    def __init__(self) -> None:
+        import asyncio  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> AsyncioThread:
+        self.thread.start()
+        return self
+
+    def run(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        import asyncio  # noqa: PLC0415
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import queue
+import signal
+import time
 from collections.abc import Callable
 
-from conftest import BridgeProcess, WorkerProcess
+from conftest import AsyncioThread, BridgeProcess, WorkerProcess, wait_until
+
+from circus_events import AsyncBus, AsyncSubscription, Bus, Event, Gap, Subscription
 
 CHANNELS = "orders.paid,orders.refunded,users.created"
 
@@ -46,3 +51,159 @@ def test_one_publisher_eight_subscribers_in_order_exactly_once(
     counters = bridge.counters()
     assert counters["accepted"] == total + 1  # and the publisher's flush marker
     assert counters["rejected_malformed"] == counters["rejected_oversized"] == 0
+
+
+def _drain(subscription: Subscription, idle: float = 0.3) -> list[Event]:
+    """Everything that arrives until nothing has for ``idle`` seconds."""
+    events = []
+    while True:
+        try:
+            events.append(subscription.get(timeout=idle))
+        except queue.Empty:
+            return events
+
+
+def test_echo_off_by_default_and_scopes(bridge: BridgeProcess) -> None:
+    with (
+        Bus(dir=str(bridge.directory), worker="a") as a,
+        Bus(dir=str(bridge.directory), worker="a-echo", echo=True) as a_echo,
+        Bus(dir=str(bridge.directory), worker="b") as b,
+    ):
+        own = a.subscribe("news")
+        own_echo = a_echo.subscribe("news")
+        other = b.subscribe("news")
+        assert a.sync() and a_echo.sync() and b.sync()
+
+        a.publish("news", "cluster")
+        a_echo.publish("news", "echoed")
+        a.publish("news", "host-only", scope="host")
+        a.publish("news", "in-process", scope="process")
+        assert a.flush() and a_echo.flush()
+
+        # (two publishers: no order between them, only within each)
+        assert sorted(e.data for e in _drain(other)) == ["cluster", "echoed", "host-only"]
+        # a gets no echo of its own publications (but a_echo's, and its in-process one).
+        assert sorted(e.data for e in _drain(own)) == ["echoed", "in-process"]
+        # a_echo asked for echo: it sees its own publication too.
+        assert sorted(e.data for e in _drain(own_echo)) == ["cluster", "echoed", "host-only"]
+
+
+def test_process_scope_never_reaches_the_bridge(bridge: BridgeProcess) -> None:
+    with Bus(dir=str(bridge.directory), worker="a") as a:
+        local = a.subscribe("local.*")
+        before = bridge.counters()["accepted"]
+        for n in range(100):
+            a.publish("local.tick", n, scope="process")
+        assert [e.data for e in _drain(local)] == list(range(100))
+        assert bridge.counters()["accepted"] == before
+
+
+def test_send_to_reaches_exactly_the_named_worker(bridge: BridgeProcess) -> None:
+    directory = str(bridge.directory)
+    with (
+        Bus(dir=directory, worker="sender") as sender,
+        Bus(dir=directory, worker="w1") as w1,
+        Bus(dir=directory, worker="w2") as w2,
+        AsyncioThread() as loop,
+    ):
+        w1_inbox, w2_inbox = w1.subscribe("jobs"), w2.subscribe("jobs")
+        w3 = loop.run(_async_bus(directory, "w3"))
+        w3_inbox = loop.run(_async_subscribe(w3, "jobs"))
+        assert w1.sync() and w2.sync()
+        sender.send_to("w2", "jobs", {"job": 1})
+        sender.send_to("w3", "jobs", {"job": 2})
+        sender.send_to("nobody", "jobs", {"job": 3})
+        assert sender.flush()
+        assert [e.data for e in _drain(w2_inbox)] == [{"job": 1}]
+        assert loop.run(w3_inbox.get(timeout=5)).data == {"job": 2}
+        assert _drain(w1_inbox) == []
+        assert all(e.direct for e in _drain(w2_inbox, 0.05))
+        loop.run(w3.close())
+
+
+async def _async_bus(directory: str, worker: str) -> AsyncBus:
+    return await AsyncBus(dir=directory, worker=worker).start()
+
+
+async def _async_subscribe(bus: AsyncBus, pattern: str) -> AsyncSubscription:
+    subscription = bus.subscribe(pattern)
+    assert await bus.sync()
+    return subscription
+
+
+def test_bridge_killed_and_restarted_workers_carry_on_and_learn_the_gap(
+    bridge: BridgeProcess,
+) -> None:
+    gaps: list[Gap] = []
+    received: list[int] = []
+    directory = str(bridge.directory)
+    with (
+        Bus(dir=directory, worker="pub") as publisher,
+        Bus(dir=directory, worker="sub", on_gap=gaps.append) as subscriber,
+    ):
+        subscriber.on("ticks")(lambda event: received.append(event.data))
+        assert subscriber.sync()
+        sent = 0
+        for _ in range(20_000):  # a burst, so the bridge dies with some in hand
+            publisher.publish("ticks", sent)
+            sent += 1
+        bridge.kill()
+        for _ in range(100):  # queued in the worker while no bridge runs
+            publisher.publish("ticks", sent)
+            sent += 1
+        bridge.start()
+        assert subscriber.sync(10), "the worker did not reconnect to the new bridge"
+        for _ in range(100):
+            publisher.publish("ticks", sent)
+            sent += 1
+        assert publisher.flush(10)
+        wait_until(lambda: received and received[-1] == sent - 1, 10, "the last message")
+        assert received == sorted(set(received)), "in order, none twice"
+        # Every message either arrived or was reported missing.
+        assert len(received) + sum(g.missed for g in gaps) == sent
+
+
+def test_stuck_subscriber_does_not_slow_the_others(
+    bridge_factory: Callable[..., BridgeProcess], workers: Callable[..., WorkerProcess]
+) -> None:
+    # A small per-subscriber limit, so the stuck worker overflows quickly; the
+    # publisher paces itself so healthy workers on a busy 2-core CI box keep up.
+    bridge = bridge_factory(args=("--subscriber-hwm", "2000"))
+    total = 20_000
+    stuck = workers(
+        "subscriber.py", "--dir", str(bridge.directory), "--worker", "stuck", "--idle", "3"
+    )
+    healthy = [
+        workers(
+            "subscriber.py",
+            "--dir", str(bridge.directory),
+            "--worker", f"ok-{n}",
+            "--count", str(total),
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    for worker in [stuck, *healthy]:
+        worker.expect_line("READY")
+    stuck.process.send_signal(signal.SIGSTOP)  # never reads, as a hung worker
+    with Bus(dir=str(bridge.directory), worker="publisher") as publisher:
+        start = time.monotonic()
+        for n in range(total):
+            pause = start + n / 5000 - time.monotonic()  # 5,000 msg/s
+            if pause > 0:
+                time.sleep(pause)  # pacing the publisher, not synchronisation
+            publisher.publish("orders.paid", {"i": n})
+        assert publisher.flush()
+        for worker in healthy:
+            result = worker.result()
+            assert result["missed"] == 0
+            assert [e[1]["i"] for e in result["events"]] == list(range(total))
+        stuck.process.send_signal(signal.SIGCONT)
+        # One more after it wakes, so the stuck worker can see the hole.
+        publisher.publish("orders.paid", {"i": total})
+        assert publisher.flush()
+    result = stuck.result()
+    received = [e[1]["i"] for e in result["events"]]
+    assert result["missed"] > 0, "the stuck worker is told it missed messages"
+    assert received == sorted(set(received))
+    # Every message either reached the stuck worker or is in its gap reports.
+    assert len(received) + result["missed"] == total + 1

@@ -1,0 +1,246 @@
+"""The outbound queue of the publishing connection: waiting, then in flight.
+
+Theory of operation
+-------------------
+Every message bound for Redis is one pre-encoded ``PUBLISH`` command. It
+waits in the *pending* queue until the next flush, which moves everything
+pending into one *batch*, written to the connection in a single write.
+A batch stays *in flight* until Redis has answered each of its commands;
+replies arrive in order, so counting them is enough (no per-message future,
+no per-message round trip). Control commands (heartbeat, presence) share
+the same ordered in-flight list, each with a callback for its reply.
+
+Delivery to Redis is at least once: when the connection is lost, every
+message not yet answered goes back to the front of the pending queue, in
+order, and is sent again after the reconnect. Redis may have executed some
+of them before the connection died (the reply was lost), so a peer can
+receive a message twice; receivers drop duplicates by sequence number.
+
+The pending queue is bounded by ``max_bytes`` counted in Redis value bytes
+(not command bytes). Past it the oldest messages are dropped and counted
+exactly in :attr:`OutboundQueue.dropped`. Messages already written to a live
+connection are not counted against the bound (the transport's write-buffer
+limit bounds them); after a connection loss they rejoin the pending queue
+and count again.
+
+Sans-IO: the caller writes the bytes :meth:`take` and :meth:`control`
+return, in the order it gets them, and passes the loop time in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._exceptions import ProtocolError
+
+__all__ = ["OutboundQueue", "ReplyCallback"]
+
+#: A control command's callback: its reply, or a ConnectionError if lost.
+ReplyCallback = Callable[[Any], None]
+
+_LOST: Final = ConnectionError("the Redis connection closed before the reply")
+
+
+class _Batch:
+    """Messages written in one write; ``acked`` of them are answered."""
+
+    __slots__ = ("acked", "cmds", "count", "nbytes", "sent_at", "sizes")
+
+    def __init__(self, cmds: deque[bytes], sizes: deque[int], nbytes: int, sent_at: float) -> None:
+        self.cmds = cmds
+        self.sizes = sizes
+        self.count = len(cmds)
+        self.nbytes = nbytes
+        self.acked = 0
+        self.sent_at = sent_at
+
+
+class _Control:
+    """One control command and the callback that wants its reply."""
+
+    __slots__ = ("callback", "sent_at")
+
+    def __init__(self, callback: ReplyCallback | None, sent_at: float) -> None:
+        self.callback = callback
+        self.sent_at = sent_at
+
+
+class OutboundQueue:
+    """Pending and in-flight PUBLISH commands of one publishing connection."""
+
+    __slots__ = (
+        "_inflight",
+        "_inflight_bytes",
+        "_inflight_count",
+        "_pending",
+        "_sizes",
+        "dropped",
+        "errors",
+        "last_error",
+        "max_bytes",
+        "pending_bytes",
+        "published",
+    )
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._pending: deque[bytes] = deque()
+        self._sizes: deque[int] = deque()
+        self.pending_bytes = 0
+        self._inflight: deque[_Batch | _Control] = deque()
+        self._inflight_count = 0
+        self._inflight_bytes = 0
+        #: Messages Redis acknowledged.
+        self.published = 0
+        #: Messages dropped, oldest first, because the pending bytes passed max_bytes.
+        self.dropped = 0
+        #: PUBLISH commands Redis answered with an error (for example an ACL refusal).
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- producer side ----------------------------------------------------------
+
+    def push(self, cmd: bytes, size: int) -> None:
+        """Queue one encoded PUBLISH whose value is ``size`` bytes."""
+        self._pending.append(cmd)
+        self._sizes.append(size)
+        self.pending_bytes += size
+        if self.pending_bytes > self.max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        pending, sizes = self._pending, self._sizes
+        while self.pending_bytes > self.max_bytes and pending:
+            pending.popleft()
+            self.pending_bytes -= sizes.popleft()
+            self.dropped += 1
+
+    def take(self, now: float) -> bytes | None:
+        """Move every pending message into one in-flight batch; return the bytes to write."""
+        if not self._pending:
+            return None
+        batch = _Batch(self._pending, self._sizes, self.pending_bytes, now)
+        self._pending = deque()
+        self._sizes = deque()
+        self.pending_bytes = 0
+        self._inflight.append(batch)
+        self._inflight_count += batch.count
+        self._inflight_bytes += batch.nbytes
+        return b"".join(batch.cmds)
+
+    def control(self, cmd: bytes, callback: ReplyCallback | None, now: float) -> bytes:
+        """Register a control command; return its bytes to write now."""
+        self._inflight.append(_Control(callback, now))
+        return cmd
+
+    # -- connection side --------------------------------------------------------
+
+    def consume(self, reader: Any) -> None:
+        """Account every complete reply in ``reader`` (a hiredis.Reader)."""
+        gets = reader.gets
+        inflight = self._inflight
+        while True:
+            if not inflight:
+                if gets() is not False:
+                    raise ProtocolError("Redis sent a reply to a command never sent")
+                return
+            head = inflight[0]
+            if head.__class__ is _Batch:
+                assert isinstance(head, _Batch)
+                acked = head.acked
+                count = head.count
+                while acked < count:
+                    reply = gets()
+                    if reply is False:
+                        head.acked = acked
+                        return
+                    if reply.__class__ is not int:
+                        self._reply_error(reply)
+                    acked += 1
+                inflight.popleft()
+                self.published += count
+                self._inflight_count -= count
+                self._inflight_bytes -= head.nbytes
+            else:
+                assert isinstance(head, _Control)
+                reply = gets()
+                if reply is False:
+                    return
+                inflight.popleft()
+                if head.callback is not None:
+                    head.callback(reply)
+
+    def _reply_error(self, reply: Any) -> None:
+        self.errors += 1
+        self.published -= 1  # counted as published when its batch completes
+        self.last_error = f"Redis refused a PUBLISH: {reply}"
+
+    def requeue(self) -> int:
+        """The connection is gone: unanswered messages go back in front, in order.
+
+        Control callbacks get a ConnectionError. Returns how many messages
+        were requeued (the cap may drop some of them at once).
+        """
+        cmds: deque[bytes] = deque()
+        sizes: deque[int] = deque()
+        for entry in self._inflight:
+            if isinstance(entry, _Batch):
+                self.published += entry.acked
+                if entry.acked:
+                    # Only the first entry can be partly answered.
+                    entry.cmds = deque(list(entry.cmds)[entry.acked :])
+                    entry.sizes = deque(list(entry.sizes)[entry.acked :])
+                cmds.extend(entry.cmds)
+                sizes.extend(entry.sizes)
+            elif entry.callback is not None:
+                entry.callback(_LOST)
+        self._inflight.clear()
+        self._inflight_count = 0
+        self._inflight_bytes = 0
+        requeued = len(cmds)
+        if requeued:
+            cmds.extend(self._pending)
+            sizes.extend(self._sizes)
+            self._pending = cmds
+            self._sizes = sizes
+            self.pending_bytes = sum(sizes)
+            self._trim()
+        return requeued
+
+    # -- observation ---------------------------------------------------------------
+
+    def oldest_sent(self) -> float | None:
+        """When the oldest unanswered command was written, or None."""
+        return self._inflight[0].sent_at if self._inflight else None
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    @property
+    def inflight_count(self) -> int:
+        """Messages written and not yet answered (exact)."""
+        head = self._inflight[0] if self._inflight else None
+        return self._inflight_count - (head.acked if isinstance(head, _Batch) else 0)
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Value bytes written and not yet answered (exact)."""
+        head = self._inflight[0] if self._inflight else None
+        if isinstance(head, _Batch) and head.acked:
+            answered = sum(size for i, size in enumerate(head.sizes) if i < head.acked)
+            return self._inflight_bytes - answered
+        return self._inflight_bytes
+
+    @property
+    def published_now(self) -> int:
+        """Messages acknowledged so far, counting the partly answered batch."""
+        head = self._inflight[0] if self._inflight else None
+        return self.published + (head.acked if isinstance(head, _Batch) else 0)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and nothing in flight."""
+        return not self._pending and not self._inflight
