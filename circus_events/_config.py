@@ -168,6 +168,9 @@ class BridgeConfig:
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
 
+    def __post_init__(self) -> None:
+        socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
+
     @property
     def paths(self) -> SocketPaths:
         return socket_paths(self.dir, self.namespace)

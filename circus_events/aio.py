@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -219,11 +220,12 @@ class AsyncBus:
         """Wait until the bridge has taken everything published so far."""
         self._ensure_reader()
         token = os.urandom(8)
+        deadline = time.monotonic() + timeout
         try:
-            await self._send(self._core.flush_frame(token))
+            await self._send(self._core.flush_frame(token), timeout)
         except PublishTimeout:
             return False
-        return await self._wait_marker(token, timeout)
+        return await self._wait_marker(token, max(deadline - time.monotonic(), 0))
 
     async def _wait_marker(self, token: bytes, timeout: float) -> bool:
         waiter = asyncio.get_running_loop().create_future()
@@ -284,13 +286,14 @@ class AsyncBus:
         if topic is not None and not self.closed:
             self._sub_now.send(b"\x00" + topic)
 
-    async def _send(self, frame: bytes) -> None:
+    async def _send(self, frame: bytes, timeout: float | None = None) -> None:
         try:
             self._push_now.send(frame, zmq.NOBLOCK)
             return
         except zmq.Again:
             pass
-        timeout = self._core.options.publish_timeout
+        if timeout is None:
+            timeout = self._core.options.publish_timeout
         try:
             await asyncio.wait_for(self._push.send(frame), timeout)
         except TimeoutError:

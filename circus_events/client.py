@@ -282,9 +282,10 @@ class Bus:
         token = os.urandom(8)
         done = threading.Event()
         self._flush_waiters[token] = done
+        deadline = time.monotonic() + timeout
         try:
-            self._send(self._core.flush_frame(token))
-            return done.wait(timeout)
+            self._send(self._core.flush_frame(token), timeout)
+            return done.wait(max(deadline - time.monotonic(), 0))
         except PublishTimeout:
             return False
         finally:
@@ -333,14 +334,16 @@ class Bus:
 
     # -- internals ------------------------------------------------------------------
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes, timeout: float | None = None) -> None:
         with self._lock:
             try:
                 self._push.send(frame, zmq.NOBLOCK)
                 return
             except zmq.Again:
                 pass
-            timeout_ms = int(self._core.options.publish_timeout * 1000)
+            if timeout is None:
+                timeout = self._core.options.publish_timeout
+            timeout_ms = int(timeout * 1000)
             if self._push.poll(timeout_ms, zmq.POLLOUT):
                 self._push.send(frame, zmq.NOBLOCK)
                 return
