@@ -65,6 +65,8 @@ DEFAULT_SEND_QUEUE: Final = 100_000
 DEFAULT_QUEUE_SIZE: Final = 10_000
 #: Seconds between repeats of an unanswered sync request.
 SYNC_RETRY: Final = 0.2
+#: Seconds before an unanswered flush marker is sent again.
+FLUSH_RETRY: Final = 1.0
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
 RECEIVE_HWM: Final = 50_000
 
@@ -276,9 +278,9 @@ class BusCore:
             self.undecodable += 1
             log.warning("dropped a frame that does not decode: %s", exc)
             return None
-        if env.epoch == self.epoch and env.origin == self.options.worker and env.target is None:
-            if not self.options.echo:
-                return None
+        own = env.epoch == self.epoch and env.origin == self.options.worker
+        if own and env.target is None and not self.options.echo:
+            return None
         if env.target is not None:
             if env.target != self.options.worker:
                 return None

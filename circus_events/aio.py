@@ -21,7 +21,15 @@ from typing import Any, Final, TypeVar
 import zmq
 import zmq.asyncio
 
-from ._client_core import RECEIVE_HWM, SYNC_RETRY, BusCore, ClientOptions, Scope, Subscriber
+from ._client_core import (
+    FLUSH_RETRY,
+    RECEIVE_HWM,
+    SYNC_RETRY,
+    BusCore,
+    ClientOptions,
+    Scope,
+    Subscriber,
+)
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
 from .protocol import Codec, Pattern
@@ -219,13 +227,21 @@ class AsyncBus:
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has taken everything published so far."""
         self._ensure_reader()
-        token = os.urandom(8)
         deadline = time.monotonic() + timeout
-        try:
-            await self._send(self._core.flush_frame(token), timeout)
-        except PublishTimeout:
+        # The marker comes back on our inbox: make sure the bridge knows it first.
+        if not await self.sync(timeout):
             return False
-        return await self._wait_marker(token, max(deadline - time.monotonic(), 0))
+        token = os.urandom(8)
+        while True:  # repeated: a marker can be lost if the bridge restarts meanwhile
+            remaining = deadline - time.monotonic()
+            try:
+                await self._send(self._core.flush_frame(token), max(remaining, 0))
+            except PublishTimeout:
+                return False
+            if await self._wait_marker(token, min(FLUSH_RETRY, max(remaining, 0))):
+                return True
+            if remaining <= FLUSH_RETRY:
+                return False
 
     async def _wait_marker(self, token: bytes, timeout: float) -> bool:
         waiter = asyncio.get_running_loop().create_future()

@@ -96,7 +96,9 @@ def cli(verbose: int) -> None:
 @click.option("--ignore-hosts", help="Comma-separated hosts whose events are dropped.")
 @click.option("--stats-interval", help="Seconds between presence updates in Redis [5].")
 @click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
-@click.option("--subscriber-hwm", help="Messages queued per local subscriber before it loses some [50000].")
+@click.option(
+    "--subscriber-hwm", help="Messages queued per local subscriber before it loses some [50000]."
+)
 def bridge(
     dir_: str | None,
     namespace: str | None,

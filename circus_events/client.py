@@ -26,7 +26,15 @@ from typing import Any, Final, TypeVar
 
 import zmq
 
-from ._client_core import RECEIVE_HWM, SYNC_RETRY, BusCore, ClientOptions, Scope, Subscriber
+from ._client_core import (
+    FLUSH_RETRY,
+    RECEIVE_HWM,
+    SYNC_RETRY,
+    BusCore,
+    ClientOptions,
+    Scope,
+    Subscriber,
+)
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
 from .protocol import Codec, Pattern
@@ -92,10 +100,8 @@ class Subscription:
             self._end()
 
     def _end(self) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_END)
-        except queue.Full:
-            pass
 
     def __enter__(self) -> Subscription:
         return self
@@ -279,13 +285,21 @@ class Bus:
         bridge is down or slow); the messages stay queued either way.
         """
         self._check_process()
+        deadline = time.monotonic() + timeout
+        # The marker comes back on our inbox: make sure the bridge knows it first.
+        if not self.sync(timeout):
+            return False
         token = os.urandom(8)
         done = threading.Event()
         self._flush_waiters[token] = done
-        deadline = time.monotonic() + timeout
         try:
-            self._send(self._core.flush_frame(token), timeout)
-            return done.wait(max(deadline - time.monotonic(), 0))
+            while True:  # repeated: a marker can be lost if the bridge restarts meanwhile
+                remaining = deadline - time.monotonic()
+                self._send(self._core.flush_frame(token), max(remaining, 0))
+                if done.wait(min(FLUSH_RETRY, max(remaining, 0))):
+                    return True
+                if remaining <= FLUSH_RETRY:
+                    return False
         except PublishTimeout:
             return False
         finally:

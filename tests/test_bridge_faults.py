@@ -99,7 +99,9 @@ def test_oversized_publish_raises_in_the_client_and_bridge_is_unaffected(
     "channel",
     ["", "a" * 201, "tab\there", "star*", "q?", "[x]", "@system", "back\\slash", 42],
 )
-def test_bad_channel_names_raise_a_clear_value_error(bridge: BridgeProcess, channel: object) -> None:
+def test_bad_channel_names_raise_a_clear_value_error(
+    bridge: BridgeProcess, channel: object
+) -> None:
     with Bus(dir=str(bridge.directory)) as bus:
         with pytest.raises(ValueError, match="channel") as raised:
             bus.publish(channel, 1)  # type: ignore[arg-type]
@@ -189,7 +191,9 @@ def test_a_forked_child_gets_its_own_sockets_and_identity(bridge: BridgeProcess)
             try:
                 replies = parent_bus.subscribe("to-child")
                 if parent_bus.sync(10):
-                    parent_bus.publish("from-child", {"pid": os.getpid(), "worker": parent_bus.worker})
+                    parent_bus.publish(
+                        "from-child", {"pid": os.getpid(), "worker": parent_bus.worker}
+                    )
                     code = 0 if replies.get(timeout=10).data == "hello child" else 3
             finally:
                 os._exit(code)

@@ -50,7 +50,7 @@ def parse_codec(name: str | Codec) -> Codec:
         codec = Codec[str(name).upper()]
     except KeyError:
         raise ValueError(f"unknown codec {name!r}: choose json, msgpack or raw") from None
-    if codec is Codec.MSGPACK:
+    if codec == Codec.MSGPACK:
         _msgpack()
     return codec
 
@@ -67,12 +67,12 @@ def _msgpack() -> Any:
 
 def encode_payload(codec: Codec, data: Any) -> bytes:
     """Encode ``data``; raise :class:`EncodeError` naming the problem."""
-    if codec is Codec.JSON:
+    if codec == Codec.JSON:
         try:
             return _json_dumps(data)
         except _JSON_ERRORS as exc:
             raise EncodeError(f"cannot encode {type(data).__name__} as JSON: {exc}") from exc
-    if codec is Codec.RAW:
+    if codec == Codec.RAW:
         if isinstance(data, bytes):
             return data
         if isinstance(data, (bytearray, memoryview)):

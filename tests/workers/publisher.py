@@ -15,7 +15,9 @@ def main() -> None:
     parser.add_argument("--worker", default="publisher")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--channels", default="orders.paid")
-    parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0: as fast as possible")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="messages/s; 0: as fast as possible"
+    )
     parser.add_argument("--host", default=None)
     args = parser.parse_args()
     channels = args.channels.split(",")

@@ -16,10 +16,11 @@ from typing import Any
 from circus_events import AsyncBus, Bus, Gap
 
 
-def summary(events: list[tuple[str, Any]], gaps: list[Gap]) -> str:
+def summary(events: list[tuple[str, Any]], gaps: list[Gap], last_seq: int = 0) -> str:
     return json.dumps(
         {
             "events": events,
+            "last_seq": last_seq,
             "gaps": [g._asdict() for g in gaps],
             "missed": sum(g.missed for g in gaps),
         }
@@ -29,6 +30,7 @@ def summary(events: list[tuple[str, Any]], gaps: list[Gap]) -> str:
 def run_sync(args: argparse.Namespace) -> None:
     gaps: list[Gap] = []
     events: list[tuple[str, Any]] = []
+    last_seq = 0
     with Bus(dir=args.dir, worker=args.worker, on_gap=gaps.append) as bus:
         subscription = bus.subscribe(args.pattern)
         assert bus.sync(10), "bridge did not confirm the subscription"
@@ -40,7 +42,10 @@ def run_sync(args: argparse.Namespace) -> None:
             except queue.Empty:
                 break
             events.append((event.channel, event.data))
-        print(summary(events, gaps), flush=True)
+            last_seq = event.seq
+            if args.stop_on is not None and event.data == args.stop_on:
+                break
+        print(summary(events, gaps, last_seq), flush=True)
 
 
 async def run_async(args: argparse.Namespace) -> None:
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--kind", choices=["sync", "async"], default="sync")
+    parser.add_argument("--stop-on", help="exit after an event whose data is this string")
     args = parser.parse_args()
     if args.kind == "sync":
         run_sync(args)
