@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -374,3 +375,141 @@ class AsyncioThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+CIRCUS_INI = """
+[circus]
+endpoint = tcp://127.0.0.1:{endpoint}
+pubsub_endpoint = tcp://127.0.0.1:{pubsub}
+stats_endpoint = tcp://127.0.0.1:{stats}
+statsd = False
+check_delay = 1
+warmup_delay = 0
+
+[env]
+CIRCUS_EVENTS_DIR = {sockets}
+CIRCUS_EVENTS_HOST = {host}
+
+[plugin:events]
+use = circus_events.plugin.EventsPlugin
+dir = $(circus.env.CIRCUS_EVENTS_DIR)
+host = $(circus.env.CIRCUS_EVENTS_HOST)
+reconcile_interval = 2
+{plugin_extra}
+
+[watcher:recorder]
+cmd = {python} {workers}/recorder.py {home}/events.jsonl *
+numprocesses = {recorders}
+copy_env = True
+graceful_timeout = 5
+"""
+
+
+class CircusHost:
+    """A real circusd with the events plugin, standing for one host."""
+
+    def __init__(
+        self, home: Path, host: str, redis_url: str | None, plugin_extra: str = ""
+    ) -> None:
+        self.home = home
+        self.host = host
+        self.redis_url = redis_url
+        self.sockets = home / "s"
+        self.endpoint = free_port()
+        self.ini = home / "circus.ini"
+        self.ini.write_text(
+            CIRCUS_INI.format(
+                endpoint=self.endpoint,
+                pubsub=free_port(),
+                stats=free_port(),
+                sockets=self.sockets,
+                host=host,
+                python=sys.executable,
+                workers=WORKERS,
+                home=home,
+                recorders=2,
+                plugin_extra=plugin_extra,
+            )
+        )
+        self.events_file = home / "events.jsonl"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ}
+        if self.redis_url:
+            env["CIRCUS_EVENTS_REDIS_URL"] = self.redis_url
+        circusd = Path(sys.executable).parent / "circusd"
+        with open(self.home / "circusd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(circusd), "--log-output", str(self.home / "circusd.log"), str(self.ini)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def ctl(self, *args: str) -> str:
+        circusctl = Path(sys.executable).parent / "circusctl"
+        result = subprocess.run(
+            [
+                str(circusctl),
+                "--endpoint",
+                f"tcp://127.0.0.1:{self.endpoint}",
+                "--timeout",
+                "10",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return result.stdout + result.stderr
+
+    def bridge_status(self) -> Any:
+        return query_bridge(self.sockets, "default", 0.5)
+
+    def events(self) -> list[dict[str, Any]]:
+        import json  # noqa: PLC0415
+
+        if not self.events_file.exists():
+            return []
+        lines = self.events_file.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def ready_workers(self) -> set[str]:
+        return {e["ready"] for e in self.events() if "ready" in e}
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # anything circusd left behind
+        self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def circus_factory(short_tmp: Path) -> Iterator[Callable[..., CircusHost]]:
+    hosts: list[CircusHost] = []
+
+    def make(
+        host: str, redis_url: str | None = None, *, start: bool = True, **kwargs: Any
+    ) -> CircusHost:
+        home = short_tmp / host
+        home.mkdir()
+        circus_host = CircusHost(home, host, redis_url, **kwargs)
+        if start:
+            circus_host.start()
+        hosts.append(circus_host)
+        return circus_host
+
+    yield make
+    for circus_host in hosts:
+        circus_host.stop()

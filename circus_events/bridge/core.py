@@ -86,6 +86,8 @@ class Bridge:
         self.started_at = time.time()
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
+        #: Set once the sockets are bound and the bridge serves.
+        self.ready = asyncio.Event()
         self._sockets: LocalSockets | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._redis: _RedisPort | None = None
@@ -122,6 +124,7 @@ class Bridge:
         for sock in (self._sockets.pull, self._sockets.xpub, self._sockets.control):
             self._loop.add_reader(_fd(sock), self._schedule_service)
         self._schedule_service()
+        self.ready.set()
         log.info(
             "bridge %s serving %s (host %s, redis %s)",
             __version__,
@@ -242,6 +245,25 @@ class Bridge:
         counters["accepted"] += accepted
         counters["delivered"] += delivered
         return False
+
+    def inject(self, frame: bytes) -> bool:
+        """Publish a frame made inside the bridge's process (the circus plugin's
+        process events) as if a local worker had sent it. False if refused."""
+        if self._sockets is None or self._stopping.is_set():
+            return False
+        try:
+            env = decode_frame(frame)
+        except ProtocolError as exc:
+            self.counters["rejected_malformed"] += 1
+            self._note_bad_frame(exc)
+            return False
+        self.counters["accepted"] += 1
+        self._sockets.xpub.send(frame, zmq.NOBLOCK)
+        self.counters["delivered"] += 1
+        if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
+            self._redis.publish(frame, frame.index(b"\0"))
+        self._schedule_service()
+        return True
 
     def deliver_from_redis(self, frames: list[bytes]) -> None:
         """Deliver frames that other hosts sent (called by the Redis side)."""
