@@ -70,8 +70,8 @@ _PLUGIN_KEYS: Final = frozenset({"redis_url_file", "reconcile_interval", "log_fi
 #: Keys circus itself puts in (or reads from) a plugin section: not ours to refuse.
 _CIRCUS_KEYS: Final = frozenset(
     {
-        "__name__", "use", "name", "priority", "singleton", "active", "copy_env", "copy_path", "respawn",
-        "max_retry", "graceful_timeout", "autostart", "warmup_delay", "stop_signal",
+        "__name__", "use", "name", "priority", "singleton", "active", "copy_env", "copy_path",
+        "respawn", "max_retry", "graceful_timeout", "autostart", "warmup_delay", "stop_signal",
         "stop_children", "close_child_stdout", "close_child_stderr", "working_dir", "uid",
         "gid", "umask", "on_demand", "virtualenv", "use_papa", "numprocesses",
     }
@@ -105,7 +105,7 @@ def parse_plugin_options(
         raise ConfigError(
             "redis_url",
             "contains a password; plugin options are visible in `ps`. Put the URL in "
-            "CIRCUS_EVENTS_REDIS_URL in circusd's environment, or in a file named by redis_url_file",
+            "CIRCUS_EVENTS_REDIS_URL in circusd's environment, or in the file redis_url_file names",
         )
     if options.get("redis_url_file"):
         path = options["redis_url_file"]
@@ -140,9 +140,9 @@ def _log_to_file(path: str) -> None:
     """Log to a file the user can find, as well as to circus' own logger."""
     with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logging.getLogger("circus_events").addHandler(handler)
+        to_file = logging.FileHandler(path)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger("circus_events").addHandler(to_file)
     package = logging.getLogger("circus_events")
     package.setLevel(logging.INFO)
     for handler in logging.getLogger("circus").handlers:

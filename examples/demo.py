@@ -28,7 +28,9 @@ class Group:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], env: dict[str, str], **kwargs: object
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(args, env=env, **kwargs)  # type: ignore[call-overload]
         self.processes.append(process)
         return process  # type: ignore[no-any-return]
@@ -58,7 +60,9 @@ def wait_for_bridge(env: dict[str, str], deadline: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: Ctrl-C)")
+    parser.add_argument(
+        "--duration", type=float, default=0, help="stop after N seconds (0: Ctrl-C)"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ce-demo-", dir="/tmp"))
@@ -84,8 +88,12 @@ def main() -> None:
         wait_for_bridge(env, time.monotonic() + 15)
         group.start([PYTHON, "-m", "circus_events", "tail", "*"], env)
         for n in range(2):
-            group.start([PYTHON, str(HERE / "ticker.py")], {**env, "CIRCUS_EVENTS_WORKER": f"ticker-{n}"})
-        group.start([PYTHON, str(HERE / "listener.py")], {**env, "CIRCUS_EVENTS_WORKER": "listener"})
+            group.start(
+                [PYTHON, str(HERE / "ticker.py")], {**env, "CIRCUS_EVENTS_WORKER": f"ticker-{n}"}
+            )
+        group.start(
+            [PYTHON, str(HERE / "listener.py")], {**env, "CIRCUS_EVENTS_WORKER": "listener"}
+        )
         started = time.monotonic()
         while not stopping:
             if args.duration and time.monotonic() - started > args.duration:

@@ -80,7 +80,7 @@ def test_bad_plugin_option_is_logged_and_circusd_keeps_running(
     for n, (line, message) in enumerate(cases.items()):
         host = circus_factory(f"bad{n}", plugin_extra=line)
         log = host.sockets / "events-plugin.log"
-        wait_until(lambda log=log: log.exists() and message in log.read_text(), 60, message)
+        wait_until(lambda log=log, m=message: log.exists() and m in log.read_text(), 60, message)
         assert "hunter2" not in log.read_text()
         wait_until(lambda host=host: "recorder: active" in host.ctl("status"), 30, "circusd")
         assert host.process is not None and host.process.poll() is None

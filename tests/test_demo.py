@@ -30,7 +30,10 @@ def test_demo_shows_events_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     output = tmp_path / "demo.out"
     with open(output, "wb") as out:
         demo = subprocess.Popen(
-            [sys.executable, str(DEMO)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, str(DEMO)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_until(lambda: output.read_text().count("demo.tick") >= 4, 60, "ticks in the tail")

@@ -2,8 +2,9 @@
 
 :class:`ConnectionKeeper` owns the retry policy, and its owner the meaning
 of a connection: the keeper calls ``connected(conn, outage)`` once a
-connection is ready, ``disconnected(conn, reason)`` when it is gone (always,
-also on close), and ``failed(error)`` for each attempt that failed. Retries
+connection is ready, ``disconnected(conn, reason, lost)`` when it is gone
+(always, also on close; ``lost`` is False when closing), and
+``failed(error)`` for each attempt that failed. Retries
 wait a jittered exponential backoff, :data:`BACKOFF_INITIAL` doubling to
 :data:`BACKOFF_MAX` (each delay 50-100% of that, so that bridges restarted
 together do not retry in step). A connection that dies within
@@ -82,7 +83,7 @@ class ConnectionKeeper:
         *,
         closing: asyncio.Event,
         connected: Callable[[RespConnection, bool], None],
-        disconnected: Callable[[RespConnection, BaseException | None], None],
+        disconnected: Callable[[RespConnection, BaseException | None, bool], None],
         failed: Callable[[RedisConnectError], None],
         throttle: LogThrottle,
         logger: logging.Logger,
@@ -113,6 +114,7 @@ class ConnectionKeeper:
                 self._log_bug("connecting")
                 continue
             reason: BaseException | None = None
+            lost = False
             try:
                 if self._closing.is_set():
                     return
@@ -121,12 +123,14 @@ class ConnectionKeeper:
                 self._connected(conn, connected_before or failures > 0)
                 connected_before = True
                 reason = await conn.wait_closed()
+                lost = True
                 failures = 0 if time.monotonic() - since >= STABLE_AFTER else failures + 1
             except Exception:  # a bug in a handler: drop this connection, keep going
+                lost = True
                 failures += 1
                 self._log_bug("serving")
             finally:
-                self._disconnected(conn, None if self._closing.is_set() else reason)
+                self._disconnected(conn, reason, lost and not self._closing.is_set())
                 await conn.aclose()
 
     async def _sleep(self, delay: float) -> bool:

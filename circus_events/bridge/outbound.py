@@ -17,11 +17,12 @@ of them before the connection died (the reply was lost), so a peer can
 receive a message twice; receivers drop duplicates by sequence number.
 
 The pending queue is bounded by ``max_bytes`` counted in Redis value bytes
-(not command bytes). Past it the oldest messages are dropped and counted
-exactly in :attr:`OutboundQueue.dropped`. Messages already written to a live
-connection are not counted against the bound (the transport's write-buffer
-limit bounds them); after a connection loss they rejoin the pending queue
-and count again.
+(not command bytes) whenever the owner calls :meth:`OutboundQueue.trim`:
+while messages cannot be written (no connection, a full write buffer). Past
+the bound the oldest messages are dropped and counted exactly in
+:attr:`OutboundQueue.dropped`. Messages already written to a live connection
+are not counted against it (the transport's write-buffer limit bounds them);
+after a connection loss they rejoin the pending queue and count again.
 
 Sans-IO: the caller writes the bytes :meth:`take` and :meth:`control`
 return, in the order it gets them, and passes the loop time in.
@@ -107,10 +108,9 @@ class OutboundQueue:
         self._pending.append(cmd)
         self._sizes.append(size)
         self.pending_bytes += size
-        if self.pending_bytes > self.max_bytes:
-            self._trim()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Drop the oldest pending messages until they fit in ``max_bytes``."""
         pending, sizes = self._pending, self._sizes
         while self.pending_bytes > self.max_bytes and pending:
             pending.popleft()
@@ -206,7 +206,7 @@ class OutboundQueue:
             self._pending = cmds
             self._sizes = sizes
             self.pending_bytes = sum(sizes)
-            self._trim()
+            self.trim()
         return requeued
 
     # -- observation ---------------------------------------------------------------
