@@ -398,6 +398,36 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
         _print_status(report)
 
 
+@cli.command("supervisor-listener")
+@common_options
+def supervisor_listener(dir_: str | None, namespace: str | None, host: str | None) -> None:
+    """Forward supervisord PROCESS_STATE events to the bus (an [eventlistener:]).
+
+    \b
+    Example (supervisord.conf):
+      [eventlistener:circus-events]
+      command = circus-events supervisor-listener
+      events = PROCESS_STATE
+
+    Events appear as supervisor.<program>.<state>, e.g. supervisor.web.exited.
+    Nothing but the listener protocol is written to stdout.
+    """
+    import socket as socket_module  # noqa: PLC0415
+
+    from .client import Bus  # noqa: PLC0415
+    from .supervisor import run_listener  # noqa: PLC0415
+
+    logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
+    name = host or environ_options().get("host") or socket_module.gethostname()
+    worker = f"supervisord@{name}"
+    try:
+        bus = Bus(**_bus_kwargs(dir_, namespace, host), worker=worker, publish_timeout=0.5)
+    except CircusEventsError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    with bus:
+        run_listener(sys.stdin, sys.stdout, bus)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="circus-events")
