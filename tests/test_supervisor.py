@@ -122,8 +122,8 @@ def test_listener_protocol_answers_ok_and_publishes() -> None:
     stdin = io.StringIO(
         f"ver:3.0 server:supervisor serial:1 pool:l poolserial:1 eventname:PROCESS_STATE_EXITED "
         f"len:{len(payload)}\n{payload}"
-        f"ver:3.0 server:supervisor serial:2 pool:l poolserial:2 eventname:TICK_5 len:{len(other)}\n"
-        f"{other}"
+        f"ver:3.0 server:supervisor serial:2 pool:l poolserial:2 eventname:TICK_5 "
+        f"len:{len(other)}\n{other}"
     )
     stdout = io.StringIO()
     run_listener(stdin, stdout, Recorder())
