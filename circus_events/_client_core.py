@@ -63,6 +63,8 @@ DEFAULT_SEND_QUEUE: Final = 100_000
 #: Events buffered per subscription iterator; past it the receiver waits
 #: (backpressure) and the bridge's per-worker limit applies.
 DEFAULT_QUEUE_SIZE: Final = 10_000
+#: Channel names remembered as valid, so publish validates each once.
+_MAX_CACHED_CHANNELS: Final = 4096
 #: Seconds between repeats of an unanswered sync request.
 SYNC_RETRY: Final = 0.2
 #: Seconds before an unanswered flush marker is sent again.
@@ -154,13 +156,20 @@ class ClientOptions:
 
 
 class Subscriber:
-    """One registered interest: a pattern and where its events go."""
+    """One registered interest: a pattern, where its events go, and an optional
+    ``wake`` called once after each batch that gave it events."""
 
-    __slots__ = ("pattern", "sink")
+    __slots__ = ("pattern", "sink", "wake")
 
-    def __init__(self, pattern: Pattern, sink: Callable[[Event], Any]) -> None:
+    def __init__(
+        self,
+        pattern: Pattern,
+        sink: Callable[[Event], Any],
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.pattern = pattern
         self.sink = sink
+        self.wake = wake
 
 
 class BusCore:
@@ -175,6 +184,7 @@ class BusCore:
         self.received = 0
         self.published = 0
         self.undecodable = 0
+        self._valid_channels: set[str] = set()
         #: Called with the token of a flush marker that came back (see ``flush_frame``).
         self.on_flush: Callable[[bytes], None] | None = None
         self.renew()
@@ -200,7 +210,12 @@ class BusCore:
         codec: Codec | None = None,
     ) -> bytes:
         """Validate and encode one message; raises before anything is sent."""
-        validate_channel(channel, allow_system=system)
+        if type(channel) is not str or channel not in self._valid_channels:
+            validate_channel(channel, allow_system=system)
+            if not system:
+                if len(self._valid_channels) >= _MAX_CACHED_CHANNELS:
+                    self._valid_channels.clear()
+                self._valid_channels.add(channel)
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
         codec = self.options.codec if codec is None else codec

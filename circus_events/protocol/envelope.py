@@ -141,20 +141,23 @@ def _decode_after_topic(frame: bytes, topic: bytes, start: int) -> Envelope:
     end = mid + n_host + n_direct
     if len(frame) < end:
         raise ProtocolError("frame is shorter than the lengths its header gives")
-    origin = _name(frame[pos:mid], _WORKERS, validate_worker_id)
-    host = _name(frame[mid : mid + n_host], _WORKERS, validate_worker_id)
+    # Cache hits inline (the common case); _name validates what is new.
+    raw = frame[pos:mid]
+    origin = _WORKERS.get(raw) or _name(raw, _WORKERS, validate_worker_id)
+    raw = frame[mid : mid + n_host]
+    host = _WORKERS.get(raw) or _name(raw, _WORKERS, validate_worker_id)
     target: str | None = None
-    if flags & FLAG_DIRECT:
+    if not flags & FLAG_DIRECT and not n_direct:
+        channel = _CHANNELS.get(topic) or _name(topic, _CHANNELS, validate_channel)
+    elif flags & FLAG_DIRECT:
         # The topic is "@w:" and a worker id, which may be longer than a channel
         # name and hold characters (* ? [ ] \\) that a channel may not.
         if not topic.startswith(_INBOX_PREFIX_BYTES):
             raise ProtocolError("a direct message must travel on an inbox channel")
         target = _name(topic[len(_INBOX_PREFIX_BYTES) :], _WORKERS, validate_worker_id)
         channel = _name(frame[mid + n_host : end], _SYSTEM, _validate_system_channel)
-    elif n_direct:
-        raise ProtocolError("only a direct message carries a second channel")
     else:
-        channel = _name(topic, _CHANNELS, validate_channel)
+        raise ProtocolError("only a direct message carries a second channel")
     return Envelope(channel, origin, host, epoch, seq, when, codec, flags, frame[end:], target)
 
 
