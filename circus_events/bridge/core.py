@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol, cast
 import zmq
 
 from .._config import BridgeConfig
-from .._exceptions import ProtocolError
+from .._exceptions import BridgeError, ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
@@ -57,6 +57,8 @@ log = logging.getLogger("circus_events.bridge")
 
 #: Frames handled per socket per loop turn before the others get a turn.
 BATCH: Final = 2000
+#: Longest a sync reply waits for Redis to confirm this host's subscriptions.
+SETTLE_WAIT: Final = 2.0
 
 
 class _RedisPort(Protocol):
@@ -68,6 +70,10 @@ class _RedisPort(Protocol):
     def status(self) -> dict[str, Any]: ...
     async def run(self) -> None: ...
     async def close(self) -> None: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def subscriptions_settled(self) -> bool: ...
 
 
 class Bridge:
@@ -98,6 +104,8 @@ class Bridge:
         self._service_scheduled = False
         self._epoch = time.time_ns() // 1000
         self._sync_seq = 0
+        self._deferred_syncs: list[tuple[str, bytes]] = []
+        self._settle_task: asyncio.Task[None] | None = None
         self._bridge_origin = config.host.encode("utf-8")
 
     # -- lifecycle ------------------------------------------------------------
@@ -105,6 +113,8 @@ class Bridge:
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Bind, serve until stopped (SIGTERM/SIGINT or :meth:`stop`), then shut down."""
         self._loop = asyncio.get_running_loop()
+        if self.config.redis_url and self.config.mode == "stream":
+            raise BridgeError("mode 'stream' is not implemented in this version; use 'pubsub'")
         self._context = zmq.Context()
         try:
             self._sockets = LocalSockets(
@@ -329,6 +339,37 @@ class Bridge:
             self.counters["rejected_subscriptions"] += 1
             self._note_bad_frame(exc)
             return
+        if (
+            self._redis is not None
+            and self._redis.connected
+            and not self._redis.subscriptions_settled
+        ):
+            # Answer once Redis has confirmed this host's subscriptions too, so
+            # that "synced" means other hosts' events reach the worker as well.
+            self._deferred_syncs.append((worker, token))
+            if self._settle_task is None:
+                self._settle_task = asyncio.get_running_loop().create_task(
+                    self._answer_when_settled()
+                )
+            return
+        self._send_sync_reply(worker, token)
+
+    async def _answer_when_settled(self) -> None:
+        deadline = time.monotonic() + SETTLE_WAIT
+        try:
+            while time.monotonic() < deadline and self._redis is not None:
+                if self._redis.subscriptions_settled or not self._redis.connected:
+                    break
+                await asyncio.sleep(0.005)  # poll: Redis confirms asynchronously
+        finally:
+            self._settle_task = None
+            waiting, self._deferred_syncs = self._deferred_syncs, []
+            if self._sockets is not None and not self._stopping.is_set():
+                for worker, token in waiting:
+                    self._send_sync_reply(worker, token)
+
+    def _send_sync_reply(self, worker: str, token: bytes) -> None:
+        assert self._sockets is not None
         self._sync_seq += 1
         reply = encode_frame(
             SYNC_CHANNEL,

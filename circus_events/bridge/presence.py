@@ -13,7 +13,8 @@ import json
 from typing import Any, Final
 
 from .._config import BridgeConfig
-from .._exceptions import BridgeError
+from .._exceptions import BridgeError, ConfigError
+from .resp import parse_redis_url
 from .subscriptions import glob_escape
 
 __all__ = [
@@ -69,7 +70,7 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
             keys = sorted(client.scan_iter(match=pattern, count=1000))
             values = client.mget(keys) if keys else []
     except redis.RedisError as exc:
-        raise BridgeError(f"cannot read cluster status from Redis: {exc}") from exc
+        raise BridgeError(f"{_redacted(config.redis_url)}: {exc}") from exc
     records: list[dict[str, Any]] = []
     for value in values:
         if value is None:
@@ -82,3 +83,10 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
             records.append(record)
     records.sort(key=lambda r: str(r.get("host", "")))
     return records
+
+
+def _redacted(url: str) -> str:
+    try:
+        return parse_redis_url(url).display
+    except ConfigError:
+        return "the configured Redis URL"

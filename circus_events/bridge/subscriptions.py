@@ -126,6 +126,13 @@ class RedisSubscriptions:
         """Wanted subscriptions, not counting the bridge's own channels."""
         return len(self.wanted_channels) - len(self._system) + len(self.wanted_patterns)
 
+    def is_confirmed(self, topic: SubscriptionTopic) -> bool:
+        """Redis has acknowledged the subscription for ``topic``."""
+        is_pattern, name = self.redis_name(topic)
+        if is_pattern:
+            return name in self.confirmed_patterns
+        return name in self.confirmed_channels
+
     @property
     def settled(self) -> bool:
         """Redis has confirmed exactly what is wanted."""

@@ -1,0 +1,912 @@
+"""The bridge's Redis side (pub/sub mode) against real redis-server processes.
+
+Every test runs its RedisSide instances ("hosts") in one asyncio loop and
+waits on conditions with deadlines; Redis is killed, paused or restarted
+through the conftest fixture. No mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RedisServer, free_port, wait_until
+
+from circus_events._config import BridgeConfig
+from circus_events._exceptions import ConfigError
+from circus_events.bridge.outbound import OutboundQueue
+from circus_events.bridge.redis_side import (
+    HEARTBEAT_TIMEOUT,
+    RedisSide,
+    read_cluster_status,
+    redis_names,
+)
+from circus_events.bridge.resp import RedisConnectError, open_connection, parse_redis_url
+from circus_events.bridge.subscriptions import (
+    MAX_NAMES_PER_COMMAND,
+    RedisSubscriptions,
+    glob_escape,
+)
+from circus_events.protocol import (
+    FLAG_HOST_ONLY,
+    Codec,
+    SubscriptionTopic,
+    decode_frame,
+    encode_frame,
+    frame_from_redis,
+    frame_to_redis,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ORDERS = SubscriptionTopic("orders.", False)
+X = SubscriptionTopic("x", True)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
+
+
+async def until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` on the loop until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)  # poll interval, not synchronisation
+
+
+def make_frame(
+    channel: str, seq: int, *, host: str = "A", payload: bytes = b"p", flags: int = 0
+) -> bytes:
+    return encode_frame(
+        channel, origin=f"{host}/w/1".encode(), host=host.encode(), epoch=7, seq=seq,
+        time=1.5, codec=Codec.RAW, payload=payload, flags=flags,
+    )  # fmt: skip
+
+
+def seqs(frames: list[bytes]) -> list[int]:
+    return [decode_frame(f).seq for f in frames]
+
+
+class Peer:
+    """One RedisSide ("host") running in the current loop, collecting what it receives."""
+
+    def __init__(self, url: str, host: str, **options: Any) -> None:
+        options.setdefault("namespace", "t")
+        self.config = BridgeConfig(redis_url=url, host=host, **options)
+        self.frames: list[bytes] = []
+        self.batches = 0
+        self.side = RedisSide(self.config, deliver=self._deliver)
+        self.task: asyncio.Task[None] | None = None
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        self.batches += 1
+        self.frames.extend(frames)
+
+    async def __aenter__(self) -> Peer:
+        self.task = asyncio.create_task(self.side.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.side.close()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
+
+    def status(self) -> dict[str, Any]:
+        return self.side.status()
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        await until(
+            lambda: self.status()["connected"] and self.status()["subscriptions_settled"],
+            timeout, f"{self.config.host} connected and subscribed",
+        )  # fmt: skip
+
+    async def publish_all(self, frames: list[bytes], batch: int = 2000) -> None:
+        """Publish like the bridge does: a batch per loop turn."""
+        for start in range(0, len(frames), batch):
+            for frame in frames[start : start + batch]:
+                self.side.publish(frame, frame.index(b"\0"))
+            await asyncio.sleep(0)
+
+
+def clients(server: RedisServer, host: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = server.client().client_list()
+    return [c for c in found if c.get("name", "").startswith(f"circus-events:{host}:")]
+
+
+# -- relaying ----------------------------------------------------------------------------
+
+
+def test_relays_every_frame_in_order_exactly_once_without_echo(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            for side in (a, b):
+                side.side.add_interest(ORDERS)
+                side.side.add_interest(X)
+            await a.ready()
+            await b.ready()
+            channels = ["orders.paid", "x", "other", "orders.eu.new", "xy"]
+            sent = [make_frame(channels[i % 5], i) for i in range(10_000)]
+            wanted = [f for f in sent if not f.startswith((b"other\0", b"xy\0"))]
+            await a.publish_all(sent)
+            await until(lambda: len(b.frames) >= len(wanted), 10, "B receives everything")
+            await until(lambda: a.status()["dropped_own"] >= len(wanted), 10, "A's echo")
+            assert b.frames == wanted  # in order, exactly once, byte for byte
+            assert a.frames == []
+            status = a.status()
+            assert status["published"] == 10_000
+            assert status["dropped_own"] == len(wanted)
+            assert status["buffered_messages"] == 0 and status["dropped"] == 0
+            assert b.status()["received"] == len(wanted)
+            assert b.batches < len(wanted) / 10  # delivered in batches, not one by one
+
+    run(main())
+
+
+def test_overlapping_subscriptions_deliver_each_message_once(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            overlapping = [
+                ORDERS,
+                SubscriptionTopic("ord", False),
+                SubscriptionTopic("orders.paid", True),
+                SubscriptionTopic("", False),
+            ]
+            for topic in overlapping:
+                b.side.add_interest(topic)
+            await a.ready()
+            await b.ready()
+            sent = [
+                make_frame(ch, i)
+                for i, ch in enumerate(["orders.paid", "orders.new", "order", "z"] * 50)
+            ]
+            await a.publish_all(sent)
+            await until(lambda: len(b.frames) >= len(sent), 10, "B receives everything")
+            await until(
+                lambda: b.status()["rejected"] == 0 and a.status()["buffered_messages"] == 0
+            )
+            # The bridges' heartbeats match the "" pattern too: never delivered, never rejected.
+            await until(lambda: a.status()["heartbeat_rtt_ms"] is not None, 5, "a heartbeat")
+            assert b.frames == sent
+            assert b.status()["rejected"] == 0
+
+    run(main())
+
+
+def test_large_frames_up_to_max_message_bytes(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(X)
+            await a.ready()
+            await b.ready()
+            limit = a.config.max_message_bytes
+            sizes = [0, 4000, 4096 - 60, 5000, 100_000, limit - 200]
+            sent = [make_frame("x", i, payload=bytes([i]) * n) for i, n in enumerate(sizes)]
+            await a.publish_all(sent)
+            await until(lambda: len(b.frames) == len(sent), 10, "every size")
+            assert b.frames == sent
+
+    run(main())
+
+
+def test_values_in_redis_are_the_protocol_encoding(redis_server: RedisServer) -> None:
+    """What goes to Redis is frame_to_redis(); what comes back is frame_from_redis()."""
+
+    async def main() -> None:
+        raw = redis_server.client().pubsub()
+        raw.subscribe("circus-events:t:orders.paid")
+        raw.get_message(timeout=5)
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            frame = make_frame("orders.paid", 1, payload=b"\0\r\n$binary")
+            a.side.publish(frame, frame.index(b"\0"))
+            message = await asyncio.to_thread(raw.get_message, timeout=5)
+            assert message is not None
+            assert message["data"] == frame_to_redis(frame, frame.index(b"\0"), a.config.node_id)
+            await until(lambda: b.frames, 5, "B's copy")
+            node, local = frame_from_redis(b"orders.paid", message["data"])
+            assert node == a.config.node_id
+            assert b.frames == [local] == [frame]
+            host_only = make_frame("orders.paid", 2, flags=FLAG_HOST_ONLY)
+            a.side.publish(host_only, host_only.index(b"\0"))
+            a.side.publish(b"orders.paid\0short", 11)
+            await asyncio.sleep(0)
+            assert a.status()["buffered_messages"] == 0  # neither goes to Redis
+        raw.close()
+
+    run(main())
+
+
+def test_two_connections_per_side_whatever_the_interest(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            a.side.add_interest(X)
+            await a.ready()
+            await b.ready()
+            assert sorted(c["name"] for c in clients(redis_server, "A")) == [
+                "circus-events:A:pub", "circus-events:A:sub",
+            ]  # fmt: skip
+            for i in range(3 * MAX_NAMES_PER_COMMAND):
+                b.side.add_interest(SubscriptionTopic(f"ch{i}", True))
+                b.side.add_interest(SubscriptionTopic(f"pre{i}.", False))
+            await b.ready()
+            assert b.status()["subscriptions"] == 6 * MAX_NAMES_PER_COMMAND
+            assert len(clients(redis_server, "B")) == 2
+            info = next(c for c in clients(redis_server, "B") if c["name"].endswith(":sub"))
+            assert int(info["sub"]) == 3 * MAX_NAMES_PER_COMMAND + 1  # + the heartbeat channel
+            assert int(info["psub"]) == 3 * MAX_NAMES_PER_COMMAND
+            assert len(clients(redis_server, "A")) == 2
+
+    run(main())
+
+
+def test_unsubscribes_when_interest_goes(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        client = redis_server.client()
+        async with Peer(redis_server.url, "B") as b:
+            b.side.add_interest(X)
+            b.side.add_interest(ORDERS)
+            b.side.add_interest(SubscriptionTopic("a*b?[c]\\", False))  # glob characters escaped
+            assert not b.side.is_subscribed(X)
+            await b.ready()
+            assert b.side.is_subscribed(X) and b.side.is_subscribed(ORDERS)
+            assert client.pubsub_numsub("circus-events:t:x") == [(b"circus-events:t:x", 1)]
+            assert client.pubsub_numpat() == 2
+            assert b.status()["subscriptions"] == 3
+            b.side.remove_interest(X)
+            b.side.remove_interest(ORDERS)
+            await b.ready()
+            assert not b.side.is_subscribed(X)
+            assert client.pubsub_numsub("circus-events:t:x") == [(b"circus-events:t:x", 0)]
+            assert client.pubsub_numpat() == 1
+            b.side.remove_interest(SubscriptionTopic("a*b?[c]\\", False))
+            b.side.remove_interest(SubscriptionTopic("never", True))  # unknown: no-op
+            await b.ready()
+            assert client.pubsub_numpat() == 0
+            assert b.status()["subscriptions"] == 0
+            # Only the heartbeat channel is left.
+            hb = redis_names(b.config).heartbeat
+            assert client.pubsub_channels("circus-events:t:*") == [hb]
+
+    run(main())
+
+
+def test_namespaces_isolate(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with (
+            Peer(redis_server.url, "A", namespace="one") as a,
+            Peer(redis_server.url, "B", namespace="two") as b,
+            Peer(redis_server.url, "C", namespace="one") as c,
+        ):
+            for side in (b, c):
+                side.side.add_interest(ORDERS)
+                await side.ready()
+            await a.ready()
+            sent = [make_frame("orders.paid", i) for i in range(100)]
+            await a.publish_all(sent)
+            await until(lambda: len(c.frames) == 100, 10, "C (same namespace) receives")
+            assert b.frames == []
+            assert b.status()["received"] == 0
+
+    run(main())
+
+
+def test_ignore_hosts_drops_their_frames(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with (
+            Peer(redis_server.url, "A") as a,
+            Peer(redis_server.url, "B", ignore_hosts=("A",)) as b,
+        ):
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            ignored = [make_frame("orders.paid", i, host="A") for i in range(100)]
+            last = make_frame("orders.paid", 100, host="Z")
+            await a.publish_all([*ignored, last])
+            # One connection keeps Redis' order: when "Z" arrives, the rest was handled.
+            await until(lambda: b.frames, 10, "the frame from Z")
+            assert b.frames == [last]
+            assert b.status()["ignored_hosts"] == 100
+
+    run(main())
+
+
+def test_malformed_values_are_counted_not_fatal(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        client = redis_server.client()
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            for junk in (
+                b"",
+                b"\x01",
+                b"garbage" * 10,
+                b"\x02" + b"\0" * 60,
+                b"\x01" + b"\0" * 8 + b"\x09" * 40,
+            ):
+                client.publish("circus-events:t:orders.junk", junk)
+            frame = make_frame("orders.ok", 1)
+            a.side.publish(frame, frame.index(b"\0"))
+            await until(
+                lambda: b.status()["rejected"] == 5 and b.frames,
+                10,
+                "junk rejected, frame delivered",
+            )
+            assert b.frames == [frame]
+            assert b.status()["connected"]
+
+    run(main())
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_redis_killed_buffered_frames_arrive_once_after_restart(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            seq = 0
+
+            async def stream(seconds: float) -> None:
+                nonlocal seq
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    for _ in range(5):
+                        frame = make_frame("orders.paid", seq)
+                        a.side.publish(frame, frame.index(b"\0"))
+                        seq += 1
+                    await asyncio.sleep(0.002)
+
+            await stream(0.5)
+            redis_server.kill()
+            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+            await stream(3.0)
+            during_outage = a.status()["buffered_messages"]
+            assert during_outage > 500
+            await asyncio.to_thread(redis_server.start)  # same port
+            await stream(0.5)
+            await until(lambda: len(b.frames) >= seq, 15, "every frame after the restart")
+            counts = Counter(seqs(b.frames))
+            assert sorted(counts) == list(range(seq))
+            assert max(counts.values()) == 1, "a frame arrived twice"
+            assert seqs(b.frames) == list(range(seq))  # and in order
+            assert a.status()["dropped"] == 0
+            assert a.status()["reconnects"] >= 1 and b.status()["reconnects"] >= 1
+
+    run(main())
+
+
+def test_buffer_cap_drops_oldest_and_counts_exactly(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        sample = make_frame("orders.paid", 0, payload=b"x" * 100)
+        value_bytes = len(frame_to_redis(sample, sample.index(b"\0"), b"\0" * 8))
+        cap = 50 * value_bytes + value_bytes // 2  # room for exactly 50
+        async with (
+            Peer(redis_server.url, "A", buffer_max_bytes=cap) as a,
+            Peer(redis_server.url, "B") as b,
+        ):
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            redis_server.kill()
+            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+            sent = [make_frame("orders.paid", i, payload=b"x" * 100) for i in range(300)]
+            await a.publish_all(sent, batch=7)
+            status = a.status()
+            assert status["buffered_messages"] == 50
+            assert status["buffered_bytes"] == 50 * value_bytes <= cap
+            assert status["dropped"] == 250
+            await asyncio.to_thread(redis_server.start)
+            await until(lambda: len(b.frames) >= 50, 15, "the buffered frames")
+            await until(lambda: a.status()["buffered_messages"] == 0, 5, "A's buffer drained")
+            assert seqs(b.frames) == list(range(250, 300))  # the newest survive, in order
+            assert a.status()["dropped"] == len(sent) - len(b.frames)
+
+    run(main())
+
+
+def test_a_zero_cap_buffers_nothing_but_drops_nothing_while_connected(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with (
+            Peer(redis_server.url, "A", buffer_max_bytes=0) as a,
+            Peer(redis_server.url, "B") as b,
+        ):
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            sent = [make_frame("orders.paid", i) for i in range(500)]
+            await a.publish_all(sent)
+            await until(lambda: len(b.frames) == 500, 10, "everything")
+            assert a.status()["dropped"] == 0
+            redis_server.kill()
+            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+            await a.publish_all(sent[:10])
+            assert a.status()["dropped"] == 10 and a.status()["buffered_messages"] == 0
+
+    run(main())
+
+
+def test_a_failing_deliver_is_counted_and_logged_not_fatal(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        calls: list[int] = []
+
+        def deliver(frames: list[bytes]) -> None:
+            calls.append(len(frames))
+            if len(calls) == 1:
+                raise RuntimeError("bug in the bridge")
+
+        config = BridgeConfig(redis_url=redis_server.url, host="B", namespace="t")
+        side = RedisSide(config, deliver=deliver)
+        task = asyncio.create_task(side.run())
+        async with Peer(redis_server.url, "A") as a:
+            side.add_interest(X)
+            await a.ready()
+            await until(lambda: side.status()["subscriptions_settled"], 5, "B subscribed")
+            for count in (1, 2):
+                frame = make_frame("x", count)
+                a.side.publish(frame, 1)
+                await until(lambda n=count: len(calls) >= n, 5, "a delivery")
+            assert side.status()["deliver_errors"] == 1
+            assert side.status()["connected"] and side.status()["reconnects"] == 0
+        await side.close()
+        await task
+        assert any("delivering frames" in r.getMessage() and r.exc_info for r in caplog.records)
+
+    run(main())
+
+
+def test_client_kill_pubsub_delivery_resumes_within_5s(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            seq = 0
+
+            async def publisher() -> None:
+                nonlocal seq
+                while True:
+                    frame = make_frame("orders.paid", seq)
+                    a.side.publish(frame, frame.index(b"\0"))
+                    seq += 1
+                    await asyncio.sleep(0.005)
+
+            task = asyncio.create_task(publisher())
+            try:
+                await until(lambda: len(b.frames) > 20, 5, "steady delivery")
+                killed = redis_server.client().client_kill_filter(_type="pubsub")
+                assert killed == 2  # A's and B's subscribers
+                after = seq
+                started = time.monotonic()
+                await until(lambda: b.frames and decode_frame(b.frames[-1]).seq > after, 5,
+                            "delivery after CLIENT KILL")  # fmt: skip
+                assert time.monotonic() - started < 5
+                assert b.status()["reconnects"] == 1
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            await until(lambda: len(clients(redis_server, "B")) == 2, 5, "B back to 2 connections")
+
+    run(main())
+
+
+def test_paused_redis_is_detected_by_heartbeat_and_recovered(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
+            b.side.add_interest(ORDERS)
+            await a.ready()
+            await b.ready()
+            await until(lambda: b.status()["heartbeat_rtt_ms"] is not None, 5, "a heartbeat")
+            redis_server.pause()
+            try:
+                sent = [make_frame("orders.paid", i) for i in range(200)]
+                await a.publish_all(sent, batch=10)
+                await until(lambda: b.status()["heartbeat_misses"] >= 1, HEARTBEAT_TIMEOUT + 3,
+                            "B's subscriber declared silent")  # fmt: skip
+                await until(lambda: a.status()["stalls"] >= 1, 3, "A's publisher declared stalled")
+            finally:
+                redis_server.resume()
+            await until(
+                lambda: a.status()["connected"] and b.status()["connected"], 10, "reconnect"
+            )
+            await until(
+                lambda: set(seqs(b.frames)) == set(range(200)), 10, "everything, at least once"
+            )
+            # Frames written before the pause may be executed by Redis *and* re-sent:
+            # at least once; the bridge's sequence tracking drops the duplicates.
+            assert a.status()["dropped"] == 0
+
+    run(main())
+
+
+def test_wrong_password_reports_auth_failed_and_keeps_retrying(
+    redis_factory: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_factory(password="right")
+
+    async def main() -> None:
+        caplog.set_level(logging.INFO, logger="circus_events")
+        wrong = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        async with Peer(wrong, "A") as a:
+            await until(lambda: a.status()["connect_failures"] >= 8, 10, "several attempts")
+            status = a.status()
+            assert status["state"] == "auth_failed"
+            assert not status["connected"]
+            assert "WRONGPASS" in status["last_error"] or "invalid" in status["last_error"]
+            assert "wrong" not in status["url"] and "***" in status["url"]
+            assert a.task is not None and not a.task.done()  # run() keeps going
+        lines = [r for r in caplog.records if "authentication failed" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert lines[0].levelno == logging.ERROR and lines[0].exc_info is None
+        assert "wrong" not in lines[0].getMessage()
+        caplog.clear()
+        # No password at all: NOAUTH, also auth_failed.
+        async with Peer(f"redis://127.0.0.1:{server.port}/0", "B") as b:
+            await until(lambda: b.status()["state"] == "auth_failed", 5, "NOAUTH")
+        # The right password: connected.
+        async with Peer(server.url, "C") as c:
+            await c.ready()
+
+    run(main())
+
+
+def test_unreachable_redis_logs_once_per_window(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        caplog.set_level(logging.INFO, logger="circus_events")
+        async with Peer(f"redis://127.0.0.1:{free_port()}/0", "A") as a:
+            frame = make_frame("orders.paid", 1)
+            a.side.publish(frame, frame.index(b"\0"))
+            await until(lambda: a.status()["connect_failures"] >= 10, 15, "several attempts")
+            status = a.status()
+            assert status["state"] == "unreachable"
+            assert status["buffered_messages"] == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert len([m for m in messages if "cannot connect" in m]) == 1, messages
+
+    run(main())
+
+
+def test_bad_url_is_a_config_error_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        side = RedisSide(BridgeConfig(redis_url="http://nowhere", host="A"), deliver=lambda f: None)
+        task = asyncio.create_task(side.run())
+        await until(lambda: caplog.records, 5, "a log line")
+        assert side.status()["state"] == "config_error"
+        assert "redis_url" in side.status()["last_error"]
+        assert not task.done()
+        await side.close()
+        await side.close()  # twice is fine
+        await asyncio.wait_for(task, 5)
+        assert side.status()["state"] == "closed"
+
+    run(main())
+
+
+def test_close_before_run_and_cancelled_run(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        side = RedisSide(BridgeConfig(redis_url=redis_server.url, host="A"), deliver=lambda f: None)
+        await side.close()
+        await side.run()  # returns at once
+        other = RedisSide(
+            BridgeConfig(redis_url=redis_server.url, host="B"), deliver=lambda f: None
+        )
+        task = asyncio.create_task(other.run())
+        await until(lambda: other.status()["connected"], 5, "connected")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert other.status()["state"] == "closed"
+        await until(lambda: not clients(redis_server, "B"), 5, "connections closed")
+
+    run(main())
+
+
+# -- presence ---------------------------------------------------------------------------
+
+
+def test_presence_lists_every_host_and_goes_with_close(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        config = BridgeConfig(redis_url=redis_server.url, host="reader", namespace="t")
+        async with (
+            Peer(redis_server.url, "A", stats_interval=0.5) as a,
+            Peer(redis_server.url, "B", stats_interval=0.5) as b,
+        ):
+            await a.ready()
+            await b.ready()
+            await until(lambda: b.status()["heartbeat_rtt_ms"] is not None, 5, "a heartbeat")
+
+            def with_heartbeat() -> list[dict[str, Any]]:
+                records = read_cluster_status(config)
+                return [r for r in records if r["heartbeat_rtt_ms"] is not None]
+
+            records = await until(with_heartbeat, 5, "presence with a heartbeat")
+            hosts = sorted(r["host"] for r in read_cluster_status(config))
+            assert hosts == ["A", "B"]
+            record = records[0]
+            assert record["node_id"] == BridgeConfig(host=record["host"]).node_id.hex()
+            assert record["redis"]["connected"] in (True, False)
+            assert {"pid", "version", "time", "uptime", "namespace"} <= set(record)
+            key = redis_names(a.config).presence
+            assert 0 < redis_server.client().ttl(key) <= 2  # 3 x 0.5 s, rounded up
+            await a.close()
+            assert [r["host"] for r in read_cluster_status(config)] == ["B"]
+            assert (
+                read_cluster_status(BridgeConfig(redis_url=redis_server.url, namespace="other"))
+                == []
+            )
+
+    run(main())
+
+
+def test_presence_includes_the_bridge_status(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        config = BridgeConfig(redis_url=redis_server.url, host="A", namespace="t")
+        side = RedisSide(
+            config, deliver=lambda f: None, status_provider=lambda: {"workers": ["w1"]}
+        )
+        task = asyncio.create_task(side.run())
+        try:
+
+            def connected_records() -> list[dict[str, Any]]:
+                records = read_cluster_status(config)
+                return [r for r in records if r["redis"]["state"] == "connected"]
+
+            # A fresh record goes out when both connections are up, not only every interval.
+            records = await until(connected_records, 3, "a presence record once connected")
+            assert records[0]["workers"] == ["w1"]
+            assert records[0]["host"] == "A" and records[0]["uptime"] >= 0
+        finally:
+            await side.close()
+            await task
+
+    run(main())
+
+
+# -- connection options -----------------------------------------------------------------
+
+
+def test_acl_user_and_database_from_the_url(redis_server: RedisServer) -> None:
+    redis_server.client().acl_setuser(
+        "bridge",
+        enabled=True,
+        passwords=["+s3cret"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+
+    async def main() -> None:
+        url = f"redis://bridge:s3cret@127.0.0.1:{redis_server.port}/3"
+        async with Peer(url, "A", stats_interval=0.2) as a:
+            await a.ready()
+            assert {c["user"] for c in clients(redis_server, "A")} == {"bridge"}
+            key = redis_names(a.config).presence
+            db3 = redis_server.client()
+            db3.select(3)  # type: ignore[no-untyped-call]
+            await until(lambda: db3.exists(key), 5, "presence in db 3")
+
+    run(main())
+
+
+def _start_private_redis(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    return subprocess.Popen(
+        [binary, "--save", "", "--appendonly", "no", "--dir", str(directory), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(10)
+
+
+def test_unix_socket_url(short_tmp: Path) -> None:
+    path = short_tmp / "redis.sock"
+    process = _start_private_redis(short_tmp, "--port", "0", "--unixsocket", str(path))
+    try:
+        wait_until(path.exists, 10, "the unix socket")
+
+        async def main() -> None:
+            async with Peer(f"unix://{path}?db=2", "A") as a, Peer(f"unix://{path}", "B") as b:
+                b.side.add_interest(X)
+                await a.ready()
+                await b.ready()
+                frame = make_frame("x", 1)
+                a.side.publish(frame, 1)
+                await until(lambda: b.frames == [frame], 5, "delivery over unix sockets")
+
+        run(main())
+    finally:
+        _stop(process)
+
+
+def test_tls_url(short_tmp: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = short_tmp / "cert.pem", short_tmp / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    process = _start_private_redis(
+        short_tmp, "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port),
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
+    )  # fmt: skip
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(listening, 10, "redis TLS port")
+
+        async def main() -> None:
+            verified = f"rediss://localhost:{port}/0?ssl_ca_certs={cert}"
+            unverified = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none"
+            async with Peer(verified, "A") as a, Peer(unverified, "B") as b:
+                b.side.add_interest(X)
+                await a.ready()
+                await b.ready()
+                frame = make_frame("x", 1)
+                a.side.publish(frame, 1)
+                await until(lambda: b.frames == [frame], 5, "delivery over TLS")
+            # The system CAs do not know this certificate.
+            async with Peer(f"rediss://localhost:{port}/0", "C") as c:
+                await until(lambda: c.status()["state"] == "tls_failed", 5, "a TLS failure")
+
+        run(main())
+    finally:
+        _stop(process)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost", dict(host="localhost", port=6379, db=0, password=None, tls=False)),
+        (
+            "redis://:p%40ss@h:7000/4",
+            dict(host="h", port=7000, db=4, username=None, password="p@ss"),
+        ),
+        ("redis://u:p@h/1?db=2", dict(username="u", password="p", db=2)),
+        ("rediss://h:6380/0?ssl_cert_reqs=none", dict(tls=True, check_hostname=True)),
+        ("unix:///run/redis.sock?db=5", dict(path="/run/redis.sock", db=5, host=None)),
+        ("unix://:pw@/run/redis.sock", dict(path="/run/redis.sock", password="pw")),
+    ],
+)
+def test_parse_redis_url(url: str, expected: dict[str, Any]) -> None:
+    address = parse_redis_url(url)
+    for key, value in expected.items():
+        assert getattr(address, key) == value, key
+    if address.password:
+        assert address.password not in address.display.replace("***", "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h",
+        "redis://",
+        "redis://h:99999",
+        "redis://h/x",
+        "unix://",
+        "rediss://h?ssl_cert_reqs=maybe",
+    ],
+)
+def test_parse_redis_url_refuses(url: str) -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        parse_redis_url(url)
+
+
+def test_connect_error_kinds(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        with pytest.raises(RedisConnectError) as info:
+            await open_connection(parse_redis_url(f"redis://127.0.0.1:{free_port()}"))
+        assert info.value.kind == "unreachable"
+        with pytest.raises(RedisConnectError) as info:
+            await open_connection(parse_redis_url("redis://no-such-host.invalid"))
+        assert info.value.kind == "unreachable"
+        redis_server.pause()
+        try:
+            with pytest.raises(RedisConnectError) as info:
+                await open_connection(parse_redis_url(redis_server.url), timeout=0.3)
+            assert info.value.kind == "timeout"
+        finally:
+            redis_server.resume()
+        conn = await open_connection(parse_redis_url(redis_server.url), name="x")
+        assert await conn.request("ECHO", "hi") == b"hi"
+        await conn.aclose()
+
+    run(main())
+
+
+# -- the sans-IO parts --------------------------------------------------------------------
+
+
+def test_glob_escape() -> None:
+    assert glob_escape(b"plain.name") == b"plain.name"
+    assert glob_escape(b"a*b?c[d]e\\") == b"a\\*b\\?c\\[d\\]e\\\\"
+
+
+def test_subscriptions_batch_commands_and_owner_rule() -> None:
+    subs = RedisSubscriptions(b"p:n:", [b"p:n:@hb:1"])
+    for i in range(MAX_NAMES_PER_COMMAND + 1):
+        subs.add(SubscriptionTopic(f"c{i}", True))
+    assert not subs.add(SubscriptionTopic("c0", True))
+    data = subs.commands()
+    assert data.count(b"SUBSCRIBE") == 2  # 258 channels in two commands, one write
+    assert subs.commands() == b""
+    assert subs.remove(SubscriptionTopic("c0", True))
+    assert not subs.remove(SubscriptionTopic("@hb:1", True))  # the bridge's own channel stays
+    assert subs.commands().startswith(b"*2\r\n$11\r\nUNSUBSCRIBE\r\n")
+    for pattern in (b"p:n:or*", b"p:n:orders.*"):
+        subs.confirm(b"psubscribe", pattern)
+    subs.confirm(b"subscribe", b"p:n:orders.paid")
+    assert not subs.owns(b"p:n:orders.*", b"p:n:orders.paid")  # the exact subscription owns it
+    assert subs.owns(b"p:n:orders.*", b"p:n:orders.new")
+    assert not subs.owns(b"p:n:or*", b"p:n:orders.new")
+    assert subs.owns(b"p:n:or*", b"p:n:order")
+
+
+def test_outbound_queue_requeues_unanswered_in_order() -> None:
+    import hiredis  # noqa: PLC0415
+
+    queue = OutboundQueue(max_bytes=1000)
+    for i in range(5):
+        queue.push(b"cmd%d" % i, 10)
+    assert queue.take(0.0) == b"cmd0cmd1cmd2cmd3cmd4"
+    replies: list[Any] = []
+    queue.control(b"PING", replies.append, 1.0)
+    queue.push(b"cmd5", 10)
+    reader = hiredis.Reader()
+    reader.feed(b":1\r\n:1\r\n")
+    queue.consume(reader)
+    assert queue.published_now == 2 and queue.inflight_count == 3 and queue.inflight_bytes == 30
+    assert queue.requeue() == 3
+    assert isinstance(replies[0], ConnectionError)
+    assert queue.take(2.0) == b"cmd2cmd3cmd4cmd5"
+    reader.feed(b":0\r\n-NOPERM no\r\n:1\r\n:1\r\n")
+    queue.consume(reader)
+    assert queue.published == 5 and queue.errors == 1 and queue.idle
+    for _ in range(150):
+        queue.push(b"c", 10)
+    queue.trim()
+    assert queue.pending_bytes == 1000 and queue.dropped == 50
