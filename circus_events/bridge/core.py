@@ -91,7 +91,9 @@ class Bridge:
             "rejected_oversized": 0,
             "rejected_subscriptions": 0,
             "duplicates": 0,
+            "foreign_host": 0,
         }
+        self._warned_workers: set[str] = set()
         self.started_at = time.time()
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
@@ -220,6 +222,7 @@ class Bridge:
         redis = self._redis
         limit = self.config.max_message_bytes
         counters = self.counters
+        host = self.config.host
         accepted = 0
         for _ in range(BATCH):
             try:
@@ -241,6 +244,8 @@ class Bridge:
                 self._note_bad_frame(exc)
                 continue
             accepted += 1
+            if env.host != host:
+                self._note_foreign_host(env.origin, env.host)
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"))
@@ -415,6 +420,18 @@ class Bridge:
     def _discard_rest(sock: zmq.Socket[bytes]) -> None:
         while sock.getsockopt(zmq.RCVMORE):
             sock.recv(zmq.NOBLOCK)
+
+    def _note_foreign_host(self, worker: str, host: str) -> None:
+        """A worker names another host than its bridge: ``ignore_hosts`` and the
+        ``host`` of its events would not be what the user expects. Said once."""
+        self.counters["foreign_host"] += 1
+        if worker not in self._warned_workers and len(self._warned_workers) < 1000:
+            self._warned_workers.add(worker)
+            self.last_error = (
+                f"worker {worker!r} reports host {host!r} but this bridge is "
+                f"{self.config.host!r}: give both the same CIRCUS_EVENTS_HOST"
+            )
+            log.warning(self.last_error)
 
     def _note_bad_frame(self, exc: Exception) -> None:
         self.last_error = f"rejected a frame: {exc}"

@@ -19,6 +19,7 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="messages/s; 0: as fast as possible"
     )
     parser.add_argument("--host", default=None)
+    parser.add_argument("--tag", default=None, help="added to each payload as 'p'")
     args = parser.parse_args()
     channels = args.channels.split(",")
     with Bus(dir=args.dir, worker=args.worker, host=args.host, publish_timeout=30) as bus:
@@ -29,7 +30,8 @@ def main() -> None:
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # pacing the publish rate, not synchronisation
-            bus.publish(channels[n % len(channels)], {"i": n})
+            data = {"i": n} if args.tag is None else {"i": n, "p": args.tag}
+            bus.publish(channels[n % len(channels)], data)
         ok = bus.flush(30)
     print("DONE" if ok else "NOT-FLUSHED", flush=True)
     sys.exit(0 if ok else 1)
