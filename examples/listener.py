@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 from circus_events import AsyncBus, Event, Gap
 
@@ -21,12 +22,16 @@ async def main() -> None:
 
         @bus.on("demo.tick")
         async def on_tick(event: Event) -> None:
-            if event.data["n"] % 3 == 0:
-                await bus.send_to(event.origin, "demo.ping", f"tick {event.data['n']} seen")
+            if event.data["n"] % 3 == 0:  # now and then, ping the ticker directly
+                await bus.send_to(event.origin, "demo.ping", {"sent": time.time()})
 
         @bus.on("demo.pong")
-        def on_pong(event: Event) -> None:
-            pass  # the tail shows it; a real app would act on it here
+        async def on_pong(event: Event) -> None:
+            # The answer to our ping, from whichever host the ticker runs on.
+            took = (time.time() - event.data["to"]["sent"]) * 1000
+            await bus.publish(
+                "demo.roundtrip", {"with": event.origin, "host": event.host, "ms": round(took, 2)}
+            )
 
         await stop.wait()
 

@@ -1,8 +1,9 @@
-"""`make demo`'s program: events flow, and Ctrl-C leaves no process behind."""
+"""`make demo`'s program: events cross two circusd hosts; Ctrl-C leaves no process."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,35 +14,45 @@ from conftest import wait_until
 DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
 
 
-def processes_in_session(session: int) -> list[str]:
+def processes_with_env(marker: bytes) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) == session:
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ProcessLookupError):
-            continue
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
     return found
 
 
-def test_demo_shows_events_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def test_demo_shows_cross_host_events_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     output = tmp_path / "demo.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
     with open(output, "wb") as out:
         demo = subprocess.Popen(
             [sys.executable, str(DEMO)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
     try:
-        wait_until(lambda: output.read_text().count("demo.tick") >= 4, 60, "ticks in the tail")
+
+        def ticks_from_both() -> bool:
+            text = output.read_text()
+            return all(f"{h} {h}/ticker/" in text for h in ("host-a", "host-b"))
+
+        wait_until(ticks_from_both, 30, "ticks from both hosts in the tail on host-b")
+        wait_until(lambda: "demo.roundtrip" in output.read_text(), 30, "a cross-host round trip")
+        workdir = re.search(r"two hosts in (\S+)", output.read_text())
+        assert workdir is not None
+        marker = f"DEMO_HOME={workdir.group(1)}".encode()
+        assert processes_with_env(marker), "the demo's circusd and workers run"
         os.killpg(demo.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
-        assert demo.wait(30) == 0
-        wait_until(lambda: not processes_in_session(demo.pid), 10, "every demo process to exit")
+        assert demo.wait(60) == 0
+        wait_until(lambda: not processes_with_env(marker), 15, "every demo process to exit")
         text = output.read_text()
-        assert "ticker-0" in text and "ticker-1" in text
         assert "demo: stopped" in text and "Traceback" not in text
     finally:
         if demo.poll() is None:
