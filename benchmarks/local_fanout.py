@@ -65,15 +65,12 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import queue
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -81,9 +78,25 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import zmq
+from _common import (
+    IDLE_SECONDS,
+    PAYLOAD_BYTES,
+    SETUP_TIMEOUT,
+    STAMP,
+    BusTarget,
+    PublisherResult,
+    SubscriberResult,
+    Workers,
+    ce_handler_subscriber_main,
+    ce_publisher_main,
+    ce_subscriber_main,
+    latency_figures,
+    pace,
+    process_cpu_ns,
+    wait_for_bridge,
+)
 
 SUBSCRIBERS: Final = 4
-PAYLOAD_BYTES: Final = 100
 NAMESPACE: Final = "bench"
 HOST: Final = "benchhost"
 TARGET_THROUGHPUT_RATIO: Final = 0.7
@@ -98,13 +111,7 @@ SUB_HWM: Final = 50_000  # client RECEIVE_HWM
 #: Baseline frame kinds (first payload byte).
 KIND_DATA: Final = 0x44  # "D"
 KIND_PROBE: Final = 0x50  # "P"
-STAMP: Final = struct.Struct("<Q")
 
-#: Seconds a subscriber waits for the next message before it gives up (only
-#: reached when messages were lost; the figures use the last receive time).
-IDLE_SECONDS: Final = 2.0
-#: Seconds any process start or handshake may take before the run fails.
-SETUP_TIMEOUT: Final = 30.0
 
 SYSTEMS: Final = ("zmq-proxy", "ce-raw", "ce-json", "ce-raw-handler")
 DEFAULT_CASES: Final = "zmq-proxy,ce-raw,ce-json"
@@ -144,55 +151,16 @@ class Spec:
     def bus_dir(self) -> str:
         return os.path.join(self.workdir, "ce")
 
+    @property
+    def pub_bus(self) -> BusTarget:
+        return BusTarget(self.bus_dir, NAMESPACE, HOST)
 
-@dataclasses.dataclass
-class PublisherResult:
-    first_ns: int
-    last_send_ns: int
-    published: int
-    max_lag_ns: int
-    flushed: bool
-    cpu_ns: int  # CPU time (all threads) from the start signal to the end
-
-
-@dataclasses.dataclass
-class SubscriberResult:
-    received: int
-    first_ns: int
-    last_ns: int
-    latencies: bytes  # array("q") of one-way latencies in ns, after warm-up
-    reported_missed: int  # what circus-events itself counted as gaps (0 for zmq)
-    cpu_ns: int  # CPU time (all threads) from ready to the last message
-
-
-# -- payloads -------------------------------------------------------------------------
-
-
-def json_pad(messages: int) -> str:
-    """Padding that makes the JSON payload ~PAYLOAD_BYTES long (compact, as the codec writes)."""
-    sample = {"t": time.monotonic_ns(), "i": messages, "pad": ""}
-    base = len(json.dumps(sample, separators=(",", ":")))
-    return "x" * max(0, PAYLOAD_BYTES - base)
-
-
-def stamp_of(data: Any, codec: str) -> int:
-    if codec == "json":
-        stamp: int = data["t"]
-        return stamp
-    return int(STAMP.unpack_from(data)[0])
+    @property
+    def sub_bus(self) -> BusTarget:
+        return BusTarget(self.bus_dir, NAMESPACE, HOST)
 
 
 # -- worker processes -----------------------------------------------------------------
-
-
-def pace(start_ns: int, index: int, interval_ns: int) -> int:
-    """Sleep until message ``index`` is due; return how late we are (ns, >= 0)."""
-    due = start_ns + index * interval_ns
-    delay = due - time.monotonic_ns()
-    if delay > 0:
-        time.sleep(delay / 1e9)  # pacing the publish rate, not synchronisation
-        return 0
-    return -delay
 
 
 def zmq_proxy_main(spec: Spec, conn: Connection) -> None:
@@ -285,136 +253,6 @@ def zmq_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
     conn.send(SubscriberResult(count, first, last, samples.tobytes(), 0, cpu))
 
 
-def ce_publisher_main(spec: Spec, conn: Connection) -> None:
-    from circus_events import Bus  # noqa: PLC0415
-
-    with Bus(
-        dir=spec.bus_dir,
-        namespace=NAMESPACE,
-        host=HOST,
-        worker="bench-publisher",
-        codec=spec.codec,
-        publish_timeout=60,
-    ) as bus:
-        # Connected both ways, and the bridge answers: sync() first, so our inbox
-        # subscription is in place before the flush marker comes back on it.
-        if not (bus.sync(SETUP_TIMEOUT) and bus.flush(SETUP_TIMEOUT)):
-            raise RuntimeError("publisher: the bridge did not answer sync/flush")
-        conn.send("ready")
-        conn.recv()
-        cpu = time.process_time_ns()
-        publish = bus.publish
-        channel = spec.channel
-        now = time.monotonic_ns
-        interval = int(1e9 / spec.rate) if spec.rate else 0
-        max_lag = 0
-        first = now()
-        if spec.codec == "json":
-            pad = json_pad(spec.messages)
-            for i in range(spec.messages):
-                if interval:
-                    max_lag = max(max_lag, pace(first, i, interval))
-                publish(channel, {"t": now(), "i": i, "pad": pad})
-        else:
-            raw_pad = b"x" * (PAYLOAD_BYTES - STAMP.size)
-            pack = STAMP.pack
-            for i in range(spec.messages):
-                if interval:
-                    max_lag = max(max_lag, pace(first, i, interval))
-                publish(channel, pack(now()) + raw_pad)
-        last = now()
-        flushed = bus.flush(60)
-        cpu = time.process_time_ns() - cpu
-    conn.send(PublisherResult(first, last, spec.messages, max_lag, flushed, cpu))
-
-
-def ce_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
-    from circus_events import Bus  # noqa: PLC0415
-
-    with Bus(
-        dir=spec.bus_dir,
-        namespace=NAMESPACE,
-        host=HOST,
-        worker=f"bench-subscriber-{index}",
-        codec=spec.codec,
-    ) as bus:
-        subscription = bus.subscribe(spec.channel)
-        if not bus.sync(SETUP_TIMEOUT):
-            raise RuntimeError(f"subscriber {index}: the bridge did not confirm the subscription")
-        conn.send("ready")
-        cpu = time.process_time_ns()
-        get = subscription.get
-        now = time.monotonic_ns
-        codec = spec.codec
-        latency = spec.mode == "latency"
-        samples = array("q")
-        count = first = last = 0
-        # The first message may take a while (the other processes are starting).
-        timeout = SETUP_TIMEOUT
-        while count < spec.messages:
-            try:
-                event = get(timeout=timeout)
-            except queue.Empty:
-                break
-            data = event.data  # what a worker reads; decodes JSON
-            last = now()
-            if not count:
-                first = last
-                timeout = IDLE_SECONDS
-            if latency and count >= spec.warmup:
-                samples.append(last - stamp_of(data, codec))
-            count += 1
-        cpu = time.process_time_ns() - cpu
-        missed = bus.stats()["missed"]
-    conn.send(SubscriberResult(count, first, last, samples.tobytes(), missed, cpu))
-
-
-def ce_handler_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
-    """Like ``ce_subscriber_main``, with a ``Bus.on`` handler (on the receiver thread)."""
-    from circus_events import Bus, Event  # noqa: PLC0415
-
-    done = threading.Event()
-    samples = array("q")
-    state = [0, 0, 0]  # count, first, last
-    latency = spec.mode == "latency"
-    now = time.monotonic_ns
-
-    def handle(event: Event) -> None:
-        data = event.data
-        last = now()
-        count = state[0]
-        if not count:
-            state[1] = last
-        state[2] = last
-        if latency and count >= spec.warmup:
-            samples.append(last - stamp_of(data, spec.codec))
-        state[0] = count + 1
-        if count + 1 >= spec.messages:
-            done.set()
-
-    with Bus(
-        dir=spec.bus_dir,
-        namespace=NAMESPACE,
-        host=HOST,
-        worker=f"bench-subscriber-{index}",
-        codec=spec.codec,
-    ) as bus:
-        bus.on(spec.channel)(handle)
-        if not bus.sync(SETUP_TIMEOUT):
-            raise RuntimeError(f"subscriber {index}: the bridge did not confirm the subscription")
-        conn.send("ready")
-        cpu = time.process_time_ns()
-        seen, since, limit = 0, time.monotonic(), SETUP_TIMEOUT
-        while not done.wait(0.2):  # progress check, the handler sets ``done``
-            if state[0] != seen:
-                seen, since, limit = state[0], time.monotonic(), IDLE_SECONDS
-            elif time.monotonic() - since > limit:
-                break
-        cpu = time.process_time_ns() - cpu
-        missed = bus.stats()["missed"]
-    conn.send(SubscriberResult(state[0], state[1], state[2], samples.tobytes(), missed, cpu))
-
-
 # -- orchestration ----------------------------------------------------------------------
 
 
@@ -441,77 +279,6 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def percentile(ordered: list[int], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
-    return float(ordered[rank - 1])
-
-
-def latency_figures(samples: list[int]) -> dict[str, float]:
-    ordered = sorted(samples)
-    if not ordered:
-        return {}
-    figures = {
-        "p50": percentile(ordered, 0.50),
-        "p90": percentile(ordered, 0.90),
-        "p99": percentile(ordered, 0.99),
-        "p999": percentile(ordered, 0.999),
-        "max": float(ordered[-1]),
-        "mean": statistics.fmean(ordered),
-    }
-    figures = {k: v / 1000 for k, v in figures.items()}  # ns -> us
-    figures["samples"] = float(len(ordered))
-    return figures
-
-
-class Workers:
-    """The publisher and subscriber processes of one run, with a pipe each."""
-
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self.processes: list[Any] = []
-        self.conns: list[Connection] = []
-
-    def start(self, target: Callable[..., None], *args: Any) -> Connection:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=target, args=(*args[:1], child, *args[1:]))
-        process.daemon = True
-        process.start()
-        child.close()
-        self.processes.append(process)
-        self.conns.append(parent)
-        return parent  # type: ignore[no-any-return]
-
-    def expect(self, conn: Connection, timeout: float, what: str) -> Any:
-        if not conn.poll(timeout):
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        try:
-            return conn.recv()
-        except EOFError:
-            raise RuntimeError(f"{what}: the process died (see its traceback above)") from None
-
-    def close(self) -> None:
-        for process in self.processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-        for conn in self.conns:
-            conn.close()
-
-
-def process_cpu_ns(pid: int) -> int:
-    """User + system CPU time of a process (all threads), from /proc; 10 ms ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLOCK_TICKS
-
-
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 def run_once(context: Any, spec: Spec, repeat: int, hub_pid: int) -> RunResult:
@@ -599,7 +366,7 @@ def infrastructure(context: Any, workdir: str) -> Iterator[dict[str, int]]:
     proxy.start()
     child.close()
     try:
-        wait_for_bridge(bridge, bus_dir, log_path)
+        wait_for_bridge(bridge, bus_dir, log_path, NAMESPACE)
         if not parent.poll(SETUP_TIMEOUT):
             raise RuntimeError("the zmq proxy did not start")
         parent.recv()
@@ -614,30 +381,6 @@ def infrastructure(context: Any, workdir: str) -> Iterator[dict[str, int]]:
         proxy.terminate()
         proxy.join(5)
         parent.close()
-
-
-def wait_for_bridge(bridge: subprocess.Popen[bytes], bus_dir: str, log_path: str) -> None:
-    """Poll the bridge's control socket until it answers a status request."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            if bridge.poll() is not None:
-                with open(log_path, errors="replace") as log:
-                    raise RuntimeError(f"the bridge exited:\n{log.read()[-2000:]}")
-            sock = context.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            try:
-                sock.connect(f"ipc://{bus_dir}/{NAMESPACE}/ctl.sock")
-                sock.send(b'{"cmd": "ping"}')
-                if sock.poll(200):
-                    sock.recv()
-                    return
-            finally:
-                sock.close()
-        raise RuntimeError("the bridge did not answer in time")
-    finally:
-        context.term()
 
 
 # -- report -------------------------------------------------------------------------------

@@ -237,12 +237,14 @@ def tail(
     except CircusEventsError as exc:
         bus.close()
         _fail(str(exc), EXIT_USAGE)
-    if not bus.sync(2):
-        click.secho(
-            "waiting for the bridge (is it running? circus-events status)", fg="yellow", err=True
-        )
     signal.signal(signal.SIGTERM, lambda *_: seen.set())
     try:
+        if not bus.sync(2):
+            click.secho(
+                "waiting for the bridge (is it running? circus-events status)",
+                fg="yellow",
+                err=True,
+            )
         while not seen.wait(0.2):
             pass
     except KeyboardInterrupt:
