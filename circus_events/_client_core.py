@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -27,17 +28,21 @@ from ._config import (
     socket_paths,
 )
 from ._event import Event, Gap
-from ._exceptions import ChannelError, ConfigError, MessageTooLarge, ProtocolError
+from ._exceptions import BridgeError, ChannelError, ConfigError, MessageTooLarge, ProtocolError
 from .protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
+    FLAG_REPLAY,
     FLUSH_CHANNEL,
+    HISTORY_END_CHANNEL,
+    REPLAY_TOKEN_BYTES,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
     Envelope,
     Pattern,
     SequenceTracker,
+    build_history_request,
     decode_frame,
     encode_frame,
     encode_payload,
@@ -48,7 +53,15 @@ from .protocol import (
     validate_worker_id,
 )
 
-__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "DEFAULT_QUEUE_SIZE", "BusCore", "ClientOptions", "Scope"]
+__all__ = [
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_QUEUE_SIZE",
+    "BusCore",
+    "ClientOptions",
+    "Failure",
+    "HistoryLoad",
+    "Scope",
+]
 
 log = logging.getLogger("circus_events.client")
 
@@ -69,6 +82,9 @@ _MAX_CACHED_CHANNELS: Final = 4096
 SYNC_RETRY: Final = 0.2
 #: Seconds before an unanswered flush marker is sent again.
 FLUSH_RETRY: Final = 1.0
+#: Seconds of silence before a history request is sent again, and in all.
+HISTORY_RETRY: Final = 3.0
+HISTORY_TIMEOUT: Final = 30.0
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
 RECEIVE_HWM: Final = 50_000
 
@@ -159,17 +175,61 @@ class Subscriber:
     """One registered interest: a pattern, where its events go, and an optional
     ``wake`` called once after each batch that gave it events."""
 
-    __slots__ = ("pattern", "sink", "wake")
+    __slots__ = ("fail", "history", "pattern", "sink", "wake")
 
     def __init__(
         self,
         pattern: Pattern,
         sink: Callable[[Event], Any],
         wake: Callable[[], None] | None = None,
+        fail: Callable[[Exception], None] | None = None,
     ) -> None:
         self.pattern = pattern
         self.sink = sink
         self.wake = wake
+        self.fail = fail
+        #: While its history loads, live events wait here instead of the sink.
+        self.history: HistoryLoad | None = None
+
+
+class Failure:
+    """An error a subscription's reader gets once, in order (a failed history load)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class HistoryLoad:
+    """One ``subscribe(..., history=N)`` in progress.
+
+    The subscription is live before the request is sent (it goes up the same
+    pipe, after the subscription), so live events that arrive meanwhile are
+    held; at the end, history comes first, then the held events that history
+    did not already contain: no duplicate and no hole at the seam.
+    """
+
+    __slots__ = (
+        "asked_at",
+        "held",
+        "limit",
+        "replays",
+        "since_ms",
+        "started",
+        "subscriber",
+        "token",
+    )
+
+    def __init__(
+        self, subscriber: Subscriber, token: bytes, limit: int | None, since_ms: int | None
+    ) -> None:
+        self.subscriber = subscriber
+        self.token = token
+        self.limit = limit
+        self.since_ms = since_ms
+        self.replays: dict[tuple[str, int, str, int], Event] = {}
+        self.held: list[Event] = []
+        self.asked_at = 0.0
+        self.started = time.monotonic()
 
 
 class BusCore:
@@ -185,6 +245,12 @@ class BusCore:
         self.published = 0
         self.undecodable = 0
         self._valid_channels: set[str] = set()
+        #: History loads, first one in progress (one at a time per bus).
+        self.loads: dict[bytes, HistoryLoad] = {}
+        #: Frames the I/O layer must send up the subscription socket, in order.
+        self.outbox: list[bytes] = []
+        #: (subscriber, events to deliver, error) left by finished history loads.
+        self.completed: list[tuple[Subscriber, list[Event], Exception | None]] = []
         #: Called with the token of a flush marker that came back (see ``flush_frame``).
         self.on_flush: Callable[[bytes], None] | None = None
         self.renew()
@@ -303,6 +369,9 @@ class BusCore:
                 if self.on_flush is not None:
                     self.on_flush(env.payload)
                 return None
+            if env.flags & FLAG_REPLAY or env.channel == HISTORY_END_CHANNEL:
+                self._history_frame(env)
+                return None
             key = inbox_channel(env.target)
         else:
             key = env.channel
@@ -319,9 +388,89 @@ class BusCore:
         self.received += 1
         return Event(env)
 
-    def matching(self, event: Event) -> list[Subscriber]:
+    def route(self, event: Event) -> list[Subscriber]:
+        """The subscribers to hand ``event`` to now (those loading history hold it)."""
         channel = event.channel
-        return [s for s in self.subscribers if s.pattern.matches(channel)]
+        ready = []
+        for subscriber in self.subscribers:
+            if subscriber.pattern.matches(channel):
+                if subscriber.history is None:
+                    ready.append(subscriber)
+                else:
+                    subscriber.history.held.append(event)
+        return ready
+
+    # -- history ----------------------------------------------------------------------
+
+    def add_history(self, subscriber: Subscriber, limit: int | None, since_ms: int | None) -> None:
+        """Ask the bridge for ``subscriber``'s history (after its subscription was sent)."""
+        if limit is not None and limit < 0:
+            raise ValueError("history must be a number of events, 0 or more")
+        token = secrets.token_hex(REPLAY_TOKEN_BYTES // 2).encode()
+        load = HistoryLoad(subscriber, token, limit, since_ms)
+        subscriber.history = load
+        self.loads[token] = load
+        if len(self.loads) == 1:
+            self._ask(load)
+
+    def _ask(self, load: HistoryLoad) -> None:
+        load.asked_at = time.monotonic()
+        self.outbox.append(
+            build_history_request(
+                self.options.worker,
+                load.token,
+                load.limit,
+                load.since_ms,
+                load.subscriber.pattern.text,
+            )
+        )
+
+    def check_history(self) -> None:
+        """Ask again if the bridge is silent (the request is lost if sent while it restarts)."""
+        load = next(iter(self.loads.values()), None)
+        if load is None:
+            return
+        now = time.monotonic()
+        if now - load.started > HISTORY_TIMEOUT:
+            self._finish(load, BridgeError("the bridge did not answer the history request"))
+        elif now - load.asked_at > HISTORY_RETRY:
+            self._ask(load)
+
+    def _history_frame(self, env: Envelope) -> None:
+        token, rest = env.payload[:REPLAY_TOKEN_BYTES], env.payload[REPLAY_TOKEN_BYTES:]
+        load = self.loads.get(token)
+        if load is None or load is not next(iter(self.loads.values())):
+            return  # an answer to a request already finished (asked twice)
+        load.asked_at = time.monotonic()  # the bridge is answering: do not ask again
+        if env.channel == HISTORY_END_CHANNEL:
+            self._finish(load, BridgeError(rest.decode("utf-8", "replace")) if rest else None)
+            return
+        key = (env.origin, env.epoch, env.channel, env.seq)
+        load.replays[key] = Event(env._replace(payload=rest, target=None, flags=0))
+
+    def _finish(self, load: HistoryLoad, error: Exception | None) -> None:
+        del self.loads[load.token]
+        subscriber = load.subscriber
+        subscriber.history = None
+        history = list(load.replays.values())
+        newest: dict[tuple[str, int, str], int] = {}
+        for event in history:
+            key = (event.origin, event.id.epoch, event.channel)
+            newest[key] = max(newest.get(key, 0), event.seq)
+        live = [e for e in load.held if e.seq > newest.get((e.origin, e.id.epoch, e.channel), 0)]
+        if subscriber in self.subscribers:
+            self.completed.append((subscriber, history + live, error))
+        following = next(iter(self.loads.values()), None)
+        if following is not None:
+            self._ask(following)
+
+    def take_completed(self) -> list[tuple[Subscriber, list[Event], Exception | None]]:
+        done, self.completed = self.completed, []
+        return done
+
+    def take_outbox(self) -> list[bytes]:
+        frames, self.outbox = self.outbox, []
+        return frames
 
     # -- subscriptions --------------------------------------------------------------
 
@@ -337,6 +486,8 @@ class BusCore:
         """Unregister; return the ZeroMQ topic to unsubscribe from if unused now."""
         if subscriber not in self.subscribers:
             return None
+        if subscriber.history is not None:
+            self._finish(subscriber.history, None)
         self.subscribers.remove(subscriber)
         topic = subscriber.pattern.topic
         count = self.topic_refs.get(topic, 0) - 1

@@ -27,6 +27,7 @@ from ._client_core import (
     SYNC_RETRY,
     BusCore,
     ClientOptions,
+    Failure,
     Scope,
     Subscriber,
 )
@@ -50,7 +51,7 @@ class AsyncSubscription:
         self.pattern = pattern
         self._bus = bus
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
-        self.subscriber = Subscriber(pattern, self._queue.put)
+        self.subscriber = Subscriber(pattern, self._queue.put, fail=self._fail)
         self.closed = False
 
     async def get(self, timeout: float | None = None) -> Event:
@@ -58,6 +59,8 @@ class AsyncSubscription:
         if self.closed and self._queue.empty():
             raise BusClosed("subscription closed")
         item = await asyncio.wait_for(self._queue.get(), timeout)
+        if isinstance(item, Failure):
+            raise item.error
         if item is _END:
             self._queue.put_nowait(_END)
             raise BusClosed("subscription closed")
@@ -72,6 +75,10 @@ class AsyncSubscription:
             return await self.get()
         except BusClosed:
             raise StopAsyncIteration from None
+
+    def _fail(self, error: Exception) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(Failure(error))
 
     def close(self) -> None:
         """Stop receiving; iteration ends after what is already queued."""
@@ -175,7 +182,7 @@ class AsyncBus:
             raise BusClosed("the bus is closed")
         if scope == "process":
             event = self._core.local_event(channel, data)
-            for subscriber in self._core.matching(event):
+            for subscriber in self._core.route(event):
                 await _call(subscriber.sink, event)
             return
         await self._send(self._core.encode(channel, data, scope))
@@ -186,21 +193,37 @@ class AsyncBus:
             raise BusClosed("the bus is closed")
         await self._send(self._core.encode(channel, data, "cluster", target=worker))
 
-    def subscribe(self, pattern: str) -> AsyncSubscription:
-        """Async-iterate over events whose channel matches ``pattern``."""
+    def subscribe(
+        self, pattern: str, *, history: int | None = None, since: float | None = None
+    ) -> AsyncSubscription:
+        """Async-iterate over events whose channel matches ``pattern``.
+
+        ``history=N`` / ``since=<Unix time>``: as for :meth:`Bus.subscribe`.
+        """
         self._ensure_reader()
         subscription = AsyncSubscription(self, Pattern(pattern), self._core.options.queue_size)
         self._subscriptions.append(subscription)
         self._add(subscription.subscriber)
+        if history is not None or since is not None:
+            since_ms = None if since is None else max(int(since * 1000), 0)
+            self._core.add_history(subscription.subscriber, history, since_ms)
+            self._send_outbox()
         return subscription
 
-    def on(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: call (or await) the function for each matching event."""
+    def on(self, pattern: str, *, history: int | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: call (or await) the function for each matching event.
+
+        ``history=N``: first the newest N events Redis kept (stream mode).
+        """
         compiled = Pattern(pattern)
 
         def register(handler: Handler) -> Handler:
             self._ensure_reader()
-            self._add(Subscriber(compiled, _guarded(handler)))
+            subscriber = Subscriber(compiled, _guarded(handler))
+            self._add(subscriber)
+            if history is not None:
+                self._core.add_history(subscriber, history, None)
+                self._send_outbox()
             return handler
 
         return register
@@ -324,7 +347,13 @@ class AsyncBus:
         sub_now = self._sub_now
         core = self._core
         while True:
-            frames: list[bytes] = [await sub.recv()]
+            if core.loads:  # while history loads, wake now and then to ask again
+                try:
+                    frames: list[bytes] = [await asyncio.wait_for(sub.recv(), 0.5)]
+                except TimeoutError:
+                    frames = []
+            else:
+                frames = [await sub.recv()]
             for _ in range(_RECEIVE_BATCH - 1):
                 try:
                     frames.append(sub_now.recv(zmq.NOBLOCK))
@@ -333,8 +362,27 @@ class AsyncBus:
             for frame in frames:
                 event = core.accept(frame)
                 if event is not None:
-                    for subscriber in core.matching(event):
+                    for subscriber in core.route(event):
                         await _call(subscriber.sink, event)
+            if core.loads or core.completed:
+                core.check_history()
+                await self._deliver_completed()
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        for request in self._core.take_outbox():
+            with contextlib.suppress(zmq.Again):
+                self._sub_now.send(request, zmq.NOBLOCK)
+
+    async def _deliver_completed(self) -> None:
+        for subscriber, events, error in self._core.take_completed():
+            if error is not None:
+                if subscriber.fail is not None:
+                    subscriber.fail(error)
+                else:
+                    log.warning("history for %s: %s", subscriber.pattern.text, error)
+            for event in events:
+                await _call(subscriber.sink, event)
 
 
 async def _call(sink: Callable[[Event], Any], event: Event) -> None:

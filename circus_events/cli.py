@@ -188,6 +188,9 @@ def _format_event(event: Event, as_json: bool) -> str:
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--count", type=int, help="Exit after this many events.")
+@click.option(
+    "--history", type=click.IntRange(min=0), help="First show the last N events (stream mode)."
+)
 def tail(
     dir_: str | None,
     namespace: str | None,
@@ -195,6 +198,7 @@ def tail(
     patterns: tuple[str, ...],
     as_json: bool,
     count: int | None,
+    history: int | None,
 ) -> None:
     """Print events matching PATTERNS as they arrive (Ctrl-C to stop).
 
@@ -203,6 +207,7 @@ def tail(
       circus-events tail '*'                      # everything
       circus-events tail 'orders.*' cache.clear   # two patterns
       circus-events tail --json 'circus.*' | jq .
+      circus-events tail --history 50 'orders.*'  # the last 50 first (stream mode)
     """
     from .client import Bus  # noqa: PLC0415
 
@@ -233,7 +238,7 @@ def tail(
         _fail(str(exc), EXIT_USAGE)
     try:
         for pattern in patterns:
-            bus.on(pattern)(show)
+            bus.on(pattern, history=history)(show)
     except CircusEventsError as exc:
         bus.close()
         _fail(str(exc), EXIT_USAGE)

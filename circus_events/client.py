@@ -33,6 +33,7 @@ from ._client_core import (
     SYNC_RETRY,
     BusCore,
     ClientOptions,
+    Failure,
     Scope,
     Subscriber,
 )
@@ -49,6 +50,8 @@ Handler = TypeVar("Handler", bound=Callable[[Event], Any])
 #: Frames read per wake-up before commands get a turn.
 _RECEIVE_BATCH: Final = 1000
 _END: Final = object()
+
+
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
 
 
@@ -66,7 +69,7 @@ class Subscription:
         self._size = size
         self._changed = threading.Condition(threading.Lock())
         self._want_room = False
-        self._subscriber = Subscriber(pattern, self._put, self._wake)
+        self._subscriber = Subscriber(pattern, self._put, self._wake, self._fail)
         self.closed = False
 
     def _put(self, event: Any) -> None:
@@ -85,6 +88,9 @@ class Subscription:
         with self._changed:
             self._changed.notify_all()
 
+    def _fail(self, error: Exception) -> None:
+        self._items.append(Failure(error))
+
     def get(self, timeout: float | None = None) -> Event:
         """The next event; raises ``queue.Empty`` after ``timeout`` seconds."""
         items = self._items
@@ -101,6 +107,8 @@ class Subscription:
         item = items.popleft()
         if self._want_room:
             self._wake()
+        if isinstance(item, Failure):
+            raise item.error
         if item is _END:
             items.appendleft(_END)
             raise BusClosed("subscription closed")
@@ -260,21 +268,39 @@ class Bus:
         self._check_process()
         self._send(self._core.encode(channel, data, "cluster", target=worker))
 
-    def subscribe(self, pattern: str) -> Subscription:
-        """Iterate over events whose channel matches ``pattern`` (glob, like PSUBSCRIBE)."""
+    def subscribe(
+        self, pattern: str, *, history: int | None = None, since: float | None = None
+    ) -> Subscription:
+        """Iterate over events whose channel matches ``pattern`` (glob, like PSUBSCRIBE).
+
+        With ``history=N`` (and/or ``since``, a Unix time), the newest N
+        matching events kept by Redis (stream mode) come first, then live
+        ones, with no duplicate and no hole between them. If the bridge cannot
+        give history, the first ``get()`` raises :class:`BridgeError`; live
+        events follow.
+        """
         self._check_process()
         subscription = Subscription(self, Pattern(pattern), self._core.options.queue_size)
         self._subscriptions.append(subscription)
         self._command("sub", subscription._subscriber)
+        if history is not None or since is not None:
+            since_ms = None if since is None else max(int(since * 1000), 0)
+            self._command("history", (subscription._subscriber, history, since_ms))
         return subscription
 
-    def on(self, pattern: str) -> Callable[[Handler], Handler]:
-        """Decorator: call the function (on the receiver thread) for each matching event."""
+    def on(self, pattern: str, *, history: int | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: call the function (on the receiver thread) for each matching event.
+
+        ``history=N``: first the newest N events Redis kept (stream mode).
+        """
         compiled = Pattern(pattern)
 
         def register(handler: Handler) -> Handler:
             self._check_process()
-            self._command("sub", Subscriber(compiled, _guarded(handler)))
+            subscriber = Subscriber(compiled, _guarded(handler))
+            self._command("sub", subscriber)
+            if history is not None:
+                self._command("history", (subscriber, history, None))
             return handler
 
         return register
@@ -409,7 +435,8 @@ class Bus:
         core = self._core
         try:
             while True:
-                ready = dict(poller.poll())
+                # While history loads, wake now and then to ask again if unanswered.
+                ready = dict(poller.poll(500 if core.loads else None))
                 if wake in ready:
                     while True:
                         try:
@@ -427,12 +454,18 @@ class Bus:
                             break
                         event = core.accept(frame)
                         if event is not None:
-                            for subscriber in core.matching(event):
+                            for subscriber in core.route(event):
                                 subscriber.sink(event)
                                 if subscriber.wake is not None:
                                     woken.add(subscriber)
                     for subscriber in woken:
                         subscriber.wake()  # type: ignore[misc]
+                if core.loads or core.completed:
+                    core.check_history()
+                    _deliver_completed(core)
+                for request in core.take_outbox():
+                    with contextlib.suppress(zmq.Again):
+                        sub.send(request, zmq.NOBLOCK)
         finally:
             sub.close(linger=0)
             wake.close(linger=0)
@@ -457,11 +490,28 @@ class Bus:
             elif kind == "sync":
                 with contextlib.suppress(zmq.Again):
                     sub.send(core.sync_request(argument), zmq.NOBLOCK)
+            elif kind == "history":
+                subscriber, limit, since_ms = argument
+                core.add_history(subscriber, limit, since_ms)
             elif kind == "local":
-                for subscriber in core.matching(argument):
+                for subscriber in core.route(argument):
                     subscriber.sink(argument)
                     if subscriber.wake is not None:
                         subscriber.wake()
+
+
+def _deliver_completed(core: BusCore) -> None:
+    """Hand finished history loads (history, then held live events) to their readers."""
+    for subscriber, events, error in core.take_completed():
+        if error is not None:
+            if subscriber.fail is not None:
+                subscriber.fail(error)
+            else:
+                log.warning("history for %s: %s", subscriber.pattern.text, error)
+        for event in events:
+            subscriber.sink(event)
+        if subscriber.wake is not None:
+            subscriber.wake()
 
 
 def _guarded(handler: Callable[[Event], Any]) -> Callable[[Event], None]:

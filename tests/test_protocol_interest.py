@@ -10,9 +10,13 @@ from hypothesis import strategies as st
 
 from circus_events._exceptions import ProtocolError
 from circus_events.protocol.interest import (
+    HISTORY_REQUEST,
     SYNC_REQUEST,
+    HistoryRequest,
     InterestChange,
     InterestTable,
+    build_history_request,
+    parse_history_request,
     parse_sync_request,
 )
 from circus_events.protocol.topics import SubscriptionTopic, parse_subscription_topic
@@ -190,3 +194,45 @@ def test_sync_request_garbage_raises_only_protocol_error(frame: bytes) -> None:
     except ProtocolError:
         return
     assert b"\x02" + worker.encode("utf-8") + b"\0" + token == b"\x02" + frame
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        HistoryRequest("w1", b"abcd1234", 10, None, "orders.*"),
+        HistoryRequest("host/app/1", b"00000000", None, 1_700_000_000_000, "x"),
+        HistoryRequest("w", b"zzzzzzzz", 0, 0, "a[bc]?"),
+    ],
+)
+def test_history_request_round_trip(request_: HistoryRequest) -> None:
+    frame = build_history_request(*request_)
+    assert frame.startswith(HISTORY_REQUEST)
+    assert parse_history_request(frame) == request_
+
+
+BAD_HISTORY_REQUESTS: list[tuple[bytes, str]] = [
+    (b"", "not a history request"),
+    (b"\x02w\0abcd1234\0\0\0x", "not a history request"),
+    (b"\x03w\0abcd1234\0\0x", "not a history request"),
+    (b"\x03w\0abc\0\0\0x", "token must be 8 bytes"),
+    (b"\x03\xff\0abcd1234\0\0\0x", "bad history request"),
+    (b"\x03w\0abcd1234\0ten\0\0x", "bad history request"),
+    (b"\x03w\0abcd1234\0\0\0bad[", "bad history request"),
+    (b"\x03w\0abcd1234\0-1\0\0x", "must not be negative"),
+    (b"\x03w\0abcd1234\0\0-5\0x", "must not be negative"),
+]
+
+
+@pytest.mark.parametrize(("frame", "message"), BAD_HISTORY_REQUESTS)
+def test_parse_history_request_refuses(frame: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_history_request(frame)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=100))
+def test_history_request_garbage_raises_only_protocol_error(frame: bytes) -> None:
+    try:
+        parse_history_request(HISTORY_REQUEST + frame)
+    except ProtocolError:
+        return

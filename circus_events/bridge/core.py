@@ -33,20 +33,26 @@ from typing import Any, Final, Protocol, cast
 import zmq
 
 from .._config import BridgeConfig
-from .._exceptions import BridgeError, ProtocolError
+from .._exceptions import BridgeError, ChannelError, CircusEventsError, ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
+    FLAG_REPLAY,
+    HISTORY_END_CHANNEL,
+    HISTORY_REQUEST,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
+    HistoryRequest,
     InterestTable,
+    Pattern,
     SequenceTracker,
     SubscriptionTopic,
     decode_frame,
     encode_frame,
     inbox_channel,
+    parse_history_request,
     parse_sync_request,
 )
 from .local import LocalSockets
@@ -92,7 +98,9 @@ class Bridge:
             "rejected_subscriptions": 0,
             "duplicates": 0,
             "foreign_host": 0,
+            "history_replayed": 0,
         }
+        self._history_tasks: set[asyncio.Task[None]] = set()
         self._warned_workers: set[str] = set()
         self.started_at = time.time()
         self.last_error: str | None = None
@@ -317,6 +325,9 @@ class Bridge:
             if frame[:1] == SYNC_REQUEST:
                 self._answer_sync(frame)
                 continue
+            if frame[:1] == HISTORY_REQUEST:
+                self._start_history(frame)
+                continue
             try:
                 change = self.interest.feed(frame)
             except ProtocolError as exc:
@@ -374,20 +385,77 @@ class Bridge:
                     self._send_sync_reply(worker, token)
 
     def _send_sync_reply(self, worker: str, token: bytes) -> None:
+        self._send_direct(worker, SYNC_CHANNEL, token)
+
+    def _send_direct(self, worker: str, channel: str, payload: bytes) -> None:
+        """A message from the bridge itself to one local worker."""
         assert self._sockets is not None
         self._sync_seq += 1
         reply = encode_frame(
-            SYNC_CHANNEL,
+            channel,
             origin=self._bridge_origin,
             host=self._bridge_origin,
             epoch=self._epoch,
             seq=self._sync_seq,
             time=time.time(),
             codec=Codec.RAW,
-            payload=token,
+            payload=payload,
             target=worker,
         )
         self._sockets.xpub.send(reply, zmq.NOBLOCK)
+
+    def _start_history(self, frame: bytes) -> None:
+        """A worker subscribed with ``history=``: replay what Redis kept."""
+        try:
+            request = parse_history_request(frame)
+        except ProtocolError as exc:
+            self.counters["rejected_subscriptions"] += 1
+            self._note_bad_frame(exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._replay_history(request))
+        self._history_tasks.add(task)
+        task.add_done_callback(self._history_tasks.discard)
+
+    async def _replay_history(self, request: HistoryRequest) -> None:
+        error = ""
+        frames: list[bytes] = []
+        history = getattr(self._redis, "history", None)
+        if history is None:
+            error = "history needs a Redis in stream mode (mode = stream)"
+        else:
+            try:
+                frames = await history(
+                    Pattern(request.pattern).matches, request.limit, request.since_ms
+                )
+            except (CircusEventsError, ChannelError) as exc:
+                error = f"history is not available: {exc}"
+        if self._sockets is None or self._stopping.is_set():
+            return
+        send = self._sockets.xpub.send
+        for frame in frames:
+            try:
+                env = decode_frame(frame)
+            except ProtocolError:
+                continue
+            if env.target is not None:
+                continue  # direct messages are for their worker only, never history
+            send(
+                encode_frame(
+                    env.channel,
+                    origin=env.origin.encode(),
+                    host=env.host.encode(),
+                    epoch=env.epoch,
+                    seq=env.seq,
+                    time=env.time,
+                    codec=Codec(env.codec),
+                    payload=request.token + env.payload,
+                    flags=FLAG_REPLAY,
+                    target=request.worker,
+                ),
+                zmq.NOBLOCK,
+            )
+        self._send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
+        self.counters["history_replayed"] += len(frames)
 
     def _drain_control(self) -> bool:
         assert self._sockets is not None

@@ -39,8 +39,10 @@ from .topics import INBOX_PREFIX, validate_channel, validate_worker_id
 __all__ = [
     "FLAG_DIRECT",
     "FLAG_HOST_ONLY",
+    "FLAG_REPLAY",
     "HEADER",
     "NODE_ID_BYTES",
+    "REPLAY_TOKEN_BYTES",
     "VERSION",
     "Envelope",
     "decode_frame",
@@ -59,7 +61,12 @@ NODE_ID_BYTES: Final = 8
 FLAG_HOST_ONLY: Final = 0x01
 #: A direct message: the topic is an inbox, the user's channel is in the header.
 FLAG_DIRECT: Final = 0x02
-_KNOWN_FLAGS: Final = FLAG_HOST_ONLY | FLAG_DIRECT
+#: A history entry the bridge replays to one worker (``subscribe(history=N)``):
+#: direct, with the original channel, origin, epoch and sequence; its payload
+#: starts with the request's token (``REPLAY_TOKEN_BYTES``).
+FLAG_REPLAY: Final = 0x04
+REPLAY_TOKEN_BYTES: Final = 8
+_KNOWN_FLAGS: Final = FLAG_HOST_ONLY | FLAG_DIRECT | FLAG_REPLAY
 _INBOX_PREFIX_BYTES: Final = INBOX_PREFIX.encode("utf-8")
 _MAX_TOPIC_SCAN: Final = 512
 
@@ -132,6 +139,8 @@ def _decode_after_topic(frame: bytes, topic: bytes, start: int) -> Envelope:
         raise ProtocolError(f"unsupported message version {version} (this side speaks {VERSION})")
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"unknown flags 0x{flags:02x}")
+    if flags & FLAG_REPLAY and not flags & FLAG_DIRECT:
+        raise ProtocolError("a replayed history entry must be addressed to one worker")
     if codec not in _CODEC_IDS:
         raise ProtocolError(f"unknown codec id {codec}")
     if not math.isfinite(when):

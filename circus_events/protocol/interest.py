@@ -17,14 +17,20 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from .._exceptions import ChannelError, ProtocolError
-from .topics import SubscriptionTopic, parse_subscription_topic, validate_worker_id
+from .envelope import REPLAY_TOKEN_BYTES
+from .topics import Pattern, SubscriptionTopic, parse_subscription_topic, validate_worker_id
 
 __all__ = [
     "FLUSH_CHANNEL",
+    "HISTORY_END_CHANNEL",
+    "HISTORY_REQUEST",
     "SYNC_CHANNEL",
     "SYNC_REQUEST",
+    "HistoryRequest",
     "InterestChange",
     "InterestTable",
+    "build_history_request",
+    "parse_history_request",
     "parse_sync_request",
 ]
 
@@ -34,6 +40,14 @@ __all__ = [
 #: request, that is once every earlier subscription of that worker is applied.
 SYNC_REQUEST: Final = b"\x02"
 SYNC_CHANNEL: Final = "@sync"
+#: First byte of a history request, sent up the XSUB socket after the
+#: subscription it is for: ``HISTORY_REQUEST worker NUL token NUL limit NUL
+#: since_ms NUL pattern`` (limit and since_ms may be empty; the token is 8
+#: bytes without NUL). The bridge
+#: replays matching entries to the worker's inbox (``FLAG_REPLAY``), then
+#: ``HISTORY_END_CHANNEL`` with the token and an error text (empty: all sent).
+HISTORY_REQUEST: Final = b"\x03"
+HISTORY_END_CHANNEL: Final = "@history"
 #: A marker a worker sends itself through the bridge to learn that the bridge
 #: has taken everything it published before (``Bus.flush``).
 FLUSH_CHANNEL: Final = "@flush"
@@ -112,3 +126,50 @@ def parse_sync_request(frame: bytes) -> tuple[str, bytes]:
     except (UnicodeDecodeError, ChannelError) as exc:
         raise ProtocolError(f"sync request names no valid worker: {exc}") from None
     return worker, token
+
+
+class HistoryRequest(NamedTuple):
+    """A worker asks for recent events matching ``pattern``."""
+
+    worker: str
+    token: bytes
+    #: At most this many of the newest matching entries (None: no limit).
+    limit: int | None
+    since_ms: int | None
+    pattern: str
+
+
+def build_history_request(
+    worker: str, token: bytes, limit: int | None, since_ms: int | None, pattern: str
+) -> bytes:
+    """Encode a history request (the client side of :func:`parse_history_request`)."""
+    fields = (
+        worker.encode("utf-8"),
+        token,
+        b"" if limit is None else str(limit).encode(),
+        b"" if since_ms is None else str(since_ms).encode(),
+        pattern.encode("utf-8"),
+    )
+    return HISTORY_REQUEST + b"\0".join(fields)
+
+
+def parse_history_request(frame: bytes) -> HistoryRequest:
+    """Read a history request; raise :class:`ProtocolError` if malformed."""
+    parts = frame[1:].split(b"\0")
+    if not frame.startswith(HISTORY_REQUEST) or len(parts) != 5:
+        raise ProtocolError(f"not a history request: {frame[:40]!r}")
+    raw_worker, token, raw_limit, raw_since, raw_pattern = parts
+    if len(token) != REPLAY_TOKEN_BYTES:
+        raise ProtocolError("history token must be 8 bytes")
+    try:
+        worker = raw_worker.decode("utf-8")
+        validate_worker_id(worker)
+        pattern = raw_pattern.decode("utf-8")
+        Pattern(pattern)
+        limit = int(raw_limit) if raw_limit else None
+        since_ms = int(raw_since) if raw_since else None
+    except (UnicodeDecodeError, ChannelError, ValueError) as exc:
+        raise ProtocolError(f"bad history request: {exc}") from None
+    if (limit is not None and limit < 0) or (since_ms is not None and since_ms < 0):
+        raise ProtocolError("history limit and since must not be negative")
+    return HistoryRequest(worker, token, limit, since_ms, pattern)
