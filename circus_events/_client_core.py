@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
+import zmq
+
 from ._config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_NAMESPACE,
@@ -87,6 +89,39 @@ HISTORY_RETRY: Final = 3.0
 HISTORY_TIMEOUT: Final = 30.0
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
 RECEIVE_HWM: Final = 50_000
+
+
+#: Reconnect quickly to a restarted bridge (ipc: no network to spare).
+RECONNECT_IVL_MS: Final = 100
+RECONNECT_IVL_MAX_MS: Final = 1000
+#: On close, queued publications may take this long to reach the bridge.
+PUBLISH_LINGER_MS: Final = 1000
+
+
+def connect_push(sock: zmq.Socket[Any], options: ClientOptions) -> None:
+    """The publishing socket: queues (bounded) while the bridge is away."""
+    sock.setsockopt(zmq.SNDHWM, options.send_queue)
+    sock.setsockopt(zmq.LINGER, PUBLISH_LINGER_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.connect(options.paths.endpoint(options.paths.pull))
+
+
+def connect_sub(sock: zmq.Socket[Any], options: ClientOptions, topics: list[bytes]) -> None:
+    """The receiving XSUB socket, subscribed to ``topics`` before it connects.
+
+    XSUB, not SUB: subscriptions are messages we send, so a sync or history
+    request can follow them on the same pipe. libzmq re-sends them after
+    every reconnect, as for SUB.
+    """
+    sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    for topic in topics:
+        sock.send(b"\x01" + topic)
+    sock.connect(options.paths.endpoint(options.paths.pub))
 
 
 def default_worker_id(host: str) -> str:

@@ -23,13 +23,14 @@ import zmq.asyncio
 
 from ._client_core import (
     FLUSH_RETRY,
-    RECEIVE_HWM,
     SYNC_RETRY,
     BusCore,
     ClientOptions,
     Failure,
     Scope,
     Subscriber,
+    connect_push,
+    connect_sub,
 )
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
@@ -133,24 +134,13 @@ class AsyncBus:
         self._subscriptions: list[AsyncSubscription] = []
         self._context = zmq.asyncio.Context()
         self._push = self._context.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, options.send_queue)
-        self._push.setsockopt(zmq.LINGER, 1000)
-        self._push.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._push.connect(options.paths.endpoint(options.paths.pull))
-        # XSUB: subscriptions are messages, so a sync request can follow them.
         self._sub = self._context.socket(zmq.XSUB)
-        self._sub.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        self._sub.setsockopt(zmq.SNDHWM, 0)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         # Synchronous views of the same sockets for the non-blocking fast paths:
         # an asyncio socket returns a future even for NOBLOCK calls.
         self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
         self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
-        self._sub_now.send(b"\x01" + self._core.inbox)
-        self._sub.connect(options.paths.endpoint(options.paths.pub))
+        connect_push(self._push_now, options)
+        connect_sub(self._sub_now, options, [self._core.inbox])
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self._core.on_flush = self._flushed
         self._reader: asyncio.Task[None] | None = None

@@ -29,13 +29,14 @@ import zmq
 
 from ._client_core import (
     FLUSH_RETRY,
-    RECEIVE_HWM,
     SYNC_RETRY,
     BusCore,
     ClientOptions,
     Failure,
     Scope,
     Subscriber,
+    connect_push,
+    connect_sub,
 )
 from ._event import Event, Gap
 from ._exceptions import BusClosed, PublishTimeout
@@ -203,29 +204,14 @@ class Bus:
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._push = self._context.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, options.send_queue)
-        self._push.setsockopt(zmq.LINGER, 1000)
-        self._push.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._push.connect(options.paths.endpoint(options.paths.pull))
+        connect_push(self._push, options)
         wake_address = f"inproc://circus-events-wake-{id(self)}"
         receiver_wake = self._context.socket(zmq.PULL)
         receiver_wake.bind(wake_address)
         self._wake = self._context.socket(zmq.PUSH)
         self._wake.connect(wake_address)
-        # XSUB, not SUB: subscriptions are messages we send, so a sync request
-        # can follow them on the same pipe (see ``sync``). libzmq re-sends
-        # them after every reconnect, as for SUB.
         sub = self._context.socket(zmq.XSUB)
-        sub.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        sub.setsockopt(zmq.SNDHWM, 0)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RECONNECT_IVL, 100)
-        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sub.send(b"\x01" + self._core.inbox)
-        for topic in self._core.topic_refs:
-            sub.send(b"\x01" + topic)
-        sub.connect(options.paths.endpoint(options.paths.pub))
+        connect_sub(sub, options, [self._core.inbox, *self._core.topic_refs])
         self._thread = threading.Thread(
             target=self._receive_loop,
             args=(sub, receiver_wake),
