@@ -159,6 +159,8 @@ class BridgeConfig:
     mode: Mode = "pubsub"
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     retention: int = DEFAULT_RETENTION
+    #: Stream mode: the namespace's stream is split by channel hash into this many streams.
+    stream_shards: int = 1
     signing_key: str | None = None
     ignore_hosts: tuple[str, ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -220,6 +222,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "mode": _check_mode,
     "buffer_max_bytes": lambda v: _parse_int("buffer_max_bytes", v, 0),
     "retention": lambda v: _parse_int("retention", v, 1),
+    "stream_shards": lambda v: _parse_int("stream_shards", v, 1),
     "signing_key": lambda v: str(v) or None,
     "ignore_hosts": _parse_list,
     "max_message_bytes": lambda v: _parse_int("max_message_bytes", v, 1024),

@@ -58,6 +58,7 @@ _BRIDGE_KEYS: Final = frozenset(
         "mode",
         "buffer_max_bytes",
         "retention",
+        "stream_shards",
         "signing_key",
         "ignore_hosts",
         "max_message_bytes",

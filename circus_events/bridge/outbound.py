@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Every message bound for Redis is one pre-encoded ``PUBLISH`` command. It
-waits in the *pending* queue until the next flush, which moves everything
-pending into one *batch*, written to the connection in a single write.
+Every message bound for Redis is one pre-encoded ``PUBLISH`` command (an
+``XADD`` in stream mode). It waits in the *pending* queue until the next
+flush, which moves everything pending into one *batch*, written to the
+connection in a single write.
 A batch stays *in flight* until Redis has answered each of its commands;
 replies arrive in order, so counting them is enough (no per-message future,
 no per-message round trip). Control commands (heartbeat, presence) share
@@ -69,12 +70,14 @@ class _Control:
 
 
 class OutboundQueue:
-    """Pending and in-flight PUBLISH commands of one publishing connection."""
+    """Pending and in-flight PUBLISH (or XADD) commands of one publishing connection."""
 
     __slots__ = (
+        "_command",
         "_inflight",
         "_inflight_bytes",
         "_inflight_count",
+        "_ok",
         "_pending",
         "_sizes",
         "dropped",
@@ -85,8 +88,11 @@ class OutboundQueue:
         "published",
     )
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, reply_type: type = int, command: str = "PUBLISH") -> None:
         self.max_bytes = max_bytes
+        #: The class of a successful reply (PUBLISH: int; XADD: bytes, the entry id).
+        self._ok = reply_type
+        self._command = command
         self._pending: deque[bytes] = deque()
         self._sizes: deque[int] = deque()
         self.pending_bytes = 0
@@ -97,7 +103,7 @@ class OutboundQueue:
         self.published = 0
         #: Messages dropped, oldest first, because the pending bytes passed max_bytes.
         self.dropped = 0
-        #: PUBLISH commands Redis answered with an error (for example an ACL refusal).
+        #: Messages Redis answered with an error (for example an ACL refusal).
         self.errors = 0
         self.last_error: str | None = None
 
@@ -141,6 +147,7 @@ class OutboundQueue:
         """Account every complete reply in ``reader`` (a hiredis.Reader)."""
         gets = reader.gets
         inflight = self._inflight
+        ok = self._ok
         while True:
             if not inflight:
                 if gets() is not False:
@@ -156,7 +163,7 @@ class OutboundQueue:
                     if reply is False:
                         head.acked = acked
                         return
-                    if reply.__class__ is not int:
+                    if reply.__class__ is not ok:
                         self._reply_error(reply)
                     acked += 1
                 inflight.popleft()
@@ -175,7 +182,7 @@ class OutboundQueue:
     def _reply_error(self, reply: Any) -> None:
         self.errors += 1
         self.published -= 1  # counted as published when its batch completes
-        self.last_error = f"Redis refused a PUBLISH: {reply}"
+        self.last_error = f"Redis refused a {self._command}: {reply}"
 
     def requeue(self) -> int:
         """The connection is gone: unanswered messages go back in front, in order.

@@ -41,40 +41,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
-import json
 import logging
-import math
-import os
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from .._config import BridgeConfig
-from .._exceptions import ConfigError
-from ..protocol.envelope import FLAG_HOST_ONLY, HEADER, NODE_ID_BYTES, REDIS_VERSION, VERSION
+from ..protocol.envelope import REDIS_VERSION, VERSION
 from ..protocol.topics import SubscriptionTopic
-from .keeper import BACKOFF_INITIAL, BACKOFF_MAX, LOG_REPEAT_INTERVAL, ConnectionKeeper, LogThrottle
-from .outbound import OutboundQueue, ReplyCallback
-from .presence import PRESENCE_TTL_FACTOR, read_cluster_status, redis_names
-from .resp import (
-    RedisAddress,
-    RedisConnectError,
-    RespConnection,
-    encode_command,
-    parse_redis_url,
+from .keeper import BACKOFF_INITIAL, BACKOFF_MAX, LOG_REPEAT_INTERVAL
+from .presence import read_cluster_status, redis_names
+from .resp import RespConnection, encode_command
+from .side_base import (
+    CLOSE_FLUSH_TIMEOUT,
+    FLUSH_BYTES,
+    MIN_VALUE,
+    STAMP_OFFSET,
+    WRITE_BUFFER_HIGH,
+    RedisSideBase,
+    origin_host,
 )
 from .subscriptions import RedisSubscriptions
 
 __all__ = [
     "BACKOFF_INITIAL",
     "BACKOFF_MAX",
+    "CLOSE_FLUSH_TIMEOUT",
     "FLUSH_BYTES",
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",
     "LOG_REPEAT_INTERVAL",
     "RESUME_GRACE",
+    "WRITE_BUFFER_HIGH",
     "RedisSide",
     "read_cluster_status",
     "redis_names",
@@ -87,35 +85,11 @@ HEARTBEAT_INTERVAL: Final = 1.0
 HEARTBEAT_TIMEOUT: Final = 3.0
 #: After an outage, buffered messages wait this long once pub is back.
 RESUME_GRACE: Final = BACKOFF_MAX + 0.5
-#: Flush inside publish() once this many value bytes are pending (or the cap, if lower).
-FLUSH_BYTES: Final = 256 * 1024
-#: Transport write buffer above which flushing pauses (pending grows, capped).
-WRITE_BUFFER_HIGH: Final = 4 * 1024 * 1024
-#: close() waits this long for queued messages to reach Redis.
-CLOSE_FLUSH_TIMEOUT: Final = 1.0
 
-_STAMP_OFFSET: Final = 1 + NODE_ID_BYTES
-_MIN_VALUE: Final = _STAMP_OFFSET + HEADER.size
-#: Pre-encoded "<len>\r\n" for the value lengths of typical events.
-_LENGTHS: Final = [b"%d\r\n" % n for n in range(4096)]
 _PUBLISH: Final = b"*3\r\n$7\r\nPUBLISH\r\n"
-_HEADS_MAX: Final = 4096
 
 
-def _client_name(host: str, role: str) -> str:
-    # CLIENT SETNAME refuses spaces and non-printable characters.
-    safe = "".join(c if "!" <= c <= "~" else "_" for c in host)
-    return f"circus-events:{safe}:{role}"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("circus-events")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "unknown"
-
-
-class RedisSide:
+class RedisSide(RedisSideBase):
     """Both Redis connections of one bridge, with buffering, liveness and presence.
 
     * :meth:`publish` (sync, never blocks or raises) queues a local frame;
@@ -135,6 +109,8 @@ class RedisSide:
       and closes both connections; :meth:`publish` is then a no-op.
     """
 
+    _tick_interval = HEARTBEAT_INTERVAL
+
     def __init__(
         self,
         config: BridgeConfig,
@@ -144,122 +120,26 @@ class RedisSide:
         logger: logging.Logger | None = None,
         resume_grace: float = RESUME_GRACE,
     ) -> None:
-        self.config = config
-        self._deliver = deliver
-        self._status_provider = status_provider
-        self._log = logger or log
+        super().__init__(
+            config, deliver=deliver, status_provider=status_provider, logger=logger or log
+        )
         self._resume_grace = resume_grace
-        self._address: RedisAddress | None = None
-        self._config_error: str | None = None
-        try:
-            if not config.redis_url:
-                raise ConfigError("redis_url", "no Redis URL is configured")
-            self._address = parse_redis_url(config.redis_url)
-        except ConfigError as exc:
-            self._config_error = str(exc)
         names = redis_names(config)
-        self._base = names.base
-        self._base_len = len(names.base)
         self._hb_channel = names.heartbeat
         self._hb_prefix = names.heartbeat_prefix
-        self._presence_key = names.presence
-        self._stamp = bytes((REDIS_VERSION,)) + config.node_id
-        self._ignore = frozenset(h.encode("utf-8") for h in config.ignore_hosts) or None
         self._token = secrets.token_hex(6).encode()
-        self._heads: dict[bytes, bytes] = {}
-        self._queue = OutboundQueue(config.buffer_max_bytes)
-        #: publish() calls _flush() past this many pending bytes.
-        self._check_at = min(FLUSH_BYTES, config.buffer_max_bytes)
         self._subs = RedisSubscriptions(self._base, [self._hb_channel])
-        self._pub: RespConnection | None = None
-        self._sub: RespConnection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_scheduled = False
         self._subscribe_scheduled = False
-        #: After an outage: the backlog waits (see RESUME_GRACE).
-        self._holding = False
         self._hold_timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._closing_event = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._tick_task: asyncio.Task[None] | None = None
-        self._next_presence = 0.0
-        self._started = time.monotonic()
-        # Problems and their log throttle.
-        self._errors: dict[str, RedisConnectError | None] = {"pub": None, "sub": None}
-        self._last_error: str | None = self._config_error
-        self._throttle = LogThrottle()
-        # Counters (see status()).
-        self._received = 0
-        self._dropped_own = 0
-        self._ignored = 0
-        self._rejected = 0
-        self._reconnects = 0
-        self._hb_misses = 0
-        self._stalls = 0
         self._hb_seq = 0
-        self._hb_rtt_ms: float | None = None
         self._foreign_hb = 0
-        self._deliver_errors = 0
         self._sub_errors = 0
-        self._connect_failures = 0
 
     # -- the hot paths -------------------------------------------------------------
 
-    def publish(self, frame: bytes, topic_end: int) -> None:
-        """Queue one local frame (``channel NUL header payload``) for Redis.
-
-        Never blocks, never raises: the frame waits in the outbound queue
-        until the next flush (this loop turn). Host-only frames and frames too
-        short to hold a header are ignored. After :meth:`close` it does nothing.
-        """
-        if len(frame) < topic_end + 1 + HEADER.size or frame[topic_end + 2] & FLAG_HOST_ONLY:
-            return
-        if self._closing:
-            return
-        topic = frame[:topic_end]
-        head = self._heads.get(topic)
-        if head is None:
-            head = self._publish_head(topic)
-        # The value is frame_to_redis(frame, topic_end, node_id), encoded in place.
-        size = len(frame) - topic_end + NODE_ID_BYTES
-        queue = self._queue
-        queue.push(
-            b"".join((
-                head,
-                _LENGTHS[size] if size < 4096 else b"%d\r\n" % size,
-                self._stamp,
-                frame[topic_end + 1 :],
-                b"\r\n",
-            )),
-            size,
-        )  # fmt: skip
-        if queue.pending_bytes > self._check_at:
-            self._flush()  # write now, or keep the backlog within buffer_max_bytes
-        elif not self._flush_scheduled and self._pub is not None and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
     def _publish_head(self, topic: bytes) -> bytes:
         channel = self._base + topic
-        head = b"%b$%d\r\n%b\r\n$" % (_PUBLISH, len(channel), channel)
-        if len(self._heads) >= _HEADS_MAX:
-            self._heads.clear()
-        self._heads[topic] = head
-        return head
-
-    def _flush(self) -> None:
-        """Write everything pending; if it cannot be written now, apply the cap."""
-        self._flush_scheduled = False
-        pub = self._pub
-        if pub is None or pub.writing_paused or self._holding or self._loop is None:
-            # A reconnect, resume_writing or the end of the hold flushes again.
-            self._queue.trim()
-            return
-        data = self._queue.take(self._loop.time())
-        if data is not None:
-            pub.write(data)
+        return b"%b$%d\r\n%b\r\n$" % (_PUBLISH, len(channel), channel)
 
     def _hold(self, delay: float) -> None:
         assert self._loop is not None
@@ -272,11 +152,6 @@ class RedisSide:
         self._hold_timer = None
         self._holding = False
         self._flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
     def _consume_sub(self, reader: Any) -> None:
         """Turn everything readable on the subscriber into one ``deliver`` call."""
@@ -314,28 +189,22 @@ class RedisSide:
                 dropped_own += 1
                 continue
             if (
-                len(value) < _MIN_VALUE
+                len(value) < MIN_VALUE
                 or value[0] != REDIS_VERSION
-                or value[_STAMP_OFFSET] != VERSION
+                or value[STAMP_OFFSET] != VERSION
             ):
                 rejected += 1
                 continue
-            if ignore is not None and _origin_host(value) in ignore:
+            if ignore is not None and origin_host(value) in ignore:
                 ignored += 1
                 continue
             # Same bytes as frame_from_redis(channel, value)[1], without the tuple.
-            append(b"".join((channel[base_len:], b"\0", value[_STAMP_OFFSET:])))
+            append(b"".join((channel[base_len:], b"\0", value[STAMP_OFFSET:])))
         self._dropped_own += dropped_own
         self._rejected += rejected
         self._ignored += ignored
         if frames:
-            self._received += len(frames)
-            try:
-                self._deliver(frames)
-            except Exception:
-                self._deliver_errors += 1
-                if self._throttle.allow("deliver"):
-                    self._log.exception("circus-events: delivering frames from Redis failed")
+            self._hand_over(frames)
 
     def _sub_event(self, reply: list[Any]) -> None:
         kind = reply[0]
@@ -385,166 +254,21 @@ class RedisSide:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Keep both connections up until :meth:`close`. Never raises for Redis trouble."""
-        if self._closing:
-            return
-        self._loop = asyncio.get_running_loop()
-        if self._address is None:
-            self._log.error(
-                "circus-events: not connecting to Redis: %s; fix redis_url and restart the bridge",
-                self._config_error,
-            )
-        else:
-            self._tick_task = asyncio.create_task(self._tick(), name="circus-events-redis-tick")
-            self._tasks = [
-                asyncio.create_task(self._keeper(role).run(), name=f"circus-events-redis-{role}")
-                for role in ("pub", "sub")
-            ]
-            self._tasks.append(self._tick_task)
-        try:
-            await self._closed.wait()
-        finally:
-            if not self._closed.is_set():  # cancelled rather than closed
-                await self._shutdown(flush=False)
+    def _stop_timers(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
 
-    async def close(self) -> None:
-        """Flush briefly, delete the presence record, close both connections. Safe twice."""
-        if self._closing:
-            await self._closed.wait()
-            return
-        await self._shutdown(flush=True)
+    def _pub_connected(self, outage: bool) -> None:
+        if outage and self._queue.pending_count and self._resume_grace > 0:
+            self._hold(self._resume_grace)
 
-    async def _shutdown(self, *, flush: bool) -> None:
-        self._closing = True
-        self._closing_event.set()
-        try:
-            # 1. Stop heartbeats and presence renewals: nothing new gets written.
-            if self._tick_task is not None:
-                self._tick_task.cancel()
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
-            self._holding = False
-            # 2. Write what is queued, then delete the presence record: its reply
-            #    arrives after every earlier PUBLISH reply, so it marks the flush done.
-            pub = self._pub
-            if flush and pub is not None and pub.is_open:
-                self._flush()
-                done = self._pub_request(encode_command("DEL", self._presence_key))
-                with contextlib.suppress(TimeoutError, ConnectionError):
-                    async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT):
-                        await done
-            # 3. Stop the connection keepers; each closes its own connection.
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            left = self._queue.pending_count
-            if left and self._address is not None:
-                self._log.warning(
-                    "circus-events: closing with %d message(s) not delivered to Redis", left
-                )
-        finally:
-            self._pub = self._sub = None
-            self._closed.set()
+    def _setup_sub(self, conn: RespConnection) -> None:
+        conn.set_consumer(self._consume_sub)
+        self._sub = conn
+        self._subs.reset()
+        self._send_subscriptions()
 
-    def _keeper(self, role: str) -> ConnectionKeeper:
-        assert self._address is not None
-        return ConnectionKeeper(
-            self._address,
-            _client_name(self.config.host, role),
-            closing=self._closing_event,
-            connected=lambda conn, outage: self._connected(role, conn, outage=outage),
-            disconnected=lambda conn, reason, lost: self._disconnected(role, conn, reason, lost),
-            failed=lambda exc: self._connect_failed(role, exc),
-            throttle=self._throttle,
-            logger=self._log,
-        )
-
-    def _connected(self, role: str, conn: RespConnection, *, outage: bool) -> None:
-        assert self._loop is not None
-        previous = self._errors[role]
-        self._errors[role] = None
-        if previous is not None:
-            self._log.info(
-                "circus-events: Redis %s connection restored (%s)", role, self._address_text
-            )
-            self._throttle.forget(previous.kind + str(previous))
-        if role == "pub":
-            conn.set_consumer(self._queue.consume)
-            conn.on_writable = self._schedule_flush
-            if conn.transport is not None:
-                conn.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-            self._pub = conn
-            if outage and self._queue.pending_count and self._resume_grace > 0:
-                self._hold(self._resume_grace)
-            self._flush()
-        else:
-            conn.set_consumer(self._consume_sub)
-            self._sub = conn
-            self._subs.reset()
-            self._send_subscriptions()
-        if self._errors["pub"] is None and self._errors["sub"] is None:
-            self._last_error = None
-        self._send_presence()  # a fresh record at every (re)connection
-
-    def _disconnected(
-        self, role: str, conn: RespConnection, reason: BaseException | None, lost: bool
-    ) -> None:
-        if role == "pub":
-            if self._pub is conn:
-                self._pub = None
-            self._queue.requeue()  # unanswered messages go out again on the next connection
-        elif self._sub is conn:
-            self._sub = None
-        if not lost:
-            return
-        self._reconnects += 1
-        if isinstance(reason, ConnectionAbortedError):
-            return  # we dropped it for silence, and said so
-        text = f"Redis {role} connection lost ({reason or 'closed by the server'}); reconnecting"
-        self._last_error = text
-        if self._throttle.allow(f"lost-{role}"):
-            self._log.warning("circus-events: %s", text)
-
-    def _connect_failed(self, role: str, exc: RedisConnectError) -> None:
-        self._connect_failures += 1
-        self._errors[role] = exc
-        self._last_error = str(exc)
-        # Both connections usually fail alike: one line per problem per window.
-        if self._throttle.allow(exc.kind + str(exc)):
-            level = logging.ERROR if exc.kind in ("auth_failed", "tls_failed") else logging.WARNING
-            self._log.log(
-                level,
-                "circus-events: Redis connection failed: %s [%s]; retrying every %gs at most",
-                exc,
-                exc.kind,
-                BACKOFF_MAX,
-            )
-
-    @property
-    def _address_text(self) -> str:
-        return self._address.display if self._address is not None else "(no Redis URL)"
-
-    # -- heartbeat, liveness, presence -------------------------------------------------
-
-    async def _tick(self) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        self._next_presence = loop.time() + self.config.stats_interval
-        last = loop.time()
-        while not self._closing:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            now = loop.time()
-            # A loop that was blocked has not read its sockets: judge silence next time.
-            judge = now - last < HEARTBEAT_INTERVAL + 1.0
-            last = now
-            try:
-                self._beat(now, judge=judge)
-            except Exception:
-                if self._throttle.allow("bug-tick"):
-                    self._log.exception("circus-events: unexpected error in the Redis heartbeat")
+    # -- heartbeat, liveness -----------------------------------------------------------
 
     def _beat(self, now: float, *, judge: bool) -> None:
         """One heartbeat: check both connections, publish, renew presence when due."""
@@ -567,9 +291,7 @@ class RedisSide:
         self._hb_seq += 1
         value = b"%b:%d:%.6f" % (self._token, self._hb_seq, now)
         self._pub_command(encode_command("PUBLISH", self._hb_channel, value))
-        if now >= self._next_presence:
-            self._next_presence = now + self.config.stats_interval
-            self._send_presence()
+        self._presence_due(now)
 
     def _note_silence(self, role: str, what: str) -> None:
         self._last_error = f"Redis {role} connection silent for {HEARTBEAT_TIMEOUT:g}s ({what})"
@@ -592,123 +314,17 @@ class RedisSide:
             if self._loop is not None:
                 self._hb_rtt_ms = round((self._loop.time() - sent) * 1000.0, 3)
 
-    def _pub_command(self, cmd: bytes, callback: ReplyCallback | None = None) -> bool:
-        """Send a control command on pub, in order with the messages; False if down."""
-        pub = self._pub
-        if pub is None or self._loop is None:
-            return False
-        pub.write(self._queue.control(cmd, callback, self._loop.time()))
-        return True
-
-    def _pub_request(self, cmd: bytes) -> asyncio.Future[Any]:
-        """Send a control command on pub; the future gets its reply."""
-        assert self._loop is not None
-        done: asyncio.Future[Any] = self._loop.create_future()
-
-        def callback(reply: Any) -> None:
-            if done.done():
-                return
-            if isinstance(reply, ConnectionError):
-                done.set_exception(reply)
-            else:
-                done.set_result(reply)
-
-        if not self._pub_command(cmd, callback):
-            done.set_exception(ConnectionError("not connected to Redis"))
-        return done
-
-    def _send_presence(self) -> None:
-        record = self.presence_record()
-        ttl = max(1, math.ceil(PRESENCE_TTL_FACTOR * self.config.stats_interval))
-        payload = json.dumps(record, default=str, separators=(",", ":"))
-        self._pub_command(
-            encode_command("SET", self._presence_key, payload, "EX", ttl), self._presence_stored
-        )
-
-    def _presence_stored(self, reply: Any) -> None:
-        if isinstance(reply, Exception) and not isinstance(reply, ConnectionError):
-            self._last_error = f"Redis refused the presence record: {reply}"
-            if self._throttle.allow("presence"):
-                self._log.warning("circus-events: %s", self._last_error)
-
-    def presence_record(self) -> dict[str, Any]:
-        """The JSON-able record other hosts read with :func:`read_cluster_status`.
-
-        The ``status_provider()`` output (the bridge's own status) at the top
-        level, so a record reads like a local ``status``; then this side's
-        identity, ``redis`` status and ``heartbeat_rtt_ms`` over it.
-        """
-        record: dict[str, Any] = {}
-        if self._status_provider is not None:
-            try:
-                record.update(self._status_provider())
-            except Exception as exc:
-                record["last_error"] = f"bridge status unavailable: {exc!r}"
-        record.setdefault("uptime", time.monotonic() - self._started)
-        record.update(
-            host=self.config.host,
-            node_id=self.config.node_id.hex(),
-            namespace=self.config.namespace,
-            version=_version(),
-            pid=os.getpid(),
-            time=time.time(),
-            stats_interval=self.config.stats_interval,
-            heartbeat_rtt_ms=self._hb_rtt_ms,
-            redis=self.status(),
-        )
-        return record
-
     # -- status ------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._pub is not None and self._sub is not None
 
     def status(self) -> dict[str, Any]:
         """Counters and state, JSON-able. ``state``: connected, connecting,
         unreachable, timeout, auth_failed, tls_failed, loading, redis_error,
         config_error, closed."""
-        queue = self._queue
-        if self._closed.is_set() or self._closing:
-            state = "closed"
-        elif self._address is None:
-            state = "config_error"
-        elif self.connected:
-            state = "connected"
-        else:
-            error = self._errors["pub"] or self._errors["sub"]
-            state = error.kind if error is not None else "connecting"
-        return {
-            "connected": self.connected and not self._closing,
-            "state": state,
-            "last_error": self._last_error,
-            "url": self._address_text,
-            "published": queue.published_now,
-            "received": self._received,
-            "buffered_messages": queue.pending_count + queue.inflight_count,
-            "buffered_bytes": queue.pending_bytes + queue.inflight_bytes,
-            "buffer_max_bytes": queue.max_bytes,
-            "dropped": queue.dropped,
-            "dropped_own": self._dropped_own,
-            "ignored_hosts": self._ignored,
-            "rejected": self._rejected,
-            "publish_errors": queue.errors,
-            "subscribe_errors": self._sub_errors,
-            "deliver_errors": self._deliver_errors,
-            "reconnects": self._reconnects,
-            "heartbeat_rtt_ms": self._hb_rtt_ms,
-            "heartbeat_misses": self._hb_misses,
-            "stalls": self._stalls,
-            "foreign_heartbeats": self._foreign_hb,
-            "subscriptions": self._subs.count,
-            "subscriptions_settled": self._sub is not None and self._subs.settled,
-            "connect_failures": self._connect_failures,
-        }
-
-
-def _origin_host(value: bytes) -> bytes:
-    """The origin host of a Redis value (already length-checked)."""
-    n_origin = value[_STAMP_OFFSET + 3]
-    n_host = value[_STAMP_OFFSET + 4]
-    start = _MIN_VALUE + n_origin
-    return value[start : start + n_host]
+        status = self._common_status()
+        status.update(
+            subscribe_errors=self._sub_errors,
+            foreign_heartbeats=self._foreign_hb,
+            subscriptions=self._subs.count,
+            subscriptions_settled=self._sub is not None and self._subs.settled,
+        )
+        return status
