@@ -245,6 +245,7 @@ class HistoryLoad:
 
     __slots__ = (
         "asked_at",
+        "error",
         "held",
         "limit",
         "replays",
@@ -265,6 +266,7 @@ class HistoryLoad:
         self.held: list[Event] = []
         self.asked_at = 0.0
         self.started = time.monotonic()
+        self.error: Exception | None = None
 
 
 class BusCore:
@@ -284,8 +286,8 @@ class BusCore:
         self.loads: dict[bytes, HistoryLoad] = {}
         #: Frames the I/O layer must send up the subscription socket, in order.
         self.outbox: list[bytes] = []
-        #: (subscriber, events to deliver, error) left by finished history loads.
-        self.completed: list[tuple[Subscriber, list[Event], Exception | None]] = []
+        #: History loads the bridge has finished answering, not yet delivered.
+        self.finished: list[HistoryLoad] = []
         #: Called with the token of a flush marker that came back (see ``flush_frame``).
         self.on_flush: Callable[[bytes], None] | None = None
         self.renew()
@@ -484,23 +486,37 @@ class BusCore:
         load.replays[key] = Event(env._replace(payload=rest, target=None, flags=0))
 
     def _finish(self, load: HistoryLoad, error: Exception | None) -> None:
+        # The subscriber keeps holding live events until the I/O layer takes
+        # this load (take_completed): an event routed in between, later in the
+        # same batch, must not overtake the history.
         del self.loads[load.token]
-        subscriber = load.subscriber
-        subscriber.history = None
-        history = list(load.replays.values())
-        newest: dict[tuple[str, int, str], int] = {}
-        for event in history:
-            key = (event.origin, event.id.epoch, event.channel)
-            newest[key] = max(newest.get(key, 0), event.seq)
-        live = [e for e in load.held if e.seq > newest.get((e.origin, e.id.epoch, e.channel), 0)]
-        if subscriber in self.subscribers:
-            self.completed.append((subscriber, history + live, error))
+        load.error = error
+        self.finished.append(load)
         following = next(iter(self.loads.values()), None)
         if following is not None:
             self._ask(following)
 
     def take_completed(self) -> list[tuple[Subscriber, list[Event], Exception | None]]:
-        done, self.completed = self.completed, []
+        """Finished history loads: (subscriber, history then held live events, error)."""
+        done = []
+        for load in self.finished:
+            subscriber = load.subscriber
+            subscriber.history = None
+            history = list(load.replays.values())
+            newest: dict[tuple[str, int, str], int] = {}
+            for event in history:
+                epoch = event.id.epoch
+                key = (event.origin, epoch, event.channel)
+                newest[key] = max(newest.get(key, 0), event.seq)
+                # A live copy still on its way (the bridge reads Redis a little
+                # behind the history query) must then count as a duplicate.
+                self.tracker.observe(event.origin, event.channel, epoch, event.seq, count=False)
+            live = [
+                e for e in load.held if e.seq > newest.get((e.origin, e.id.epoch, e.channel), 0)
+            ]
+            if subscriber in self.subscribers:
+                done.append((subscriber, history + live, load.error))
+        self.finished = []
         return done
 
     def take_outbox(self) -> list[bytes]:

@@ -354,7 +354,7 @@ class AsyncBus:
                 if event is not None:
                     for subscriber in core.route(event):
                         await _call(subscriber.sink, event)
-            if core.loads or core.completed:
+            if core.loads or core.finished:
                 core.check_history()
                 await self._deliver_completed()
             self._send_outbox()

@@ -268,10 +268,12 @@ class Bus:
         self._check_process()
         subscription = Subscription(self, Pattern(pattern), self._core.options.queue_size)
         self._subscriptions.append(subscription)
-        self._command("sub", subscription._subscriber)
-        if history is not None or since is not None:
-            since_ms = None if since is None else max(int(since * 1000), 0)
-            self._command("history", (subscription._subscriber, history, since_ms))
+        wants_history = history is not None or since is not None
+        since_ms = None if since is None else max(int(since * 1000), 0)
+        # One command: no live event may reach it between subscribing and holding.
+        self._command(
+            "sub", (subscription._subscriber, (history, since_ms) if wants_history else None)
+        )
         return subscription
 
     def on(self, pattern: str, *, history: int | None = None) -> Callable[[Handler], Handler]:
@@ -284,9 +286,7 @@ class Bus:
         def register(handler: Handler) -> Handler:
             self._check_process()
             subscriber = Subscriber(compiled, _guarded(handler))
-            self._command("sub", subscriber)
-            if history is not None:
-                self._command("history", (subscriber, history, None))
+            self._command("sub", (subscriber, (history, None) if history is not None else None))
             return handler
 
         return register
@@ -446,7 +446,7 @@ class Bus:
                                     woken.add(subscriber)
                     for subscriber in woken:
                         subscriber.wake()  # type: ignore[misc]
-                if core.loads or core.completed:
+                if core.loads or core.finished:
                     core.check_history()
                     _deliver_completed(core)
                 for request in core.take_outbox():
@@ -466,9 +466,12 @@ class Bus:
             if kind == "stop":
                 return False
             if kind == "sub":
-                topic = core.add(argument)
+                subscriber, history = argument
+                topic = core.add(subscriber)
                 if topic is not None:
                     sub.send(b"\x01" + topic)
+                if history is not None:
+                    core.add_history(subscriber, *history)
             elif kind == "unsub":
                 topic = core.remove(argument)
                 if topic is not None:
@@ -476,9 +479,6 @@ class Bus:
             elif kind == "sync":
                 with contextlib.suppress(zmq.Again):
                     sub.send(core.sync_request(argument), zmq.NOBLOCK)
-            elif kind == "history":
-                subscriber, limit, since_ms = argument
-                core.add_history(subscriber, limit, since_ms)
             elif kind == "local":
                 for subscriber in core.route(argument):
                     subscriber.sink(argument)

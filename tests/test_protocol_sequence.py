@@ -214,3 +214,12 @@ def test_each_message_delivered_once(case: tuple[list[int], set[int]]) -> None:
     assert tracker.duplicates == len(arrivals) - len(accepted)
     if arrivals[0] == 0:
         assert tracker.missed - tracker.late == len(lost & set(range(max(arrivals))))
+
+
+def test_observe_without_counting_records_but_leaves_the_counters() -> None:
+    tracker = SequenceTracker()
+    tracker.observe("o", "c", 1, 1)
+    assert tracker.observe("o", "c", 1, 5, count=False) == 3
+    assert (tracker.gaps, tracker.missed, tracker.duplicates, tracker.late) == (0, 0, 0, 0)
+    assert tracker.observe("o", "c", 1, 5) == DUPLICATE
+    assert tracker.duplicates == 1

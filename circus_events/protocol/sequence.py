@@ -59,8 +59,19 @@ class SequenceTracker:
     def __len__(self) -> int:
         return len(self._state)
 
-    def observe(self, origin: str, channel: str, epoch: int, seq: int) -> int:
-        """Record one message; return how many were missed before it, or DUPLICATE."""
+    def observe(
+        self, origin: str, channel: str, epoch: int, seq: int, *, count: bool = True
+    ) -> int:
+        """Record one message; return how many were missed before it, or DUPLICATE.
+
+        ``count=False`` records it without touching the counters: for messages
+        delivered another way (history), so that a later live copy is a duplicate.
+        """
+        if not count:
+            saved = (self.gaps, self.missed, self.duplicates, self.late)
+            result = self.observe(origin, channel, epoch, seq)
+            self.gaps, self.missed, self.duplicates, self.late = saved
+            return result
         key = (origin, channel)
         state = self._state.get(key)
         if state is None or epoch > state[0]:
