@@ -73,7 +73,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -105,6 +104,8 @@ from _common import (
     thread_cpu_ns,
     wait_for_bridge,
 )
+
+from circus_events.bench.infra import RedisServer, redis_server_version
 
 #: Subscriber processes on host B (``--subscribers``).
 SUBSCRIBERS: Final = 4
@@ -262,83 +263,6 @@ def redis_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
 
 
 # -- orchestration ----------------------------------------------------------------------
-
-
-class RedisServer:
-    """A private redis-server on a free port (never 6379), logging to a file."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.log_path = os.path.join(directory, "redis.log")
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.process = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-                *("--dir", self.directory, "--logfile", self.log_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + SETUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(100).startswith(b"+PONG"):
-                    return
-            time.sleep(0.02)  # poll interval: the loop re-checks
-        raise RuntimeError("redis-server did not answer PING in time")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return log.read()[-2000:]
-        return ""
-
-    def buffer_kills(self) -> int:
-        """How many clients Redis closed for their output buffer so far."""
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return log.read().count(BUFFER_KILL_LOG)
-        return 0
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != 6379:
-            return port
 
 
 class ClientSampler:
@@ -847,17 +771,6 @@ def print_profiles(directory: str) -> None:
             if line.strip():
                 print(f"  {line}")
         print()
-
-
-def redis_server_version() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-        for part in out.split():
-            if part.startswith("v="):
-                return part[2:]
-    return "unknown"
 
 
 def main() -> None:

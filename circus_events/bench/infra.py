@@ -1,0 +1,281 @@
+"""The processes a benchmark runs against: redis-server, bridges, the zmq proxy.
+
+* :class:`RedisServer`: a private ``redis-server`` on a free port (never
+  6379), no persistence; ``restart`` on the same port simulates an outage.
+* :func:`start_bridge` / :func:`stop_process`: ``python -m circus_events
+  bridge`` as a simulated host, with its own socket directory.
+* :class:`Sampler`: a thread that samples ``CLIENT LIST`` (connections per
+  client group) and the resident memory of the bridges every 100 ms.
+* :func:`zmq_proxy_main`: the raw pyzmq ``XSUB``/``XPUB`` proxy baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import zmq
+
+from .workers import SETUP_TIMEOUT, query_bridge
+
+#: Seconds between samples of CLIENT LIST and of the bridges' memory.
+SAMPLE_INTERVAL: Final = 0.1
+#: Client names the baselines give their connections (CLIENT SETNAME).
+BASELINE_CLIENT_PREFIX: Final = "bench-"
+#: What redis-server logs when it closes a client for its output buffer.
+BUFFER_KILL_LOG: Final = "overcoming of output buffer limits"
+
+# The buffering circus-events uses on the same local path, for the proxy baseline.
+PROXY_IN_HWM: Final = 100_000  # bridge PULL_HWM
+PROXY_OUT_HWM: Final = 50_000  # bridge subscriber_hwm default
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, never Redis' default 6379."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != 6379:
+            return port
+
+
+class RedisServer:
+    """A private redis-server on a free port, logging to a file in ``directory``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.log_path = os.path.join(directory, "redis.log")
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.process = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+                *("--dir", self.directory, "--logfile", self.log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(100).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)  # poll interval: the loop re-checks
+        raise RuntimeError("redis-server did not answer PING in time")
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("redis-server is not running")
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return log.read()[-2000:]
+        return ""
+
+    def buffer_kills(self) -> int:
+        """How many clients Redis closed for their output buffer so far."""
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return log.read().count(BUFFER_KILL_LOG)
+        return 0
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+def redis_server_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        for part in out.split():
+            if part.startswith("v="):
+                return part[2:]
+    return "unknown"
+
+
+# -- bridges --------------------------------------------------------------------------
+
+
+def bridge_env() -> dict[str, str]:
+    """This environment without ``CIRCUS_EVENTS_*``: the flags say everything."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+
+
+def start_bridge(
+    workdir: str,
+    name: str,
+    host: str,
+    namespace: str,
+    redis_url: str | None = None,
+    mode: str | None = None,
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start one bridge (a simulated host); returns the process, its dir and its log path."""
+    bus_dir = os.path.join(workdir, name)
+    os.makedirs(bus_dir, exist_ok=True)
+    log_path = os.path.join(workdir, f"{name}.log")
+    command = [sys.executable, "-m", "circus_events", "bridge", "--dir", bus_dir]
+    command += ["--host", host, "--namespace", namespace]
+    if redis_url is not None:
+        command += ["--redis-url", redis_url]
+    if mode is not None:
+        command += ["--mode", mode]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=bridge_env())
+    return process, bus_dir, log_path
+
+
+def redis_connected(status: Any) -> bool:
+    return bool((status.get("redis") or {}).get("connected"))
+
+
+def bridge_counters(bus_dir: str, namespace: str) -> dict[str, int]:
+    """The numeric counters of a bridge and of its Redis side, flat."""
+    status = query_bridge(bus_dir, namespace, "status", timeout=2.0)
+    if status is None:
+        return {}
+    flat = {k: v for k, v in status.get("counters", {}).items() if isinstance(v, int)}
+    for key, value in (status.get("redis") or {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            flat[f"redis.{key}"] = value
+    return flat
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a process (``VmRSS``, or ``VmHWM``: its peak), from /proc."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- sampling -------------------------------------------------------------------------
+
+
+def client_group(name: str) -> str:
+    """``bridge <host>`` for a bridge's connections, ``baseline`` or ``other`` (peers)."""
+    if name.startswith("circus-events:"):
+        return "bridge " + name.split(":")[1]
+    if name.startswith(BASELINE_CLIENT_PREFIX):
+        return "baseline"
+    return "other"
+
+
+class Sampler:
+    """On a thread: the largest count of Redis connections per group, and the
+    largest resident memory of each watched process, over one run."""
+
+    def __init__(self, port: int | None, pids: dict[str, int]) -> None:
+        self._client: Any = None
+        self._own_id = -1
+        if port is not None:
+            import redis  # noqa: PLC0415
+
+            self._client = redis.Redis(host="127.0.0.1", port=port, client_name="bench-monitor")
+            self._own_id = int(self._client.client_id())
+        self._pids = pids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self.max_by_group: dict[str, int] = {}
+        self.max_rss: dict[str, int] = {}
+
+    def connections(self) -> dict[str, int]:
+        """Connections per group now (the sampler's own left out)."""
+        groups: dict[str, int] = {}
+        if self._client is None:
+            return groups
+        for client in self._client.client_list():
+            if int(client["id"]) == self._own_id:
+                continue
+            group = client_group(str(client.get("name", "")))
+            groups[group] = groups.get(group, 0) + 1
+        return groups
+
+    def _sample(self) -> None:
+        with contextlib.suppress(Exception):  # Redis may be down (outage runs)
+            for group, count in self.connections().items():
+                self.max_by_group[group] = max(self.max_by_group.get(group, 0), count)
+        for role, pid in self._pids.items():
+            self.max_rss[role] = max(self.max_rss.get(role, 0), rss_bytes(pid))
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(SAMPLE_INTERVAL):
+                return
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()  # at least one sample after everything ran
+        if self._client is not None:
+            self._client.close()
+
+
+# -- the raw pyzmq proxy ----------------------------------------------------------------
+
+
+def zmq_proxy_main(endpoints: tuple[str, str], conn: Connection) -> None:
+    """``zmq.proxy(XSUB, XPUB)`` with the bridge's high-water marks; runs until killed."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    front = context.socket(zmq.XSUB)
+    front.setsockopt(zmq.RCVHWM, PROXY_IN_HWM)
+    front.bind(endpoints[0])
+    back = context.socket(zmq.XPUB)
+    back.setsockopt(zmq.SNDHWM, PROXY_OUT_HWM)
+    back.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber slows the proxy down
+    back.bind(endpoints[1])
+    conn.send("ready")
+    with contextlib.suppress(zmq.ContextTerminated, KeyboardInterrupt):
+        zmq.proxy(front, back)
