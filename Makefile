@@ -44,7 +44,7 @@ test: setup lint typecheck
 		--cov=circus_events.protocol --cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
 
 bench: setup
-	$(PY) benchmarks/local_fanout.py
+	$(VENV)/bin/circus-events bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -68,6 +68,8 @@ BRIDGES: Final = {
 }
 
 
+#: Seconds of publishing after the stuck subscriber is continued.
+STUCK_AFTER: Final = 2.0
 #: Seconds a timeline run keeps listening after the publisher is done.
 TIMELINE_SETTLE: Final = 6.0
 
@@ -119,7 +121,7 @@ class Options:
     warmup: int = 100
     peers: bool = True
     faults: bool = True
-    stuck_seconds: float = 6.0  # stuck-subscriber run length
+    stuck_seconds: float = 6.0  # the stuck subscriber is stopped from 1 s to this
     fault_seconds: float = 8.0  # outage run length
     stuck_rate: float = 10_000.0
     outage_rate: float = 2_000.0
@@ -607,7 +609,9 @@ def run_faults(
             result = run_case(
                 stack,
                 SYSTEMS[name],
-                spec(SYSTEMS[name], options.stuck_rate, options.stuck_seconds),
+                # Publishing goes on after the window: a stuck worker learns of
+                # what it lost from the next message, not before.
+                spec(SYSTEMS[name], options.stuck_rate, options.stuck_seconds + STUCK_AFTER),
                 stick,
             )
             stuck["systems"][name] = dataclasses.asdict(result)
