@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit bench clean redis-server
+.PHONY: setup demo test lint typecheck bench clean redis-server
 
 setup: $(STAMP) redis-server
 
