@@ -17,6 +17,17 @@ redis-server that the script starts on a free port (``--save ""
   ``ce-raw-handler`` ones use a ``Bus.on`` handler. The faster of the two is
   the main row. 2 Redis connections per bridge.
 
+``--mode stream`` relays through Redis streams instead: both bridges run
+with ``--mode stream``, and the baseline becomes raw redis-py XADD/XREAD
+(:mod:`circus_events.bench.baselines`, as ``circus-events bench`` runs it):
+one publisher doing pipelined ``XADD <key> MAXLEN ~ 100000 * d <payload>``
+(the bridge's default retention; same batching as the ``PUBLISH`` path) and
+four subscriber processes, each on its own connection looping on ``XREAD
+COUNT 1000 BLOCK`` from the start of a fresh per-run stream (so, unlike
+``$``, nothing sent before its first read is missed), then from its last
+id. Targets: pub/sub, throughput >= 1.0x and p99 <= 2.0x the baseline's;
+stream, throughput at least 0.5x the raw XADD/XREAD.
+
 Figures (100-byte payloads; each payload starts with the
 ``time.monotonic_ns()`` of its send):
 
@@ -56,6 +67,7 @@ Usage::
 
     .venv/bin/python benchmarks/cross_host.py            # < 2 min
     .venv/bin/python benchmarks/cross_host.py --quick    # < 40 s
+    .venv/bin/python benchmarks/cross_host.py --mode stream --quick
     .venv/bin/python benchmarks/cross_host.py --json out.json
     .venv/bin/python benchmarks/cross_host.py --profile /tmp/prof   # bridges under cProfile
     .venv/bin/python benchmarks/cross_host.py --cases ce-raw-handler --messages 1000 \\
@@ -105,15 +117,28 @@ from _common import (
     wait_for_bridge,
 )
 
+from circus_events._config import DEFAULT_RETENTION
+from circus_events.bench import baselines
 from circus_events.bench.infra import RedisServer, redis_server_version
+from circus_events.bench.spec import CaseSpec
 
 #: Subscriber processes on host B (``--subscribers``).
 SUBSCRIBERS: Final = 4
 NAMESPACE: Final = "bench"
 HOST_A: Final = "host-a"
 HOST_B: Final = "host-b"
-TARGET_THROUGHPUT_RATIO: Final = 1.0
-TARGET_P99_RATIO: Final = 2.0
+#: Relay modes (``--mode``): the bridges' ``--mode``, and which raw baseline.
+RELAYS: Final = ("pubsub", "stream")
+#: Throughput and p99 targets against the baseline, per relay mode (None: no target).
+TARGET_THROUGHPUT_RATIO: Final = {"pubsub": 1.0, "stream": 0.5}
+TARGET_P99_RATIO: Final[dict[str, float | None]] = {"pubsub": 2.0, "stream": None}
+#: How the ratio line states the throughput target, per relay mode.
+THROUGHPUT_TARGET_TEXT: Final = {
+    "pubsub": "target >= {target}x",
+    "stream": "target: throughput at least {target}x the raw XADD/XREAD",
+}
+#: Stream mode baseline: XADD MAXLEN ~ this (the bridge's default retention).
+STREAM_RETENTION: Final = DEFAULT_RETENTION
 #: Client names of the baseline's connections (CLIENT SETNAME through redis-py).
 BASELINE_CLIENT_PREFIX: Final = "bench-"
 
@@ -125,6 +150,14 @@ LABELS: Final = {
     "ce-raw": "circus-events, subscribe().get",
     "ce-raw-handler": "circus-events, Bus.on",
 }
+#: Labels in stream mode (``--mode stream``), where they differ.
+STREAM_LABELS: Final = {**LABELS, "redis-py": "raw redis-py XADD/XREAD"}
+
+
+def labels(relay: str) -> dict[str, str]:
+    return STREAM_LABELS if relay == "stream" else LABELS
+
+
 #: CPU roles, in table order.
 ROLES: Final = ("publisher", "bridge-a", "bridge-b", "redis", "subscribers")
 #: Seconds between CLIENT LIST samples during a run.
@@ -161,9 +194,27 @@ class Spec:
     warmup: int
     workdir: str
     redis_port: int
-    batch: int  # baseline: PUBLISH commands per pipeline execute()
+    batch: int  # baseline: PUBLISH (or XADD) commands per pipeline execute()
     subscribers: int = SUBSCRIBERS
     codec: str = "raw"
+    relay: str = "pubsub"  # one of RELAYS: the bridges' --mode and the baseline
+
+    def case_spec(self) -> CaseSpec:
+        """The same measurement for :mod:`circus_events.bench.baselines` (stream mode)."""
+        return CaseSpec(
+            system="redis-stream",
+            mode=self.mode,
+            messages=self.messages,
+            rate=self.rate,
+            channel=self.channel,
+            warmup=self.warmup,
+            workers=self.subscribers,
+            pub_bus=self.pub_bus,
+            sub_bus=self.sub_bus,
+            redis_port=self.redis_port,
+            batch=self.batch,
+            codec=self.codec,
+        )
 
     @property
     def pub_bus(self) -> BusTarget:
@@ -260,6 +311,16 @@ def redis_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
     pubsub.close()
     client.close()
     conn.send(SubscriberResult(count, first, last, samples.tobytes(), 0, cpu))
+
+
+def redis_stream_publisher_main(spec: Spec, conn: Connection) -> None:
+    """Stream mode baseline: pipelined XADD MAXLEN ~ STREAM_RETENTION."""
+    baselines.redis_publisher_main(spec.case_spec(), conn, maxlen=STREAM_RETENTION)
+
+
+def redis_stream_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
+    """Stream mode baseline: XREAD COUNT 1000 BLOCK on its own connection."""
+    baselines.redis_subscriber_main(spec.case_spec(), conn, index)
 
 
 # -- orchestration ----------------------------------------------------------------------
@@ -366,9 +427,11 @@ def run_once(
     context: Any, spec: Spec, repeat: int, infra: dict[str, Any], redis: RedisServer
 ) -> RunResult:
     baseline = spec.system == BASELINE
-    if baseline:
-        publisher_main: Callable[..., None] = redis_publisher_main
-        subscriber_main: Callable[..., None] = redis_subscriber_main
+    if baseline and spec.relay == "stream":
+        publisher_main: Callable[..., None] = redis_stream_publisher_main
+        subscriber_main: Callable[..., None] = redis_stream_subscriber_main
+    elif baseline:
+        publisher_main, subscriber_main = redis_publisher_main, redis_subscriber_main
     elif spec.system == "ce-raw-handler":
         publisher_main, subscriber_main = ce_publisher_main, ce_handler_subscriber_main
     else:
@@ -463,9 +526,9 @@ def run_once(
 
 @contextlib.contextmanager
 def infrastructure(
-    workdir: str, profile_dir: str | None
+    workdir: str, profile_dir: str | None, relay: str
 ) -> Iterator[tuple[RedisServer, dict[str, Any]]]:
-    """redis-server and the two bridges (hosts A and B), for the whole run."""
+    """redis-server and the two bridges (hosts A and B, ``--mode relay``), for the whole run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
     redis_dir = os.path.join(workdir, "redis")
     os.makedirs(redis_dir)
@@ -487,6 +550,7 @@ def infrastructure(
                         *python,
                         *("bridge", "--dir", bus_dir),
                         *("--host", host, "--namespace", NAMESPACE, "--redis-url", redis.url),
+                        *("--mode", relay),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -558,7 +622,7 @@ def build_report(
         lats = [r for r in latency if r.system == system]
         everything = runs + lats
         summary[system] = {
-            "label": LABELS[system],
+            "label": labels(args.mode)[system],
             "throughput_median_per_s": median([r.delivered_per_s for r in runs]),
             "throughput_runs_per_s": [r.delivered_per_s for r in runs],
             "lost_per_run": [r.lost for r in runs],
@@ -591,6 +655,8 @@ def build_report(
         p99 = mine["latency_us"].get("p99", float("nan"))
         base_p99 = base["latency_us"].get("p99", float("nan"))
         throughput_ratio = mine["throughput_median_per_s"] / base["throughput_median_per_s"]
+        throughput_target = TARGET_THROUGHPUT_RATIO[args.mode]
+        p99_target = TARGET_P99_RATIO[args.mode]
         cpu_ratio = (
             mine["cpu_us_per_message_median"].get("total", float("nan"))
             / base["cpu_us_per_message_median"].get("total", float("nan"))
@@ -600,19 +666,20 @@ def build_report(
         ratios[system] = {
             "main": system == main_system,
             "throughput_ratio": throughput_ratio,
-            "throughput_target": TARGET_THROUGHPUT_RATIO,
-            "throughput_ok": throughput_ratio >= TARGET_THROUGHPUT_RATIO,
+            "throughput_target": throughput_target,
+            "throughput_ok": throughput_ratio >= throughput_target,
             "p99_us": p99,
             "baseline_p99_us": base_p99,
             "p99_ratio": p99 / base_p99,
-            "p99_target_ratio": TARGET_P99_RATIO,
-            "p99_ok": p99 / base_p99 <= TARGET_P99_RATIO,
+            "p99_target_ratio": p99_target,
+            "p99_ok": None if p99_target is None else p99 / base_p99 <= p99_target,
             "p50_ratio": mine["latency_us"].get("p50", float("nan"))
             / base["latency_us"].get("p50", float("nan")),
             "cpu_per_message_ratio": cpu_ratio,
         }
     return {
         "config": {
+            "mode": args.mode,
             "subscribers": args.subscribers,
             "payload_bytes": PAYLOAD_BYTES,
             "messages_per_throughput_run": args.messages,
@@ -648,10 +715,12 @@ def build_report(
 def print_report(report: dict[str, Any]) -> None:
     config, env = report["config"], report["environment"]
     summary = report["summary"]
+    stream = config["mode"] == "stream"
     print()
     print(
-        f"cross-host: 1 publisher on A -> bridge A -> Redis -> bridge B -> "
-        f"{config['subscribers']} subscribers on B (baseline: redis-py, 1 + "
+        f"cross-host{', stream mode' if stream else ''}: 1 publisher on A -> bridge A -> "
+        f"Redis -> bridge B -> {config['subscribers']} subscribers on B (baseline: "
+        f"redis-py{' XADD/XREAD' if stream else ''}, 1 + "
         f"{config['subscribers']} connections), {config['payload_bytes']}-byte payloads"
     )
     print(
@@ -739,13 +808,19 @@ def print_report(report: dict[str, Any]) -> None:
     print("  (the idle bridges stay connected through the baseline runs)")
     print()
     print("circus-events / redis-py baseline")
+    target_text = THROUGHPUT_TARGET_TEXT[config["mode"]]
     for system, r in report["ratios"].items():
         tag = "main " if r["main"] else "extra"
+        target = target_text.format(target=r["throughput_target"])
+        p99_target = (
+            f"target <= {r['p99_target_ratio']}x: {'ok' if r['p99_ok'] else 'MISSED'}"
+            if r["p99_target_ratio"] is not None
+            else f"no {config['mode']} target"
+        )
         print(
-            f"  {tag} {LABELS[system]:<32} throughput {r['throughput_ratio']:.2f}x "
-            f"(target >= {r['throughput_target']}x: {'ok' if r['throughput_ok'] else 'MISSED'}); "
-            f"p99 {r['p99_us']:.0f} us = {r['p99_ratio']:.2f}x baseline "
-            f"(target <= {r['p99_target_ratio']}x: {'ok' if r['p99_ok'] else 'MISSED'}); "
+            f"  {tag} {summary[system]['label']:<32} throughput {r['throughput_ratio']:.2f}x "
+            f"({target}: {'ok' if r['throughput_ok'] else 'MISSED'}); "
+            f"p99 {r['p99_us']:.0f} us = {r['p99_ratio']:.2f}x baseline ({p99_target}); "
             f"p50 {r['p50_ratio']:.2f}x; CPU/msg {r['cpu_per_message_ratio']:.2f}x"
         )
     print()
@@ -776,6 +851,12 @@ def print_profiles(directory: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (< 40 s)")
+    parser.add_argument(
+        "--mode",
+        choices=RELAYS,
+        default="pubsub",
+        help="the bridges' --mode; stream: the baseline is raw redis-py XADD/XREAD [pubsub]",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     parser.add_argument(
         "--messages", type=int, help="published per throughput run [100000; --quick 25000]"
@@ -795,7 +876,10 @@ def main() -> None:
         help=f"subscriber processes on host B [{SUBSCRIBERS}]",
     )
     parser.add_argument(
-        "--batch", type=int, default=1000, help="baseline: PUBLISH per pipeline execute() [1000]"
+        "--batch",
+        type=int,
+        default=1000,
+        help="baseline: PUBLISH (stream mode: XADD) per pipeline execute() [1000]",
     )
     parser.add_argument(
         "--cases",
@@ -838,7 +922,7 @@ def main() -> None:
     latency: list[RunResult] = []
     serial = 0
     try:
-        with infrastructure(workdir, args.profile) as (redis, infra):
+        with infrastructure(workdir, args.profile, args.mode) as (redis, infra):
 
             def spec(system: str, mode: str, messages: int, rate: float) -> Spec:
                 nonlocal serial
@@ -854,6 +938,7 @@ def main() -> None:
                     redis.port,
                     args.batch,
                     args.subscribers,
+                    relay=args.mode,
                 )
 
             count = int(args.rate * args.latency_seconds)

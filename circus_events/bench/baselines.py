@@ -134,8 +134,9 @@ def _redis(spec: CaseSpec, name: str) -> Any:
     return redis.Redis(host="127.0.0.1", port=spec.redis_port, client_name=f"bench-{name}")
 
 
-def redis_publisher_main(spec: CaseSpec, conn: Connection) -> None:
-    """Pipelined PUBLISH (``spec.system == "redis-pubsub"``) or XADD (``"redis-stream"``)."""
+def redis_publisher_main(spec: CaseSpec, conn: Connection, maxlen: int = STREAM_MAXLEN) -> None:
+    """Pipelined PUBLISH (``spec.system == "redis-pubsub"``) or XADD (``"redis-stream"``,
+    ``MAXLEN ~ maxlen``)."""
     client = _redis(spec, "publisher")
     client.ping()
     conn.send("ready")
@@ -149,7 +150,7 @@ def redis_publisher_main(spec: CaseSpec, conn: Connection) -> None:
 
     def send(value: bytes) -> None:
         if stream:
-            pipe.xadd(key, {"d": value}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(key, {"d": value}, maxlen=maxlen, approximate=True)
         else:
             pipe.publish(channel, value)
 
