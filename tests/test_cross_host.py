@@ -163,7 +163,7 @@ def test_buffer_cap_drop_count_is_exact(
     total = 2_000
     with Bus(dir=str(a.directory), host="host-a", worker="bulk-publisher") as publisher, remote_bus:
         publisher.publish("bulk", -1)  # seen before the outage, so a hole after it shows
-        wait_until(lambda: remote.data() == [-1], 10, "the first message")
+        wait_until(lambda: remote.data() == [-1], 20, "the first message")
         redis_server.kill()
         wait_until(lambda: not a.status()["redis"]["connected"], 15, "bridge A to notice")
         for n in range(total):

@@ -64,7 +64,10 @@ log = logging.getLogger("circus_events.bridge")
 #: Frames handled per socket per loop turn before the others get a turn.
 BATCH: Final = 2000
 #: Longest a sync reply waits for Redis to confirm this host's subscriptions.
-SETTLE_WAIT: Final = 2.0
+SETTLE_WAIT: Final = 5.0
+#: Longest a history request waits for Redis to be connected (a bridge that
+#: has just started, or is reconnecting).
+HISTORY_CONNECT_WAIT: Final = 5.0
 
 
 class _RedisPort(Protocol):
@@ -434,6 +437,11 @@ class Bridge:
         error = ""
         frames: list[bytes] = []
         history = getattr(self._redis, "history", None)
+        deadline = time.monotonic() + HISTORY_CONNECT_WAIT
+        while history is not None and self._redis is not None and not self._redis.connected:
+            if time.monotonic() > deadline or self._stopping.is_set():
+                break
+            await asyncio.sleep(0.05)  # poll: the Redis side connects on its own
         if history is None:
             error = "history needs a Redis in stream mode (mode = stream)"
         else:
