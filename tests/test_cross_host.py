@@ -12,39 +12,9 @@ from typing import Any
 
 import pytest
 from conftest import BridgeProcess, RedisServer, WorkerProcess, wait_until
+from helpers import Collector, collecting_bus
 
-from circus_events import Bus, Event, Gap
-
-
-class Collector:
-    """Records what one in-test worker receives, and when."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[float, Any]] = []
-        self.gaps: list[Gap] = []
-        self.lock = threading.Lock()
-
-    def on_event(self, event: Event) -> None:
-        with self.lock:
-            self.events.append((time.monotonic(), event.data))
-
-    def data(self) -> list[Any]:
-        with self.lock:
-            return [d for _, d in self.events]
-
-    @property
-    def missed(self) -> int:
-        return sum(g.missed for g in self.gaps)
-
-
-def collecting_bus(bridge: BridgeProcess, pattern: str, worker: str) -> tuple[Bus, Collector]:
-    collector = Collector()
-    bus = Bus(
-        dir=str(bridge.directory), host=bridge.host, worker=worker, on_gap=collector.gaps.append
-    )
-    bus.on(pattern)(collector.on_event)
-    assert bus.sync(10), f"{worker} was not synced with its bridge and Redis"
-    return bus, collector
+from circus_events import Bus
 
 
 def redis_clients(redis: RedisServer) -> list[dict[str, Any]]:

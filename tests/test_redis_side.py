@@ -14,12 +14,13 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RedisServer, free_port, wait_until
+from helpers import clients, make_frame, run, seqs, until
 
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import ConfigError
@@ -38,10 +39,8 @@ from circus_events.bridge.subscriptions import (
 )
 from circus_events.protocol import (
     FLAG_HOST_ONLY,
-    Codec,
     SubscriptionTopic,
     decode_frame,
-    encode_frame,
     frame_from_redis,
     frame_to_redis,
 )
@@ -50,37 +49,6 @@ pytestmark = pytest.mark.timeout(60)
 
 ORDERS = SubscriptionTopic("orders.", False)
 X = SubscriptionTopic("x", True)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
-
-
-async def until(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll ``predicate`` on the loop until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)  # poll interval, not synchronisation
-
-
-def make_frame(
-    channel: str, seq: int, *, host: str = "A", payload: bytes = b"p", flags: int = 0
-) -> bytes:
-    return encode_frame(
-        channel, origin=f"{host}/w/1".encode(), host=host.encode(), epoch=7, seq=seq,
-        time=1.5, codec=Codec.RAW, payload=payload, flags=flags,
-    )  # fmt: skip
-
-
-def seqs(frames: list[bytes]) -> list[int]:
-    return [decode_frame(f).seq for f in frames]
 
 
 class Peer:
@@ -125,11 +93,6 @@ class Peer:
             for frame in frames[start : start + batch]:
                 self.side.publish(frame, frame.index(b"\0"))
             await asyncio.sleep(0)
-
-
-def clients(server: RedisServer, host: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = server.client().client_list()
-    return [c for c in found if c.get("name", "").startswith(f"circus-events:{host}:")]
 
 
 # -- relaying ----------------------------------------------------------------------------

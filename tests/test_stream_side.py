@@ -12,26 +12,24 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import BridgeProcess, RedisServer, wait_until
+from helpers import clients, collecting_bus, make_frame, run, seqs, until
 
-from circus_events import Bus, Event, Gap
+from circus_events import Bus
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import BridgeError, ConfigError
 from circus_events.bridge.stream_side import (
-    CURSOR_SAVE_INTERVAL,
     StreamNames,
     StreamSide,
     shard_of,
 )
 from circus_events.protocol import (
-    Codec,
     SubscriptionTopic,
     decode_frame,
-    encode_frame,
     frame_from_redis,
     frame_to_redis,
 )
@@ -40,37 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 
 X = SubscriptionTopic("x", True)
 ORDERS = SubscriptionTopic("orders.", False)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
-
-
-async def until(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll ``predicate`` on the loop until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)  # poll interval, not synchronisation
-
-
-def make_frame(
-    channel: str, seq: int, *, host: str = "A", payload: bytes = b"p", target: str | None = None
-) -> bytes:
-    return encode_frame(
-        channel, origin=f"{host}/w/1".encode(), host=host.encode(), epoch=7, seq=seq,
-        time=1.5, codec=Codec.RAW, payload=payload, target=target,
-    )  # fmt: skip
-
-
-def seqs(frames: list[bytes]) -> list[int]:
-    return [decode_frame(f).seq for f in frames]
 
 
 class Peer:
@@ -111,14 +78,6 @@ class Peer:
 
     async def flushed(self) -> None:
         await until(lambda: self.status()["buffered_messages"] == 0, 10, "the flush")
-
-
-def clients(server: RedisServer, host: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = server.client().client_list()
-    return [c for c in found if c.get("name", "").startswith(f"circus-events:{host}:")]
-
-
-# -- relaying ----------------------------------------------------------------------------
 
 
 def test_relays_wanted_frames_in_order_once_without_echo(redis_server: RedisServer) -> None:
@@ -470,7 +429,10 @@ def test_close_before_run_cancelled_run_and_close_while_resuming(
         task = asyncio.create_task(other.run())
         other.add_interest(X)
         await until(lambda: other.status()["connected"], 5, "connected")
-        await asyncio.sleep(2 * CURSOR_SAVE_INTERVAL)  # saved, as if killed now
+        cursor_key = b"circus-events:default:@cursor:" + config.node_id.hex().encode()
+        await until(
+            lambda: redis_server.client().hget(cursor_key, "interest"), 5, "its interest saved"
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -547,38 +509,7 @@ def test_history_raises_bridge_error_when_redis_is_unreachable(redis_server: Red
 # -- bridges as processes, workers as Bus objects --------------------------------------------
 
 
-class Collector:
-    """Records what one in-test worker receives."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[float, Any]] = []
-        self.gaps: list[Gap] = []
-        self.lock = threading.Lock()
-
-    def on_event(self, event: Event) -> None:
-        with self.lock:
-            self.events.append((time.monotonic(), event.data))
-
-    def data(self) -> list[Any]:
-        with self.lock:
-            return [d for _, d in self.events]
-
-    @property
-    def missed(self) -> int:
-        return sum(g.missed for g in self.gaps)
-
-
 STREAM = ("--mode", "stream")
-
-
-def collecting_bus(bridge: BridgeProcess, pattern: str, worker: str) -> tuple[Bus, Collector]:
-    collector = Collector()
-    bus = Bus(
-        dir=str(bridge.directory), host=bridge.host, worker=worker, on_gap=collector.gaps.append
-    )
-    bus.on(pattern)(collector.on_event)
-    assert bus.sync(10), f"{worker} was not synced with its bridge"
-    return bus, collector
 
 
 def paced(bus: Bus, channel: str, rate: float, numbers: range, actions: dict[int, Any]) -> None:
@@ -606,17 +537,7 @@ def test_redis_with_aof_restarted_during_a_2000_per_s_stream_loses_nothing(
     with Bus(dir=str(a.directory), host="host-a", worker="ticker") as ticker, remote_bus:
         paced(ticker, "ticks", 2000, range(total), {3000: restart.start})
         restart.join(10)
-        try:
-            wait_until(lambda: len(remote.data()) >= total, 20, "every tick on the other host")
-        except AssertionError:
-            got = remote.data()
-            missing = sorted(set(range(total)) - set(got))
-            print("DEBUG", len(got), missing[:10], missing[-10:], len(missing))
-            print("DEBUG A", a.status())
-            print("DEBUG B", b.status())
-            print(a.log.read_text()[-3000:])
-            print(b.log.read_text()[-3000:])
-            raise
+        wait_until(lambda: len(remote.data()) >= total, 20, "every tick on the other host")
         time.sleep(0.3)  # would a duplicate follow?
         assert remote.data() == list(range(total)), "all, in order, none twice"
         assert remote.missed == 0
