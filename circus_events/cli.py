@@ -99,6 +99,8 @@ def cli(verbose: int) -> None:
 @click.option(
     "--subscriber-hwm", help="Messages queued per local subscriber before it loses some [50000]."
 )
+@click.option("--retention", help="Stream mode: entries kept per stream, XADD MAXLEN ~ [100000].")
+@click.option("--stream-shards", help="Stream mode: streams per namespace, by channel hash [1].")
 def bridge(
     dir_: str | None,
     namespace: str | None,
@@ -111,6 +113,8 @@ def bridge(
     stats_interval: str | None,
     group: str | None,
     subscriber_hwm: str | None,
+    retention: str | None,
+    stream_shards: str | None,
 ) -> None:
     """Run this host's bridge in the foreground (for supervisor or systemd).
 
@@ -137,6 +141,8 @@ def bridge(
         stats_interval=stats_interval,
         group=group,
         subscriber_hwm=subscriber_hwm,
+        retention=retention,
+        stream_shards=stream_shards,
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("circus_events").setLevel(logging.INFO)
