@@ -9,6 +9,8 @@ redis-server that the script starts on a free port (``--save ""
   commands per ``execute()``) and four subscriber processes
   (``--subscribers``), each with its own ``PubSub`` connection read with
   ``get_message`` as fast as it goes; hiredis parses. 1 + 4 Redis connections.
+  These are the workers ``circus-events bench`` runs
+  (:mod:`circus_events.bench.baselines`).
 * circus-events: two simulated hosts, each a ``python -m circus_events
   bridge`` process with its own ``--dir`` and ``--host``. One publisher
   worker on host A (:class:`circus_events.Bus`, ``publish``, ``codec="raw"``)
@@ -19,7 +21,7 @@ redis-server that the script starts on a free port (``--save ""
 
 ``--mode stream`` relays through Redis streams instead: both bridges run
 with ``--mode stream``, and the baseline becomes raw redis-py XADD/XREAD
-(:mod:`circus_events.bench.baselines`, as ``circus-events bench`` runs it):
+(from :mod:`circus_events.bench.baselines` too):
 one publisher doing pipelined ``XADD <key> MAXLEN ~ 100000 * d <payload>``
 (the bridge's default retention; same batching as the ``PUBLISH`` path) and
 four subscriber processes, each on its own connection looping on ``XREAD
@@ -79,42 +81,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
+import functools
 import multiprocessing as mp
 import os
-import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from typing import Any, Final
 
-import zmq
+import _common
 from _common import (
-    IDLE_SECONDS,
-    PAYLOAD_BYTES,
-    SETUP_TIMEOUT,
-    STAMP,
     BusTarget,
-    PublisherResult,
-    SubscriberResult,
     Workers,
     ce_handler_subscriber_main,
     ce_publisher_main,
     ce_subscriber_main,
-    latency_figures,
-    pace,
+    environment,
+    per_message_ns,
     process_cpu_ns,
     query_bridge,
+    run_config,
+    run_workers,
+    start_workers,
+    temp_workdir,
     thread_cpu_ns,
     wait_for_bridge,
+    write_json,
 )
 
 from circus_events._config import DEFAULT_RETENTION
@@ -200,9 +196,11 @@ class Spec:
     relay: str = "pubsub"  # one of RELAYS: the bridges' --mode and the baseline
 
     def case_spec(self) -> CaseSpec:
-        """The same measurement for :mod:`circus_events.bench.baselines` (stream mode)."""
+        """The same measurement for :mod:`circus_events.bench.baselines`: the baseline
+        (``redis-py``) is ``redis-pubsub`` or ``redis-stream`` there, by ``relay``."""
+        baseline = "redis-stream" if self.relay == "stream" else "redis-pubsub"
         return CaseSpec(
-            system="redis-stream",
+            system=baseline if self.system == BASELINE else self.system,
             mode=self.mode,
             messages=self.messages,
             rate=self.rate,
@@ -223,104 +221,6 @@ class Spec:
     @property
     def sub_bus(self) -> BusTarget:
         return BusTarget(os.path.join(self.workdir, "b"), NAMESPACE, HOST_B)
-
-
-# -- baseline worker processes (redis-py) ---------------------------------------------------
-
-
-def redis_publisher_main(spec: Spec, conn: Connection) -> None:
-    import redis  # noqa: PLC0415
-
-    client = redis.Redis(host="127.0.0.1", port=spec.redis_port, client_name="bench-publisher")
-    client.ping()
-    conn.send("ready")
-    conn.recv()
-    cpu = time.process_time_ns()
-    pipe = client.pipeline(transaction=False)
-    publish = pipe.publish
-    execute = pipe.execute
-    channel = spec.channel
-    pad = b"x" * (PAYLOAD_BYTES - STAMP.size)
-    pack = STAMP.pack
-    now = time.monotonic_ns
-    batch = spec.batch
-    interval = int(1e9 / spec.rate) if spec.rate else 0
-    max_lag = 0
-    first = now()
-    if interval:
-        pending = 0
-        for i in range(spec.messages):
-            max_lag = max(max_lag, pace(first, i, interval))
-            publish(channel, pack(now()) + pad)
-            pending += 1
-            # Send now unless the next message is already due (then it joins).
-            if pending >= batch or now() < first + (i + 1) * interval:
-                execute()
-                pending = 0
-    else:
-        for i in range(spec.messages):
-            publish(channel, pack(now()) + pad)
-            if i % batch == batch - 1:
-                execute()
-    if len(pipe):
-        execute()
-    last = now()
-    cpu = time.process_time_ns() - cpu
-    client.close()
-    conn.send(PublisherResult(first, last, spec.messages, max_lag, True, cpu))
-
-
-def redis_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
-    import redis  # noqa: PLC0415
-
-    client = redis.Redis(
-        host="127.0.0.1", port=spec.redis_port, client_name=f"bench-subscriber-{index}"
-    )
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(spec.channel)
-    confirmation = pubsub.get_message(timeout=SETUP_TIMEOUT)
-    if confirmation is None or confirmation["type"] != "subscribe":
-        raise RuntimeError(f"subscriber {index}: Redis did not confirm SUBSCRIBE")
-    conn.send("ready")
-    cpu = time.process_time_ns()
-    get = pubsub.get_message
-    now = time.monotonic_ns
-    unpack = STAMP.unpack_from
-    latency = spec.mode == "latency"
-    samples = array("q")
-    count = first = last = 0
-    timeout = SETUP_TIMEOUT
-    try:
-        while count < spec.messages:
-            message = get(timeout=timeout)
-            if message is None:
-                break
-            if message["type"] != "message":
-                continue
-            data = message["data"]
-            last = now()
-            if not count:
-                first = last
-                timeout = IDLE_SECONDS
-            if latency and count >= spec.warmup:
-                samples.append(last - unpack(data)[0])
-            count += 1
-    except redis.ConnectionError:
-        pass  # Redis closed us (output buffer limit): the loss is counted
-    cpu = time.process_time_ns() - cpu
-    pubsub.close()
-    client.close()
-    conn.send(SubscriberResult(count, first, last, samples.tobytes(), 0, cpu))
-
-
-def redis_stream_publisher_main(spec: Spec, conn: Connection) -> None:
-    """Stream mode baseline: pipelined XADD MAXLEN ~ STREAM_RETENTION."""
-    baselines.redis_publisher_main(spec.case_spec(), conn, maxlen=STREAM_RETENTION)
-
-
-def redis_stream_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
-    """Stream mode baseline: XREAD COUNT 1000 BLOCK on its own connection."""
-    baselines.redis_subscriber_main(spec.case_spec(), conn, index)
 
 
 # -- orchestration ----------------------------------------------------------------------
@@ -379,24 +279,9 @@ class ClientSampler:
 
 
 @dataclasses.dataclass
-class RunResult:
-    system: str
-    mode: str
-    repeat: int
-    published: int
-    expected: int
-    received: int
-    lost: int
-    reported_missed: int
-    seconds: float
-    delivered_per_s: float
-    publish_per_s: float
-    max_publish_lag_ms: float
-    latency_us: dict[str, float]
-    per_subscriber: list[int]
-    flushed: bool
-    #: CPU time per published message, us, per role (ROLES) and "total".
-    cpu_us_per_message: dict[str, float]
+class RunResult(_common.RunResult):
+    """The figures of :class:`_common.RunResult`, and Redis' and the bridges'."""
+
     #: Per thread of the bridges and redis-server, us per published message.
     thread_cpu_us_per_message: dict[str, dict[str, float]]
     #: Largest CLIENT LIST count seen during the run, per group, and in all.
@@ -405,9 +290,6 @@ class RunResult:
     redis_buffer_kills: int
     #: Change of the bridges' counters during the run (circus-events runs).
     bridge_counters: dict[str, dict[str, int]]
-
-    def summary(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def bridge_counters(bus_dir: str) -> dict[str, int]:
@@ -427,11 +309,11 @@ def run_once(
     context: Any, spec: Spec, repeat: int, infra: dict[str, Any], redis: RedisServer
 ) -> RunResult:
     baseline = spec.system == BASELINE
-    if baseline and spec.relay == "stream":
-        publisher_main: Callable[..., None] = redis_stream_publisher_main
-        subscriber_main: Callable[..., None] = redis_stream_subscriber_main
-    elif baseline:
-        publisher_main, subscriber_main = redis_publisher_main, redis_subscriber_main
+    if baseline:  # raw PUBLISH/SUBSCRIBE or, in stream mode, XADD/XREAD
+        publisher_main: Callable[..., None] = functools.partial(
+            baselines.redis_publisher_main, maxlen=STREAM_RETENTION
+        )
+        subscriber_main: Callable[..., None] = baselines.redis_subscriber_main
     elif spec.system == "ce-raw-handler":
         publisher_main, subscriber_main = ce_publisher_main, ce_handler_subscriber_main
     else:
@@ -441,27 +323,14 @@ def run_once(
     dirs = {"bridge-a": spec.pub_bus.dir, "bridge-b": spec.sub_bus.dir}
     workers = Workers(context)
     try:
-        subs = [workers.start(subscriber_main, spec, i) for i in range(spec.subscribers)]
-        pub = workers.start(publisher_main, spec)
-        workers.expect(pub, SETUP_TIMEOUT, "the publisher to start")
-        for i, conn in enumerate(subs):
-            workers.expect(conn, SETUP_TIMEOUT, f"subscriber {i} to be ready")
+        case = spec.case_spec()
+        pub, subs = start_workers(workers, publisher_main, subscriber_main, case, spec.subscribers)
         kills = redis.buffer_kills()
         counters = {role: bridge_counters(d) for role, d in dirs.items()}
         cpu_before = {role: process_cpu_ns(pid) for role, pid in pids.items()}
         threads_before = {role: thread_cpu_ns(pid) for role, pid in pids.items()}
         with ClientSampler(spec.redis_port) as sampler:
-            pub.send("go")
-            wait = (
-                SETUP_TIMEOUT
-                + spec.messages / 1000
-                + (spec.messages / spec.rate if spec.rate else 0)
-            )
-            published: PublisherResult = workers.expect(pub, wait, "the publisher to finish")
-            results: list[SubscriberResult] = [
-                workers.expect(conn, wait, f"subscriber {i} to finish")
-                for i, conn in enumerate(subs)
-            ]
+            published, results = run_workers(workers, pub, subs, case)
             cpu_after = {role: process_cpu_ns(pid) for role, pid in pids.items()}
             threads_after = {role: thread_cpu_ns(pid) for role, pid in pids.items()}
         kills = redis.buffer_kills() - kills
@@ -474,48 +343,26 @@ def run_once(
             }
     finally:
         workers.close()
-    received = sum(r.received for r in results)
-    expected = published.published * spec.subscribers
-    last = max(r.last_ns for r in results)
-    seconds = (last - published.first_ns) / 1e9 if received else float("nan")
-    samples: list[int] = []
-    for r in results:
-        samples.extend(array("q", r.latencies))
-    per_message = 1000 * max(1, published.published)  # ns -> us per published message
-    cpu: dict[str, float] = {
-        "publisher": published.cpu_ns / per_message,
-        "subscribers": sum(r.cpu_ns for r in results) / per_message,
+    per_message = per_message_ns(published)
+    # The bridges idle through a baseline run: not part of that system.
+    between = {
+        role: 0 if baseline and role != "redis" else cpu_after[role] - cpu_before[role]
+        for role in pids
     }
-    threads: dict[str, dict[str, float]] = {}
-    for role in pids:
-        # The bridges idle through a baseline run: not part of that system.
-        cpu[role] = 0.0 if baseline and role != "redis" else (
-            (cpu_after[role] - cpu_before[role]) / per_message
-        )  # fmt: skip
-        threads[role] = {
+    threads = {
+        role: {
             name: (ns - threads_before[role].get(name, 0)) / per_message
             for name, ns in threads_after[role].items()
         }
-    cpu = {role: cpu[role] for role in ROLES}
-    cpu["total"] = sum(cpu.values())
-    return RunResult(
-        system=spec.system,
-        mode=spec.mode,
-        repeat=repeat,
-        published=published.published,
-        expected=expected,
-        received=received,
-        lost=expected - received,
-        reported_missed=sum(r.reported_missed for r in results),
-        seconds=seconds,
-        delivered_per_s=received / seconds if received else 0.0,
-        publish_per_s=published.published
-        / max(1e-9, (published.last_send_ns - published.first_ns) / 1e9),
-        max_publish_lag_ms=published.max_lag_ns / 1e6,
-        latency_us=latency_figures(samples) if spec.mode == "latency" else {},
-        per_subscriber=[r.received for r in results],
-        flushed=published.flushed,
-        cpu_us_per_message=cpu,
+        for role in pids
+    }
+    return RunResult.measured(
+        spec.system,
+        spec,
+        repeat,
+        published,
+        results,
+        between,
         thread_cpu_us_per_message=threads,
         redis_clients=dict(sorted(sampler.max_by_group.items())),
         redis_clients_total=sampler.max_total,
@@ -680,30 +527,18 @@ def build_report(
     return {
         "config": {
             "mode": args.mode,
-            "subscribers": args.subscribers,
-            "payload_bytes": PAYLOAD_BYTES,
-            "messages_per_throughput_run": args.messages,
-            "repeats": args.repeats,
-            "latency_rate_per_s": args.rate,
-            "latency_seconds": args.latency_seconds,
-            "latency_warmup_messages_per_subscriber": args.warmup,
+            **run_config(args, args.subscribers),
             "baseline_pipeline_batch": args.batch,
             "quick": args.quick,
             "profile": args.profile,
         },
-        "environment": {
-            "python": sys.version.split()[0],
-            "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(),
-            "redis_py": redis.__version__,
-            "redis_server": args.redis_version,
-            "circus_events": os.path.dirname(circus_events.__file__),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load[0],
-            "loadavg_after": load[1],
-            "wall_seconds": wall,
-        },
+        "environment": environment(
+            load,
+            wall,
+            redis_py=redis.__version__,
+            redis_server=args.redis_version,
+            circus_events=os.path.dirname(circus_events.__file__),
+        ),
         "main_case": main_system,
         "summary": summary,
         "ratios": ratios,
@@ -915,65 +750,61 @@ def main() -> None:
     # and circus_events (the server itself holds no socket), so a run starts fast.
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["zmq", "redis", "circus_events", "circus_events.client"])
-    workdir = tempfile.mkdtemp(prefix="cex-", dir="/tmp")  # short: AF_UNIX paths <= 107 bytes
     started = time.monotonic()
     load_before = list(os.getloadavg())
     throughput: list[RunResult] = []
     latency: list[RunResult] = []
     serial = 0
-    try:
-        with infrastructure(workdir, args.profile, args.mode) as (redis, infra):
+    with (
+        temp_workdir("cex-", args.keep) as workdir,
+        infrastructure(workdir, args.profile, args.mode) as (redis, infra),
+    ):
 
-            def spec(system: str, mode: str, messages: int, rate: float) -> Spec:
-                nonlocal serial
-                serial += 1
-                return Spec(
-                    system,
-                    mode,
-                    messages,
-                    rate,
-                    f"bench.run{serial}",
-                    args.warmup,
-                    workdir,
-                    redis.port,
-                    args.batch,
-                    args.subscribers,
-                    relay=args.mode,
+        def spec(system: str, mode: str, messages: int, rate: float) -> Spec:
+            nonlocal serial
+            serial += 1
+            return Spec(
+                system,
+                mode,
+                messages,
+                rate,
+                f"bench.run{serial}",
+                args.warmup,
+                workdir,
+                redis.port,
+                args.batch,
+                args.subscribers,
+                relay=args.mode,
+            )
+
+        count = int(args.rate * args.latency_seconds)
+        for repeat in range(args.repeats):
+            for system in systems:  # interleaved: noise hits every case alike
+                result = run_once(
+                    context, spec(system, "throughput", args.messages, 0), repeat, infra, redis
                 )
-
-            count = int(args.rate * args.latency_seconds)
-            for repeat in range(args.repeats):
-                for system in systems:  # interleaved: noise hits every case alike
-                    result = run_once(
-                        context, spec(system, "throughput", args.messages, 0), repeat, infra, redis
-                    )
-                    throughput.append(result)
-                    print(
-                        f"throughput {repeat + 1}/{args.repeats} {system:<14} "
-                        f"{result.delivered_per_s:>9,.0f} msg/s delivered "
-                        f"in {result.seconds:.2f} s, lost {result.lost}, "
-                        f"CPU {result.cpu_us_per_message['total']:.1f} us/msg",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                for system in systems:
-                    result = run_once(
-                        context, spec(system, "latency", count, args.rate), repeat, infra, redis
-                    )
-                    latency.append(result)
-                    lat = result.latency_us
-                    print(
-                        f"latency {repeat + 1}/{args.repeats} {system:<14} "
-                        f"p50 {lat.get('p50', 0):.0f} us, p99 {lat.get('p99', 0):.0f} us, "
-                        f"lost {result.lost}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+                throughput.append(result)
+                print(
+                    f"throughput {repeat + 1}/{args.repeats} {system:<14} "
+                    f"{result.delivered_per_s:>9,.0f} msg/s delivered "
+                    f"in {result.seconds:.2f} s, lost {result.lost}, "
+                    f"CPU {result.cpu_us_per_message['total']:.1f} us/msg",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for system in systems:
+                result = run_once(
+                    context, spec(system, "latency", count, args.rate), repeat, infra, redis
+                )
+                latency.append(result)
+                lat = result.latency_us
+                print(
+                    f"latency {repeat + 1}/{args.repeats} {system:<14} "
+                    f"p50 {lat.get('p50', 0):.0f} us, p99 {lat.get('p99', 0):.0f} us, "
+                    f"lost {result.lost}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     report = build_report(
         args, throughput, latency, (load_before, list(os.getloadavg())), time.monotonic() - started
     )
@@ -981,9 +812,7 @@ def main() -> None:
     if args.profile:
         print_profiles(args.profile)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-            out.write("\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

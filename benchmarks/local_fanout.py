@@ -13,6 +13,8 @@ Both sides run the same topology on this machine, in one run:
   msg/s loses most of 200k messages here and "delivered msg/s" means
   little). circus-events needs no such setting for a fair figure: its
   ``PUSH`` to the bridge blocks the publisher, and the bridge sets the pace.
+  These are the proxy and workers ``circus-events bench`` runs
+  (:mod:`circus_events.bench.baselines`, :func:`~circus_events.bench.infra.zmq_proxy_main`).
 * ``circus-events``: one bridge process (``python -m circus_events bridge``,
   single host), one publisher process (:class:`circus_events.Bus`,
   ``publish``) and four subscriber processes (``Bus.subscribe`` iterated with
@@ -60,57 +62,44 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import multiprocessing as mp
 import os
-import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from array import array
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from typing import Any, Final
 
-import zmq
 from _common import (
-    IDLE_SECONDS,
-    PAYLOAD_BYTES,
     SETUP_TIMEOUT,
-    STAMP,
     BusTarget,
-    PublisherResult,
-    SubscriberResult,
+    RunResult,
     Workers,
     ce_handler_subscriber_main,
     ce_publisher_main,
     ce_subscriber_main,
-    latency_figures,
-    pace,
+    environment,
     process_cpu_ns,
+    run_config,
+    run_workers,
+    start_workers,
+    temp_workdir,
     wait_for_bridge,
+    write_json,
 )
+
+from circus_events.bench import baselines
+from circus_events.bench.baselines import PUB_HWM, SUB_HWM
+from circus_events.bench.infra import PROXY_IN_HWM, PROXY_OUT_HWM, zmq_proxy_main
+from circus_events.bench.spec import CaseSpec
 
 SUBSCRIBERS: Final = 4
 NAMESPACE: Final = "bench"
 HOST: Final = "benchhost"
 TARGET_THROUGHPUT_RATIO: Final = 0.7
 TARGET_P99_MS: Final = 1.0
-
-# The same buffering as circus-events on the same path (see the module docstring).
-PUB_HWM: Final = 100_000  # Bus send_queue default
-PROXY_IN_HWM: Final = 100_000  # bridge PULL_HWM
-PROXY_OUT_HWM: Final = 50_000  # bridge subscriber_hwm default
-SUB_HWM: Final = 50_000  # client RECEIVE_HWM
-
-#: Baseline frame kinds (first payload byte).
-KIND_DATA: Final = 0x44  # "D"
-KIND_PROBE: Final = 0x50  # "P"
 
 
 SYSTEMS: Final = ("zmq-proxy", "ce-raw", "ce-json", "ce-raw-handler")
@@ -123,224 +112,53 @@ LABELS: Final = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """One measurement, as every process of it sees it."""
-
-    system: str  # one of SYSTEMS
-    mode: str  # "throughput" or "latency"
-    messages: int
-    rate: float  # msg/s for latency runs; 0: as fast as possible
-    channel: str  # unique per run, so runs cannot see each other's messages
-    workdir: str
-    warmup: int
-
-    @property
-    def codec(self) -> str:
-        return "json" if self.system == "ce-json" else "raw"
-
-    @property
-    def proxy_in(self) -> str:
-        return f"ipc://{self.workdir}/proxy-in.sock"
-
-    @property
-    def proxy_out(self) -> str:
-        return f"ipc://{self.workdir}/proxy-out.sock"
-
-    @property
-    def bus_dir(self) -> str:
-        return os.path.join(self.workdir, "ce")
-
-    @property
-    def pub_bus(self) -> BusTarget:
-        return BusTarget(self.bus_dir, NAMESPACE, HOST)
-
-    @property
-    def sub_bus(self) -> BusTarget:
-        return BusTarget(self.bus_dir, NAMESPACE, HOST)
+def proxy_endpoints(workdir: str) -> tuple[str, str]:
+    """Where the zmq proxy binds: the publisher's side, the subscribers' side."""
+    return f"ipc://{workdir}/proxy-in.sock", f"ipc://{workdir}/proxy-out.sock"
 
 
-# -- worker processes -----------------------------------------------------------------
-
-
-def zmq_proxy_main(spec: Spec, conn: Connection) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    front = context.socket(zmq.XSUB)
-    front.setsockopt(zmq.RCVHWM, PROXY_IN_HWM)
-    front.bind(spec.proxy_in)
-    back = context.socket(zmq.XPUB)
-    back.setsockopt(zmq.SNDHWM, PROXY_OUT_HWM)
-    back.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber slows the proxy down
-    back.bind(spec.proxy_out)
-    conn.send("ready")
-    with contextlib.suppress(zmq.ContextTerminated, KeyboardInterrupt):
-        zmq.proxy(front, back)
-
-
-def zmq_publisher_main(spec: Spec, conn: Connection) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    pub = context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-    pub.setsockopt(zmq.XPUB_NODROP, 1)  # a full pipe blocks send() instead of dropping
-    pub.setsockopt(zmq.LINGER, 5000)
-    pub.connect(spec.proxy_in)
-    topic = spec.channel.encode() + b"\0"
-    probe = topic + bytes((KIND_PROBE,))
-    conn.send("ready")
-    # Probe until the parent says go: each subscriber reports ready once a
-    # probe reached it, i.e. once its subscription reached proxy and publisher.
-    while not conn.poll(0.002):
-        pub.send(probe)
-    conn.recv()
-    cpu = time.process_time_ns()
-    head = topic + bytes((KIND_DATA,))
-    pad = b"x" * (PAYLOAD_BYTES - 1 - STAMP.size)
-    pack = STAMP.pack
-    send = pub.send
-    now = time.monotonic_ns
-    interval = int(1e9 / spec.rate) if spec.rate else 0
-    max_lag = 0
-    first = now()
-    for i in range(spec.messages):
-        if interval:
-            max_lag = max(max_lag, pace(first, i, interval))
-        send(b"".join((head, pack(now()), pad)))
-    last = now()
-    pub.close()  # lingers until the proxy has taken everything
-    context.term()
-    cpu = time.process_time_ns() - cpu
-    conn.send(PublisherResult(first, last, spec.messages, max_lag, True, cpu))
-
-
-def zmq_subscriber_main(spec: Spec, conn: Connection, index: int) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, SUB_HWM)
-    topic = spec.channel.encode() + b"\0"
-    sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(spec.proxy_out)
-    kind_at = len(topic)
-    stamp_at = kind_at + 1
-    if not sub.poll(int(SETUP_TIMEOUT * 1000)):
-        raise RuntimeError(f"subscriber {index}: no probe arrived")
-    conn.send("ready")
-    cpu = time.process_time_ns()
-    recv = sub.recv
-    now = time.monotonic_ns
-    unpack = STAMP.unpack_from
-    latency = spec.mode == "latency"
-    samples = array("q")
-    idle_ms = int(IDLE_SECONDS * 1000)
-    count = first = last = 0
-    while count < spec.messages:
-        try:
-            frame = recv(zmq.NOBLOCK)
-        except zmq.Again:
-            if not sub.poll(idle_ms):
-                break
-            continue
-        if frame[kind_at] != KIND_DATA:
-            continue
-        last = now()
-        if not count:
-            first = last
-        if latency and count >= spec.warmup:
-            samples.append(last - unpack(frame, stamp_at)[0])
-        count += 1
-    cpu = time.process_time_ns() - cpu
-    sub.close(linger=0)
-    context.term()
-    conn.send(SubscriberResult(count, first, last, samples.tobytes(), 0, cpu))
+def case_spec(
+    system: str, mode: str, messages: int, rate: float, channel: str, workdir: str, warmup: int
+) -> CaseSpec:
+    """One measurement, as every process of it sees it (``channel`` unique per run)."""
+    bus = BusTarget(os.path.join(workdir, "ce"), NAMESPACE, HOST)
+    proxy_in, proxy_out = proxy_endpoints(workdir)
+    return CaseSpec(
+        system=system,  # one of SYSTEMS
+        mode=mode,  # "throughput" or "latency"
+        messages=messages,
+        rate=rate,  # msg/s for latency runs; 0: as fast as possible
+        channel=channel,
+        warmup=warmup,
+        workers=SUBSCRIBERS,
+        pub_bus=bus,
+        sub_bus=bus,
+        proxy_in=proxy_in,
+        proxy_out=proxy_out,
+        codec="json" if system == "ce-json" else "raw",
+    )
 
 
 # -- orchestration ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class RunResult:
-    system: str
-    mode: str
-    repeat: int
-    published: int
-    expected: int
-    received: int
-    lost: int
-    reported_missed: int
-    seconds: float
-    delivered_per_s: float
-    publish_per_s: float
-    max_publish_lag_ms: float
-    latency_us: dict[str, float]
-    per_subscriber: list[int]
-    flushed: bool
-    #: CPU time per published message, us: publisher, hub (bridge or proxy),
-    #: the four subscribers together, and all of them.
-    cpu_us_per_message: dict[str, float]
-
-    def summary(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def run_once(context: Any, spec: Spec, repeat: int, hub_pid: int) -> RunResult:
+def run_once(context: Any, spec: CaseSpec, repeat: int, hub_pid: int) -> RunResult:
     if spec.system == "zmq-proxy":
-        publisher_main: Callable[..., None] = zmq_publisher_main
-        subscriber_main: Callable[..., None] = zmq_subscriber_main
+        publisher_main: Callable[..., None] = baselines.zmq_publisher_main
+        subscriber_main: Callable[..., None] = baselines.zmq_subscriber_main
     elif spec.system == "ce-raw-handler":
         publisher_main, subscriber_main = ce_publisher_main, ce_handler_subscriber_main
     else:
         publisher_main, subscriber_main = ce_publisher_main, ce_subscriber_main
     workers = Workers(context)
     try:
-        subs = [workers.start(subscriber_main, spec, i) for i in range(SUBSCRIBERS)]
-        pub = workers.start(publisher_main, spec)
-        workers.expect(pub, SETUP_TIMEOUT, "the publisher to start")
-        for i, conn in enumerate(subs):
-            workers.expect(conn, SETUP_TIMEOUT, f"subscriber {i} to be ready")
+        pub, subs = start_workers(workers, publisher_main, subscriber_main, spec, SUBSCRIBERS)
         hub_cpu = process_cpu_ns(hub_pid)
-        pub.send("go")
-        wait = (
-            SETUP_TIMEOUT + spec.messages / 1000 + (spec.messages / spec.rate if spec.rate else 0)
-        )
-        published: PublisherResult = workers.expect(pub, wait, "the publisher to finish")
-        results: list[SubscriberResult] = [
-            workers.expect(conn, wait, f"subscriber {i} to finish") for i, conn in enumerate(subs)
-        ]
+        published, results = run_workers(workers, pub, subs, spec)
         hub_cpu = process_cpu_ns(hub_pid) - hub_cpu
     finally:
         workers.close()
-    received = sum(r.received for r in results)
-    expected = published.published * SUBSCRIBERS
-    last = max(r.last_ns for r in results)
-    seconds = (last - published.first_ns) / 1e9 if received else float("nan")
-    samples: list[int] = []
-    for r in results:
-        samples.extend(array("q", r.latencies))
-    per_message = 1000 * max(1, published.published)  # ns -> us per published message
-    cpu = {
-        "publisher": published.cpu_ns / per_message,
-        "hub": hub_cpu / per_message,
-        "subscribers": sum(r.cpu_ns for r in results) / per_message,
-    }
-    cpu["total"] = sum(cpu.values())
-    return RunResult(
-        system=spec.system,
-        mode=spec.mode,
-        repeat=repeat,
-        published=published.published,
-        expected=expected,
-        received=received,
-        lost=expected - received,
-        reported_missed=sum(r.reported_missed for r in results),
-        seconds=seconds,
-        delivered_per_s=received / seconds if received else 0.0,
-        publish_per_s=published.published
-        / max(1e-9, (published.last_send_ns - published.first_ns) / 1e9),
-        max_publish_lag_ms=published.max_lag_ns / 1e6,
-        latency_us=latency_figures(samples) if spec.mode == "latency" else {},
-        per_subscriber=[r.received for r in results],
-        flushed=published.flushed,
-        cpu_us_per_message=cpu,
-    )
+    return RunResult.measured(spec.system, spec, repeat, published, results, {"hub": hub_cpu})
 
 
 @contextlib.contextmanager
@@ -361,8 +179,8 @@ def infrastructure(context: Any, workdir: str) -> Iterator[dict[str, int]]:
             env=env,
         )
     parent, child = context.Pipe()
-    proxy_spec = Spec("zmq-proxy", "proxy", 0, 0, "", workdir, 0)
-    proxy = context.Process(target=zmq_proxy_main, args=(proxy_spec, child), daemon=True)
+    endpoints = proxy_endpoints(workdir)
+    proxy = context.Process(target=zmq_proxy_main, args=(endpoints, child), daemon=True)
     proxy.start()
     child.close()
     try:
@@ -439,13 +257,7 @@ def build_report(
         }
     return {
         "config": {
-            "subscribers": SUBSCRIBERS,
-            "payload_bytes": PAYLOAD_BYTES,
-            "messages_per_throughput_run": args.messages,
-            "repeats": args.repeats,
-            "latency_rate_per_s": args.rate,
-            "latency_seconds": args.latency_seconds,
-            "latency_warmup_messages_per_subscriber": args.warmup,
+            **run_config(args, SUBSCRIBERS),
             "hwm": {
                 "publisher": PUB_HWM,
                 "proxy_in": PROXY_IN_HWM,
@@ -454,16 +266,7 @@ def build_report(
             },
             "quick": args.quick,
         },
-        "environment": {
-            "python": sys.version.split()[0],
-            "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load[0],
-            "loadavg_after": load[1],
-            "wall_seconds": wall,
-        },
+        "environment": environment(load, wall),
         "summary": summary,
         "ratios": ratios,
         "throughput_runs": [r.summary() for r in throughput],
@@ -577,59 +380,51 @@ def main() -> None:
     # circus_events (the server itself holds no socket), so a run starts fast.
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["zmq", "circus_events", "circus_events.client"])
-    workdir = tempfile.mkdtemp(prefix="ceb-", dir="/tmp")
     started = time.monotonic()
     load_before = list(os.getloadavg())
     throughput: list[RunResult] = []
     latency: list[RunResult] = []
     serial = 0
+    with temp_workdir("ceb-", args.keep) as workdir, infrastructure(context, workdir) as hubs:
 
-    def spec(system: str, mode: str, messages: int, rate: float) -> Spec:
-        nonlocal serial
-        serial += 1
-        return Spec(system, mode, messages, rate, f"bench.run{serial}", workdir, args.warmup)
+        def spec(system: str, mode: str, messages: int, rate: float) -> CaseSpec:
+            nonlocal serial
+            serial += 1
+            channel = f"bench.run{serial}"
+            return case_spec(system, mode, messages, rate, channel, workdir, args.warmup)
 
-    try:
-        with infrastructure(context, workdir) as hubs:
-            for repeat in range(args.repeats):
-                for system in systems:  # interleaved: noise hits every case alike
-                    hub = hubs["zmq" if system == "zmq-proxy" else "ce"]
-                    result = run_once(
-                        context, spec(system, "throughput", args.messages, 0), repeat, hub
-                    )
-                    throughput.append(result)
-                    print(
-                        f"throughput {repeat + 1}/{args.repeats} {system:<10} "
-                        f"{result.delivered_per_s:>11,.0f} msg/s delivered "
-                        f"in {result.seconds:.2f} s, lost {result.lost}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            count = int(args.rate * args.latency_seconds)
-            for system in systems:
+        for repeat in range(args.repeats):
+            for system in systems:  # interleaved: noise hits every case alike
                 hub = hubs["zmq" if system == "zmq-proxy" else "ce"]
-                result = run_once(context, spec(system, "latency", count, args.rate), 0, hub)
-                latency.append(result)
-                lat = result.latency_us
+                result = run_once(
+                    context, spec(system, "throughput", args.messages, 0), repeat, hub
+                )
+                throughput.append(result)
                 print(
-                    f"latency {system:<10} p50 {lat.get('p50', 0):.0f} us, "
-                    f"p99 {lat.get('p99', 0):.0f} us, lost {result.lost}",
+                    f"throughput {repeat + 1}/{args.repeats} {system:<10} "
+                    f"{result.delivered_per_s:>11,.0f} msg/s delivered "
+                    f"in {result.seconds:.2f} s, lost {result.lost}",
                     file=sys.stderr,
                     flush=True,
                 )
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        count = int(args.rate * args.latency_seconds)
+        for system in systems:
+            hub = hubs["zmq" if system == "zmq-proxy" else "ce"]
+            result = run_once(context, spec(system, "latency", count, args.rate), 0, hub)
+            latency.append(result)
+            lat = result.latency_us
+            print(
+                f"latency {system:<10} p50 {lat.get('p50', 0):.0f} us, "
+                f"p99 {lat.get('p99', 0):.0f} us, lost {result.lost}",
+                file=sys.stderr,
+                flush=True,
+            )
     report = build_report(
         args, throughput, latency, (load_before, list(os.getloadavg())), time.monotonic() - started
     )
     print_report(report)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-            out.write("\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,18 @@ first publish to the last message read:
   the bridge drains its PULL socket) and a ``deliver`` that counts frames.
 
 The retention is above the message count, so nothing is trimmed before it
-is read.
+is read. The harness is shared with ``redis_side.py`` (``_side_bench.py``).
 
 Usage: ``python benchmarks/stream_side.py [--messages 300000] [--payload 100] [--rounds 3]``
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import multiprocessing as mp
-import shutil
-import statistics
-import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
-from redis_side import CHANNEL, NAMESPACE, frames, start_redis
+from _side_bench import CHANNEL, NAMESPACE, Bench, redis_url
 
 STREAM = f"circus-events:{NAMESPACE}:@stream:0"
 RETENTION = 2_000_000
@@ -72,120 +67,28 @@ def redispy_writer(port: int, values: list[bytes], start: Any) -> None:
 # -- StreamSide ------------------------------------------------------------------------
 
 
-def side_config(port: int, host: str) -> Any:
+def make_side(port: int, host: str, deliver: Callable[[list[bytes]], None]) -> Any:
     from circus_events._config import BridgeConfig  # noqa: PLC0415
+    from circus_events.bridge.stream_side import StreamSide  # noqa: PLC0415
 
-    return BridgeConfig(
-        redis_url=f"redis://127.0.0.1:{port}/0",
+    config = BridgeConfig(
+        redis_url=redis_url(port),
         host=host,
         namespace=NAMESPACE,
         mode="stream",
         retention=RETENTION,
     )
+    return StreamSide(config, deliver=deliver)
 
 
-def side_reader(port: int, count: int, ready: Any, result: Any) -> None:
-    from circus_events.bridge.stream_side import StreamSide  # noqa: PLC0415
-    from circus_events.protocol import SubscriptionTopic  # noqa: PLC0415
-
-    async def main() -> None:
-        seen = 0
-        done = asyncio.Event()
-
-        def deliver(batch: list[bytes]) -> None:
-            nonlocal seen
-            seen += len(batch)
-            if seen >= count:
-                result.value = time.time()
-                done.set()
-
-        side = StreamSide(side_config(port, "B"), deliver=deliver)
-        task = asyncio.create_task(side.run())
-        side.add_interest(SubscriptionTopic(CHANNEL, True))
-        while not side.connected:
-            await asyncio.sleep(0.01)
-        ready.set()
-        await asyncio.wait_for(done.wait(), 120)
-        await side.close()
-        await task
-
-    asyncio.run(main())
-
-
-def side_writer(port: int, batch: list[bytes], start: Any) -> None:
-    from circus_events.bridge.stream_side import StreamSide  # noqa: PLC0415
-
-    async def main() -> None:
-        side = StreamSide(side_config(port, "A"), deliver=lambda frames: None)
-        task = asyncio.create_task(side.run())
-        while not side.status()["connected"]:
-            await asyncio.sleep(0.01)
-        topic_end = len(CHANNEL)
-        publish = side.publish
-        start.value = time.time()
-        for i in range(0, len(batch), 2000):
-            for frame in batch[i : i + 2000]:
-                publish(frame, topic_end)
-            await asyncio.sleep(0)
-        while side.status()["published"] < len(batch):
-            await asyncio.sleep(0.001)
-        await side.close()
-        await task
-
-    asyncio.run(main())
-
-
-def run_case(name: str, port: int, count: int, payload: int) -> float:
-    ctx = mp.get_context("fork")
-    ready = ctx.Event()
-    start = ctx.Value("d", 0.0)
-    end = ctx.Value("d", 0.0)
-    data = frames(count, payload)
-    if name == "redis-py":
-        from circus_events.protocol.envelope import frame_to_redis  # noqa: PLC0415
-
-        node = b"\0" * 8
-        values = [frame_to_redis(f, len(CHANNEL), node) for f in data]
-        reader = ctx.Process(target=redispy_reader, args=(port, count, ready, end))
-        writer = ctx.Process(target=redispy_writer, args=(port, values, start))
-    else:
-        reader = ctx.Process(target=side_reader, args=(port, count, ready, end))
-        writer = ctx.Process(target=side_writer, args=(port, data, start))
-    reader.start()
-    if not ready.wait(30):
-        raise RuntimeError("reader not ready")
-    writer.start()
-    writer.join(120)
-    reader.join(120)
-    if end.value == 0.0:
-        raise RuntimeError(f"{name}: the reader did not receive every message")
-    return count / (end.value - start.value)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=300_000)
-    parser.add_argument("--payload", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    directory = tempfile.mkdtemp(prefix="ce-bench-")
-    proc, port = start_redis(directory)
-    try:
-        rates: dict[str, list[float]] = {"redis-py": [], "StreamSide": []}
-        for _ in range(args.rounds):
-            for name, values in rates.items():
-                values.append(run_case(name, port, args.messages, args.payload))
-        for name, values in rates.items():
-            print(f"{name:>10}: median {statistics.median(values):>10,.0f} msg/s  "
-                  f"(runs: {', '.join(f'{v:,.0f}' for v in values)})")  # fmt: skip
-        ratio = statistics.median(rates["StreamSide"]) / statistics.median(rates["redis-py"])
-        print(f"StreamSide / redis-py: {ratio:.2f}x "
-              f"({args.messages:,} messages, {args.payload}-byte payloads)")  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
-
+BENCH = Bench(
+    side_name="StreamSide",
+    reader_word="reader",
+    raw_reader=redispy_reader,
+    raw_writer=redispy_writer,
+    make_side=make_side,
+    side_ready=lambda side: side.connected,
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main(__doc__)

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Self
 
+import pytest
 from conftest import BridgeProcess, RedisServer
 
 from circus_events import Bus, Event, Gap
-from circus_events.protocol import Codec, decode_frame, encode_frame
+from circus_events._config import BridgeConfig
+from circus_events.protocol import (
+    Codec,
+    SubscriptionTopic,
+    decode_frame,
+    encode_frame,
+    frame_to_redis,
+)
+
+X = SubscriptionTopic("x", True)
+ORDERS = SubscriptionTopic("orders.", False)
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -56,6 +68,94 @@ def clients(server: RedisServer, host: str) -> list[dict[str, Any]]:
     """The Redis connections of the bridge named ``host`` (by CLIENT SETNAME)."""
     found: list[dict[str, Any]] = server.client().client_list()
     return [c for c in found if c.get("name", "").startswith(f"circus-events:{host}:")]
+
+
+class SidePeer:
+    """One bridge Redis side ("host") running in the current loop, collecting what it
+    receives. A subclass per side (RedisSide, StreamSide) sets ``side`` and ``ready``."""
+
+    side: Any
+
+    def __init__(self, url: str, host: str, **options: Any) -> None:
+        options.setdefault("namespace", "t")
+        self.config = BridgeConfig(redis_url=url, host=host, **options)
+        self.frames: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def pair(
+        cls,
+        url: str,
+        *interests: SubscriptionTopic,
+        b_url: str | None = None,
+        a: dict[str, Any] | None = None,
+        b: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[tuple[Self, Self]]:
+        """Hosts "A" and "B" (``options`` for both, ``a``/``b`` for one), B interested in
+        ``interests``; both ready."""
+        async with (
+            cls(url, "A", **options, **(a or {})) as host_a,
+            cls(b_url or url, "B", **options, **(b or {})) as host_b,
+        ):
+            for topic in interests:
+                host_b.side.add_interest(topic)
+            await host_a.ready()
+            await host_b.ready()
+            yield host_a, host_b
+
+    async def __aenter__(self) -> Self:
+        self.task = asyncio.create_task(self.side.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.side.close()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.side.status()
+        return status
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def publish(self, frame: bytes) -> None:
+        """One frame to the side, as the bridge hands it over."""
+        self.side.publish(frame, frame.index(b"\0"))
+
+    async def publish_all(self, frames: list[bytes], batch: int = 2000) -> None:
+        """Publish like the bridge does: a batch per loop turn."""
+        for start in range(0, len(frames), batch):
+            for frame in frames[start : start + batch]:
+                self.publish(frame)
+            await asyncio.sleep(0)
+
+
+def buffer_cap(frame: bytes, count: int) -> tuple[int, int]:
+    """The bytes ``frame`` takes in a side's buffer, and a ``buffer_max_bytes`` with room
+    for exactly ``count`` of them."""
+    value_bytes = len(frame_to_redis(frame, frame.index(b"\0"), b"\0" * 8))
+    return value_bytes, count * value_bytes + value_bytes // 2
+
+
+async def kill_redis(server: RedisServer, peer: SidePeer) -> None:
+    """SIGKILL redis-server; return once ``peer`` noticed."""
+    server.kill()
+    await until(lambda: not peer.status()["connected"], 5, f"{peer.config.host} notices the kill")
+
+
+async def cancel_run(task: asyncio.Task[None], side: Any, server: RedisServer, host: str) -> None:
+    """Cancel ``side.run()``: the side is closed and ``host``'s Redis connections go."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert side.status()["state"] == "closed"
+    await until(lambda: not clients(server, host), 5, "connections closed")
 
 
 class Collector:

@@ -20,7 +20,19 @@ from typing import Any
 
 import pytest
 from conftest import RedisServer, free_port, wait_until
-from helpers import clients, make_frame, run, seqs, until
+from helpers import (
+    ORDERS,
+    SidePeer,
+    X,
+    buffer_cap,
+    cancel_run,
+    clients,
+    kill_redis,
+    make_frame,
+    run,
+    seqs,
+    until,
+)
 
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import ConfigError
@@ -47,52 +59,24 @@ from circus_events.protocol import (
 
 pytestmark = pytest.mark.timeout(60)
 
-ORDERS = SubscriptionTopic("orders.", False)
-X = SubscriptionTopic("x", True)
 
-
-class Peer:
-    """One RedisSide ("host") running in the current loop, collecting what it receives."""
+class Peer(SidePeer):
+    """A RedisSide ("host"); ``batches``: how many ``deliver`` calls."""
 
     def __init__(self, url: str, host: str, **options: Any) -> None:
-        options.setdefault("namespace", "t")
-        self.config = BridgeConfig(redis_url=url, host=host, **options)
-        self.frames: list[bytes] = []
+        super().__init__(url, host, **options)
         self.batches = 0
         self.side = RedisSide(self.config, deliver=self._deliver)
-        self.task: asyncio.Task[None] | None = None
 
     def _deliver(self, frames: list[bytes]) -> None:
         self.batches += 1
         self.frames.extend(frames)
-
-    async def __aenter__(self) -> Peer:
-        self.task = asyncio.create_task(self.side.run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.side.close()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 5)
-
-    def status(self) -> dict[str, Any]:
-        return self.side.status()
 
     async def ready(self, timeout: float = 10.0) -> None:
         await until(
             lambda: self.status()["connected"] and self.status()["subscriptions_settled"],
             timeout, f"{self.config.host} connected and subscribed",
         )  # fmt: skip
-
-    async def publish_all(self, frames: list[bytes], batch: int = 2000) -> None:
-        """Publish like the bridge does: a batch per loop turn."""
-        for start in range(0, len(frames), batch):
-            for frame in frames[start : start + batch]:
-                self.side.publish(frame, frame.index(b"\0"))
-            await asyncio.sleep(0)
 
 
 # -- relaying ----------------------------------------------------------------------------
@@ -126,17 +110,13 @@ def test_relays_every_frame_in_order_exactly_once_without_echo(redis_server: Red
 
 def test_overlapping_subscriptions_deliver_each_message_once(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            overlapping = [
-                ORDERS,
-                SubscriptionTopic("ord", False),
-                SubscriptionTopic("orders.paid", True),
-                SubscriptionTopic("", False),
-            ]
-            for topic in overlapping:
-                b.side.add_interest(topic)
-            await a.ready()
-            await b.ready()
+        overlapping = [
+            ORDERS,
+            SubscriptionTopic("ord", False),
+            SubscriptionTopic("orders.paid", True),
+            SubscriptionTopic("", False),
+        ]
+        async with Peer.pair(redis_server.url, *overlapping) as (a, b):
             sent = [
                 make_frame(ch, i)
                 for i, ch in enumerate(["orders.paid", "orders.new", "order", "z"] * 50)
@@ -156,10 +136,7 @@ def test_overlapping_subscriptions_deliver_each_message_once(redis_server: Redis
 
 def test_large_frames_up_to_max_message_bytes(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(X)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, X) as (a, b):
             limit = a.config.max_message_bytes
             sizes = [0, 4000, 4096 - 60, 5000, 100_000, limit - 200]
             sent = [make_frame("x", i, payload=bytes([i]) * n) for i, n in enumerate(sizes)]
@@ -177,12 +154,9 @@ def test_values_in_redis_are_the_protocol_encoding(redis_server: RedisServer) ->
         raw = redis_server.client().pubsub()
         raw.subscribe("circus-events:t:orders.paid")
         raw.get_message(timeout=5)
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS) as (a, b):
             frame = make_frame("orders.paid", 1, payload=b"\0\r\n$binary")
-            a.side.publish(frame, frame.index(b"\0"))
+            a.publish(frame)
             message = await asyncio.to_thread(raw.get_message, timeout=5)
             assert message is not None
             assert message["data"] == frame_to_redis(frame, frame.index(b"\0"), a.config.node_id)
@@ -191,7 +165,7 @@ def test_values_in_redis_are_the_protocol_encoding(redis_server: RedisServer) ->
             assert node == a.config.node_id
             assert b.frames == [local] == [frame]
             host_only = make_frame("orders.paid", 2, flags=FLAG_HOST_ONLY)
-            a.side.publish(host_only, host_only.index(b"\0"))
+            a.publish(host_only)
             a.side.publish(b"orders.paid\0short", 11)
             await asyncio.sleep(0)
             assert a.status()["buffered_messages"] == 0  # neither goes to Redis
@@ -276,13 +250,7 @@ def test_namespaces_isolate(redis_server: RedisServer) -> None:
 
 def test_ignore_hosts_drops_their_frames(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with (
-            Peer(redis_server.url, "A") as a,
-            Peer(redis_server.url, "B", ignore_hosts=("A",)) as b,
-        ):
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS, b={"ignore_hosts": ("A",)}) as (a, b):
             ignored = [make_frame("orders.paid", i, host="A") for i in range(100)]
             last = make_frame("orders.paid", 100, host="Z")
             await a.publish_all([*ignored, last])
@@ -297,10 +265,7 @@ def test_ignore_hosts_drops_their_frames(redis_server: RedisServer) -> None:
 def test_malformed_values_are_counted_not_fatal(redis_server: RedisServer) -> None:
     async def main() -> None:
         client = redis_server.client()
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS) as (a, b):
             for junk in (
                 b"",
                 b"\x01",
@@ -310,7 +275,7 @@ def test_malformed_values_are_counted_not_fatal(redis_server: RedisServer) -> No
             ):
                 client.publish("circus-events:t:orders.junk", junk)
             frame = make_frame("orders.ok", 1)
-            a.side.publish(frame, frame.index(b"\0"))
+            a.publish(frame)
             await until(
                 lambda: b.status()["rejected"] == 5 and b.frames,
                 10,
@@ -327,10 +292,7 @@ def test_malformed_values_are_counted_not_fatal(redis_server: RedisServer) -> No
 
 def test_redis_killed_buffered_frames_arrive_once_after_restart(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS) as (a, b):
             seq = 0
 
             async def stream(seconds: float) -> None:
@@ -338,14 +300,12 @@ def test_redis_killed_buffered_frames_arrive_once_after_restart(redis_server: Re
                 deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
                     for _ in range(5):
-                        frame = make_frame("orders.paid", seq)
-                        a.side.publish(frame, frame.index(b"\0"))
+                        a.publish(make_frame("orders.paid", seq))
                         seq += 1
                     await asyncio.sleep(0.002)
 
             await stream(0.5)
-            redis_server.kill()
-            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+            await kill_redis(redis_server, a)
             await stream(3.0)
             during_outage = a.status()["buffered_messages"]
             assert during_outage > 500
@@ -364,18 +324,9 @@ def test_redis_killed_buffered_frames_arrive_once_after_restart(redis_server: Re
 
 def test_buffer_cap_drops_oldest_and_counts_exactly(redis_server: RedisServer) -> None:
     async def main() -> None:
-        sample = make_frame("orders.paid", 0, payload=b"x" * 100)
-        value_bytes = len(frame_to_redis(sample, sample.index(b"\0"), b"\0" * 8))
-        cap = 50 * value_bytes + value_bytes // 2  # room for exactly 50
-        async with (
-            Peer(redis_server.url, "A", buffer_max_bytes=cap) as a,
-            Peer(redis_server.url, "B") as b,
-        ):
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
-            redis_server.kill()
-            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+        value_bytes, cap = buffer_cap(make_frame("orders.paid", 0, payload=b"x" * 100), 50)
+        async with Peer.pair(redis_server.url, ORDERS, a={"buffer_max_bytes": cap}) as (a, b):
+            await kill_redis(redis_server, a)
             sent = [make_frame("orders.paid", i, payload=b"x" * 100) for i in range(300)]
             await a.publish_all(sent, batch=7)
             status = a.status()
@@ -395,19 +346,12 @@ def test_a_zero_cap_buffers_nothing_but_drops_nothing_while_connected(
     redis_server: RedisServer,
 ) -> None:
     async def main() -> None:
-        async with (
-            Peer(redis_server.url, "A", buffer_max_bytes=0) as a,
-            Peer(redis_server.url, "B") as b,
-        ):
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS, a={"buffer_max_bytes": 0}) as (a, b):
             sent = [make_frame("orders.paid", i) for i in range(500)]
             await a.publish_all(sent)
             await until(lambda: len(b.frames) == 500, 10, "everything")
             assert a.status()["dropped"] == 0
-            redis_server.kill()
-            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+            await kill_redis(redis_server, a)
             await a.publish_all(sent[:10])
             assert a.status()["dropped"] == 10 and a.status()["buffered_messages"] == 0
 
@@ -434,7 +378,7 @@ def test_a_failing_deliver_is_counted_and_logged_not_fatal(
             await until(lambda: side.status()["subscriptions_settled"], 5, "B subscribed")
             for count in (1, 2):
                 frame = make_frame("x", count)
-                a.side.publish(frame, 1)
+                a.publish(frame)
                 await until(lambda n=count: len(calls) >= n, 5, "a delivery")
             assert side.status()["deliver_errors"] == 1
             assert side.status()["connected"] and side.status()["reconnects"] == 0
@@ -447,17 +391,13 @@ def test_a_failing_deliver_is_counted_and_logged_not_fatal(
 
 def test_client_kill_pubsub_delivery_resumes_within_5s(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS) as (a, b):
             seq = 0
 
             async def publisher() -> None:
                 nonlocal seq
                 while True:
-                    frame = make_frame("orders.paid", seq)
-                    a.side.publish(frame, frame.index(b"\0"))
+                    a.publish(make_frame("orders.paid", seq))
                     seq += 1
                     await asyncio.sleep(0.005)
 
@@ -483,10 +423,7 @@ def test_client_kill_pubsub_delivery_resumes_within_5s(redis_server: RedisServer
 
 def test_paused_redis_is_detected_by_heartbeat_and_recovered(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, ORDERS) as (a, b):
             await until(lambda: b.status()["heartbeat_rtt_ms"] is not None, 5, "a heartbeat")
             redis_server.pause()
             try:
@@ -548,7 +485,7 @@ def test_unreachable_redis_logs_once_per_window(
         caplog.set_level(logging.INFO, logger="circus_events")
         async with Peer(f"redis://127.0.0.1:{free_port()}/0", "A") as a:
             frame = make_frame("orders.paid", 1)
-            a.side.publish(frame, frame.index(b"\0"))
+            a.publish(frame)
             await until(lambda: a.status()["connect_failures"] >= 10, 15, "several attempts")
             status = a.status()
             assert status["state"] == "unreachable"
@@ -585,11 +522,7 @@ def test_close_before_run_and_cancelled_run(redis_server: RedisServer) -> None:
         )
         task = asyncio.create_task(other.run())
         await until(lambda: other.status()["connected"], 5, "connected")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert other.status()["state"] == "closed"
-        await until(lambda: not clients(redis_server, "B"), 5, "connections closed")
+        await cancel_run(task, other, redis_server, "B")
 
     run(main())
 
@@ -600,12 +533,7 @@ def test_close_before_run_and_cancelled_run(redis_server: RedisServer) -> None:
 def test_presence_lists_every_host_and_goes_with_close(redis_server: RedisServer) -> None:
     async def main() -> None:
         config = BridgeConfig(redis_url=redis_server.url, host="reader", namespace="t")
-        async with (
-            Peer(redis_server.url, "A", stats_interval=0.5) as a,
-            Peer(redis_server.url, "B", stats_interval=0.5) as b,
-        ):
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, stats_interval=0.5) as (a, b):
             await until(lambda: b.status()["heartbeat_rtt_ms"] is not None, 5, "a heartbeat")
 
             def with_heartbeat() -> list[dict[str, Any]]:
@@ -695,22 +623,21 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
+async def relay_one_frame(url_a: str, url_b: str, what: str) -> None:
+    """A frame from host A (on ``url_a``) reaches host B (on ``url_b``)."""
+    async with Peer.pair(url_a, X, b_url=url_b) as (a, b):
+        frame = make_frame("x", 1)
+        a.publish(frame)
+        await until(lambda: b.frames == [frame], 5, what)
+
+
 def test_unix_socket_url(short_tmp: Path) -> None:
     path = short_tmp / "redis.sock"
     process = _start_private_redis(short_tmp, "--port", "0", "--unixsocket", str(path))
     try:
         wait_until(path.exists, 10, "the unix socket")
 
-        async def main() -> None:
-            async with Peer(f"unix://{path}?db=2", "A") as a, Peer(f"unix://{path}", "B") as b:
-                b.side.add_interest(X)
-                await a.ready()
-                await b.ready()
-                frame = make_frame("x", 1)
-                a.side.publish(frame, 1)
-                await until(lambda: b.frames == [frame], 5, "delivery over unix sockets")
-
-        run(main())
+        run(relay_one_frame(f"unix://{path}?db=2", f"unix://{path}", "delivery over unix sockets"))
     finally:
         _stop(process)
 
@@ -745,13 +672,7 @@ def test_tls_url(short_tmp: Path) -> None:
         async def main() -> None:
             verified = f"rediss://localhost:{port}/0?ssl_ca_certs={cert}"
             unverified = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none"
-            async with Peer(verified, "A") as a, Peer(unverified, "B") as b:
-                b.side.add_interest(X)
-                await a.ready()
-                await b.ready()
-                frame = make_frame("x", 1)
-                a.side.publish(frame, 1)
-                await until(lambda: b.frames == [frame], 5, "delivery over TLS")
+            await relay_one_frame(verified, unverified, "delivery over TLS")
             # The system CAs do not know this certificate.
             async with Peer(f"rediss://localhost:{port}/0", "C") as c:
                 await until(lambda: c.status()["state"] == "tls_failed", 5, "a TLS failure")

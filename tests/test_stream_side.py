@@ -17,7 +17,20 @@ from typing import Any
 
 import pytest
 from conftest import BridgeProcess, RedisServer, wait_until
-from helpers import clients, collecting_bus, make_frame, run, seqs, until
+from helpers import (
+    ORDERS,
+    SidePeer,
+    X,
+    buffer_cap,
+    cancel_run,
+    clients,
+    collecting_bus,
+    kill_redis,
+    make_frame,
+    run,
+    seqs,
+    until,
+)
 
 from circus_events import Bus
 from circus_events._config import BridgeConfig
@@ -27,54 +40,20 @@ from circus_events.bridge.stream_side import (
     StreamSide,
     shard_of,
 )
-from circus_events.protocol import (
-    SubscriptionTopic,
-    decode_frame,
-    frame_from_redis,
-    frame_to_redis,
-)
+from circus_events.protocol import SubscriptionTopic, decode_frame, frame_from_redis, frame_to_redis
 
 pytestmark = pytest.mark.timeout(60)
 
-X = SubscriptionTopic("x", True)
-ORDERS = SubscriptionTopic("orders.", False)
 
+class Peer(SidePeer):
+    """A StreamSide ("host")."""
 
-class Peer:
-    """One StreamSide ("host") running in the current loop, collecting what it receives."""
-
-    def __init__(self, url: str, host: str, **options: Any) -> None:
-        options.setdefault("namespace", "t")
-        resume_grace = options.pop("resume_grace", 3.0)
-        self.config = BridgeConfig(redis_url=url, host=host, mode="stream", **options)
-        self.frames: list[bytes] = []
+    def __init__(self, url: str, host: str, resume_grace: float = 3.0, **options: Any) -> None:
+        super().__init__(url, host, mode="stream", **options)
         self.side = StreamSide(self.config, deliver=self.frames.extend, resume_grace=resume_grace)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Peer:
-        self.task = asyncio.create_task(self.side.run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.side.close()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 5)
-
-    def status(self) -> dict[str, Any]:
-        return self.side.status()
 
     async def ready(self, timeout: float = 10.0) -> None:
         await until(lambda: self.side.connected, timeout, f"{self.config.host} reading")
-
-    async def publish_all(self, frames: list[bytes], batch: int = 2000) -> None:
-        """Publish like the bridge does: a batch per loop turn."""
-        for start in range(0, len(frames), batch):
-            for frame in frames[start : start + batch]:
-                self.side.publish(frame, frame.index(b"\0"))
-            await asyncio.sleep(0)
 
     async def flushed(self) -> None:
         await until(lambda: self.status()["buffered_messages"] == 0, 10, "the flush")
@@ -82,12 +61,8 @@ class Peer:
 
 def test_relays_wanted_frames_in_order_once_without_echo(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(ORDERS)
-            b.side.add_interest(X)
-            b.side.add_interest(SubscriptionTopic("@w:B/w/9", True))
-            await a.ready()
-            await b.ready()
+        direct = SubscriptionTopic("@w:B/w/9", True)
+        async with Peer.pair(redis_server.url, ORDERS, X, direct) as (a, b):
             assert b.side.subscriptions_settled and b.side.is_subscribed(ORDERS)
             channels = ["orders.paid", "x", "other", "orders.eu.new", "xy"]
             sent = [make_frame(channels[i % 5], i) for i in range(10_000)]
@@ -131,13 +106,9 @@ def test_entries_are_the_protocol_encoding(redis_server: RedisServer) -> None:
 def test_maxlen_and_shards(redis_server: RedisServer) -> None:
     async def main() -> None:
         retention = 1000
-        async with (
-            Peer(redis_server.url, "A", retention=retention, stream_shards=4) as a,
-            Peer(redis_server.url, "B", retention=retention, stream_shards=4) as b,
-        ):
-            b.side.add_interest(SubscriptionTopic("c.", False))
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(
+            redis_server.url, SubscriptionTopic("c.", False), retention=retention, stream_shards=4
+        ) as (a, b):
             channels = [f"c.{n}" for n in range(40)]
             sent = [make_frame(channels[i % 40], i // 40) for i in range(12_000)]
             for start in range(0, len(sent), 400):  # B keeps within the retention
@@ -292,10 +263,7 @@ def test_two_bridges_with_one_host_name_are_reported(redis_server: RedisServer) 
 
 def test_redis_restarted_empty_is_detected_and_reading_goes_on(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(X)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, X) as (a, b):
             await a.publish_all([make_frame("x", i) for i in range(50)])
             await until(lambda: len(b.frames) == 50, 10, "before")
             await asyncio.to_thread(redis_server.restart)  # no AOF: empty
@@ -313,10 +281,7 @@ def test_redis_restarted_empty_is_detected_and_reading_goes_on(redis_server: Red
 
 def test_flushall_without_restart_is_detected(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(X)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, X) as (a, b):
             await a.publish_all([make_frame("x", 0)])
             await until(lambda: len(b.frames) == 1, 10, "before")
             redis_server.client().flushall()
@@ -356,10 +321,7 @@ def test_stream_behind_the_cursor_is_a_reported_loss(redis_server: RedisServer) 
 
 def test_paused_redis_is_detected_and_reading_resumes(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with Peer(redis_server.url, "A") as a, Peer(redis_server.url, "B") as b:
-            b.side.add_interest(X)
-            await a.ready()
-            await b.ready()
+        async with Peer.pair(redis_server.url, X) as (a, b):
             await a.publish_all([make_frame("x", 0)])
             await until(lambda: len(b.frames) == 1, 10, "before")
             redis_server.pause()
@@ -379,18 +341,9 @@ def test_buffer_cap_drops_oldest_and_counts_exactly(redis_factory: Callable[...,
     redis = redis_factory(aof=True)
 
     async def main() -> None:
-        sample = make_frame("x", 0, payload=b"x" * 100)
-        value_bytes = len(frame_to_redis(sample, sample.index(b"\0"), b"\0" * 8))
-        cap = 50 * value_bytes + value_bytes // 2  # room for exactly 50
-        async with (
-            Peer(redis.url, "A", buffer_max_bytes=cap) as a,
-            Peer(redis.url, "B") as b,
-        ):
-            b.side.add_interest(X)
-            await a.ready()
-            await b.ready()
-            redis.kill()
-            await until(lambda: not a.status()["connected"], 5, "A notices the kill")
+        _, cap = buffer_cap(make_frame("x", 0, payload=b"x" * 100), 50)
+        async with Peer.pair(redis.url, X, a={"buffer_max_bytes": cap}) as (a, b):
+            await kill_redis(redis, a)
             sent = [make_frame("x", i, payload=b"x" * 100) for i in range(300)]
             await a.publish_all(sent, batch=7)
             assert a.status()["buffered_messages"] == 50
@@ -433,11 +386,7 @@ def test_close_before_run_cancelled_run_and_close_while_resuming(
         await until(
             lambda: redis_server.client().hget(cursor_key, "interest"), 5, "its interest saved"
         )
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert other.status()["state"] == "closed"
-        await until(lambda: not clients(redis_server, "A"), 5, "connections closed")
+        await cancel_run(task, other, redis_server, "A")
         # It saved its subscription: the next one waits for it; closing meanwhile is fine.
         async with Peer(redis_server.url, "A", namespace="default") as waiting:
             await until(lambda: waiting.status()["resuming"], 5, "waiting for its workers")
@@ -451,12 +400,10 @@ def test_close_before_run_cancelled_run_and_close_while_resuming(
 
 def test_history_newest_n_matching_oldest_first_across_shards(redis_server: RedisServer) -> None:
     async def main() -> None:
-        async with (
-            Peer(redis_server.url, "A", stream_shards=3) as a,
-            Peer(redis_server.url, "B", stream_shards=3, ignore_hosts=("C",)) as b,
+        async with Peer.pair(redis_server.url, stream_shards=3, b={"ignore_hosts": ("C",)}) as (
+            a,
+            b,
         ):
-            await a.ready()
-            await b.ready()
             channels = ["orders.paid", "orders.new", "stock.low", "orders.eu"]
             sent = [make_frame(channels[i % 4], i) for i in range(3000)]
             await a.publish_all(sent[:1500])
