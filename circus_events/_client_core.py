@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import zmq
 
@@ -36,6 +36,7 @@ from .protocol import (
     FLAG_HOST_ONLY,
     FLAG_REPLAY,
     FLUSH_CHANNEL,
+    HEADER,
     HISTORY_END_CHANNEL,
     REPLAY_TOKEN_BYTES,
     SYNC_CHANNEL,
@@ -44,8 +45,10 @@ from .protocol import (
     Envelope,
     Pattern,
     SequenceTracker,
+    batch_items,
     build_history_request,
     decode_frame,
+    encode_batch,
     encode_frame,
     encode_payload,
     inbox_channel,
@@ -56,12 +59,17 @@ from .protocol import (
 )
 
 __all__ = [
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_COUNT",
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_QUEUE_SIZE",
+    "HOT_GAP",
     "BusCore",
     "ClientOptions",
     "Failure",
     "HistoryLoad",
+    "OpenBatch",
+    "Prepared",
     "Scope",
 ]
 
@@ -90,6 +98,14 @@ HISTORY_TIMEOUT: Final = 30.0
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
 RECEIVE_HWM: Final = 50_000
 
+
+#: A publish this soon (seconds) after the previous one joins a batch instead
+#: of going alone: the worker publishes faster than single frames pay off.
+#: At 5,000 msg/s (200 us apart) every message still goes on its own at once.
+HOT_GAP: Final = 20e-6
+#: Bounds of one batch frame (the receiver's work per frame, and latency).
+BATCH_MAX_COUNT: Final = 128
+BATCH_MAX_BYTES: Final = 16384
 
 #: Reconnect quickly to a restarted bridge (ipc: no network to spare).
 RECONNECT_IVL_MS: Final = 100
@@ -208,9 +224,13 @@ class ClientOptions:
 
 class Subscriber:
     """One registered interest: a pattern, where its events go, and an optional
-    ``wake`` called once after each batch that gave it events."""
+    ``wake`` called once after each batch that gave it events.
 
-    __slots__ = ("fail", "history", "pattern", "sink", "wake")
+    ``sink_many`` takes the events of one frame at once (cheaper than one
+    ``sink`` call each); without it, ``sink`` gets them one by one.
+    """
+
+    __slots__ = ("fail", "history", "pattern", "sink", "sink_many", "wake")
 
     def __init__(
         self,
@@ -218,11 +238,13 @@ class Subscriber:
         sink: Callable[[Event], Any],
         wake: Callable[[], None] | None = None,
         fail: Callable[[Exception], None] | None = None,
+        sink_many: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self.pattern = pattern
         self.sink = sink
         self.wake = wake
         self.fail = fail
+        self.sink_many = sink_many
         #: While its history loads, live events wait here instead of the sink.
         self.history: HistoryLoad | None = None
 
@@ -269,6 +291,57 @@ class HistoryLoad:
         self.error: Exception | None = None
 
 
+class Prepared(NamedTuple):
+    """A validated, encoded message that has no sequence number yet."""
+
+    #: What a batch must share: channel, flags, target, codec.
+    key: tuple[str, int, str | None, Codec]
+    #: The sequence it is numbered in (the channel, the inbox, plus the scope).
+    seq_key: str
+    payload: bytes
+    #: Frame bytes besides the payload.
+    overhead: int
+
+
+#: Builds a Prepared without its Python-level ``__new__`` (half the cost).
+_new_tuple: Callable[[type[Prepared], tuple[Any, ...]], Prepared] = tuple.__new__
+
+
+class _KnownChannel:
+    """What publishing on a channel needs that does not change between messages."""
+
+    __slots__ = ("cluster_key", "host_key", "host_seq_key", "overhead")
+
+    def __init__(self, channel: str, codec: Codec, overhead: int) -> None:
+        self.overhead = overhead
+        self.cluster_key = (channel, 0, None, codec)
+        self.host_key = (channel, FLAG_HOST_ONLY, None, codec)
+        self.host_seq_key = channel + "\0host"
+
+
+class OpenBatch:
+    """Messages held to go out together in one frame (see :data:`HOT_GAP`)."""
+
+    __slots__ = ("first_seq", "limit", "payloads", "prepared", "size", "times")
+
+    def __init__(self, prepared: Prepared, seq: int, when: float, limit: int) -> None:
+        self.prepared = prepared
+        self.first_seq = seq
+        self.times = [when]
+        self.payloads = [prepared.payload]
+        self.limit = limit
+        #: The frame's size as a batch: names and header, count, then 12 bytes
+        #: (time and length) plus the payload per message.
+        self.size = prepared.overhead + 4 + 12 + len(prepared.payload)
+
+    @property
+    def full(self) -> bool:
+        """No room for another message of about the same size."""
+        return len(self.payloads) >= BATCH_MAX_COUNT or self.size * (len(self.payloads) + 1) > (
+            self.limit * len(self.payloads)
+        )
+
+
 class BusCore:
     """The I/O-free part of a bus: one per bus, reset in a forked child."""
 
@@ -281,7 +354,8 @@ class BusCore:
         self.received = 0
         self.published = 0
         self.undecodable = 0
-        self._valid_channels: set[str] = set()
+        #: Channels already validated, with what publishing on them needs.
+        self._known_channels: dict[str, _KnownChannel] = {}
         #: History loads, first one in progress (one at a time per bus).
         self.loads: dict[bytes, HistoryLoad] = {}
         #: Frames the I/O layer must send up the subscription socket, in order.
@@ -296,11 +370,67 @@ class BusCore:
         """A new identity for this process: new epoch, fresh sequence numbers."""
         self.epoch = time.time_ns() // 1000
         self._seqs: dict[str, int] = {}
+        #: Messages waiting to leave together (publishing side, see OpenBatch).
+        self.batch: OpenBatch | None = None
         self._origin = self.options.worker.encode("utf-8")
         self._host = self.options.host.encode("utf-8")
         self.inbox = inbox_topic(self.options.worker)
 
     # -- publishing ---------------------------------------------------------------
+
+    def prepare(
+        self,
+        channel: str,
+        data: Any,
+        scope: str,
+        target: str | None = None,
+        *,
+        system: bool = False,
+        codec: Codec | None = None,
+    ) -> Prepared:
+        """Validate and encode one message; raises before anything is sent."""
+        if target is None and codec is None and type(channel) is str:
+            # The common case, from what the channel's first message worked out.
+            known = self._known_channels.get(channel)
+            if known is not None and (scope in ("cluster", "host")):
+                payload = encode_payload(self.options.codec, data)
+                if known.overhead + len(payload) > self.options.max_message_bytes:
+                    raise self._too_large(channel, known.overhead + len(payload))
+                if scope == "cluster":
+                    return _new_tuple(
+                        Prepared, (known.cluster_key, channel, payload, known.overhead)
+                    )
+                return _new_tuple(
+                    Prepared, (known.host_key, known.host_seq_key, payload, known.overhead)
+                )
+        encoded = validate_channel(channel, allow_system=system)
+        if scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
+        overhead = len(encoded) + 1 + HEADER.size + len(self._origin) + len(self._host)
+        if target is None and codec is None and not system:
+            if len(self._known_channels) >= _MAX_CACHED_CHANNELS:
+                self._known_channels.clear()
+            self._known_channels[channel] = _KnownChannel(channel, self.options.codec, overhead)
+        codec = self.options.codec if codec is None else codec
+        payload = encode_payload(codec, data)
+        flags = FLAG_HOST_ONLY if scope == "host" else 0
+        if target is None:
+            seq_key = channel
+        else:
+            seq_key = inbox_channel(target)
+            # The topic is the inbox; the channel rides after the names.
+            overhead += len(seq_key.encode("utf-8")) + 1
+        if flags:
+            seq_key += "\0host"
+        if overhead + len(payload) > self.options.max_message_bytes:
+            raise self._too_large(channel, overhead + len(payload))
+        return Prepared((channel, flags, target, codec), seq_key, payload, overhead)
+
+    def _too_large(self, channel: str, size: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"message on {channel!r} is {size} bytes encoded; "
+            f"max_message_bytes is {self.options.max_message_bytes}"
+        )
 
     def encode(
         self,
@@ -312,42 +442,83 @@ class BusCore:
         system: bool = False,
         codec: Codec | None = None,
     ) -> bytes:
-        """Validate and encode one message; raises before anything is sent."""
-        if type(channel) is not str or channel not in self._valid_channels:
-            validate_channel(channel, allow_system=system)
-            if not system:
-                if len(self._valid_channels) >= _MAX_CACHED_CHANNELS:
-                    self._valid_channels.clear()
-                self._valid_channels.add(channel)
-        if scope not in _SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
-        codec = self.options.codec if codec is None else codec
-        payload = encode_payload(codec, data)
-        flags = FLAG_HOST_ONLY if scope == "host" else 0
-        seq_key = channel if target is None else inbox_channel(target)
-        if flags:
-            seq_key += "\0host"
-        seq = self._seqs.get(seq_key, 0) + 1
-        frame = encode_frame(
+        """Validate, number and encode one message as a frame of its own."""
+        prepared = self.prepare(channel, data, scope, target, system=system, codec=codec)
+        frame = self.single_frame(prepared)
+        self.commit(prepared)
+        return frame
+
+    def single_frame(self, prepared: Prepared) -> bytes:
+        """The frame of one message, numbered next (:meth:`commit` once it is sent)."""
+        channel, flags, target, codec = prepared.key
+        return encode_frame(
             channel,
             origin=self._origin,
             host=self._host,
             epoch=self.epoch,
-            seq=seq,
+            seq=self._seqs.get(prepared.seq_key, 0) + 1,
             time=time.time(),
             codec=codec,
-            payload=payload,
+            payload=prepared.payload,
             flags=flags,
             target=target,
         )
-        if len(frame) > self.options.max_message_bytes:
-            raise MessageTooLarge(
-                f"message on {channel!r} is {len(frame)} bytes encoded; "
-                f"max_message_bytes is {self.options.max_message_bytes}"
-            )
-        self._seqs[seq_key] = seq
+
+    def commit(self, prepared: Prepared) -> None:
+        """The frame from :meth:`single_frame` left: its number is used."""
+        self._seqs[prepared.seq_key] = self._seqs.get(prepared.seq_key, 0) + 1
         self.published += 1
-        return frame
+
+    def hold(self, prepared: Prepared) -> bool:
+        """Number the message and add it to the open batch, or open one.
+
+        Returns False, holding nothing, if the open batch cannot take it
+        (another channel, or no room): the caller sends the batch first.
+        """
+        batch = self.batch
+        if batch is None:
+            seq = self._seqs.get(prepared.seq_key, 0) + 1
+            limit = min(BATCH_MAX_BYTES, self.options.max_message_bytes)
+            self.batch = OpenBatch(prepared, seq, time.time(), limit)
+        else:
+            size = batch.size + 12 + len(prepared.payload)
+            payloads = batch.payloads
+            if (
+                prepared.key != batch.prepared.key
+                or size > batch.limit
+                or len(payloads) >= BATCH_MAX_COUNT
+            ):
+                return False
+            batch.size = size
+            batch.times.append(time.time())
+            payloads.append(prepared.payload)
+        self.published += 1
+        return True
+
+    def batch_frame(self) -> bytes:
+        """The open batch as one frame; it stays open until :meth:`batch_sent`."""
+        batch = self.batch
+        assert batch is not None
+        channel, flags, target, codec = batch.prepared.key
+        return encode_batch(
+            channel,
+            origin=self._origin,
+            host=self._host,
+            epoch=self.epoch,
+            first_seq=batch.first_seq,
+            times=batch.times,
+            codec=codec,
+            payloads=batch.payloads,
+            flags=flags,
+            target=target,
+        )
+
+    def batch_sent(self) -> None:
+        """The batch frame left: its numbers are used."""
+        batch = self.batch
+        assert batch is not None
+        self._seqs[batch.prepared.seq_key] = batch.first_seq + len(batch.payloads) - 1
+        self.batch = None
 
     def flush_frame(self, token: bytes) -> bytes:
         """A marker sent to our own inbox: when it comes back, the bridge has
@@ -384,12 +555,12 @@ class BusCore:
             0,
             payload,
         )
-        return Event(envelope)
+        return Event.single(envelope)
 
     # -- receiving ----------------------------------------------------------------
 
-    def accept(self, frame: bytes) -> Event | None:
-        """Turn a received frame into an event, or None (echo, duplicate, bad)."""
+    def accept(self, frame: bytes) -> list[Event] | None:
+        """Turn a received frame into its events, or None (echo, duplicate, bad)."""
         try:
             env = decode_frame(frame)
         except ProtocolError as exc:  # the bridge validated it; count, never crash
@@ -414,27 +585,56 @@ class BusCore:
             key = env.channel
         if env.flags & FLAG_HOST_ONLY:
             key += "\0host"
+        if env.messages > 1:
+            return self._accept_batch(env, key)
         missed = self.tracker.observe(env.origin, key, env.epoch, env.seq)
         if missed == DUPLICATE:
             return None
-        if missed and self.on_gap is not None:
+        if missed:
+            self._report_gap(env, missed, env.seq)
+        self.received += 1
+        return [Event(env, env.seq, env.time, env.payload)]
+
+    def _accept_batch(self, env: Envelope, key: str) -> list[Event] | None:
+        times, payloads = batch_items(env)
+        first = env.seq
+        results = self.tracker.observe_run(env.origin, key, env.epoch, first, env.messages)
+        if results is None:  # all new, in order: the common case
+            seqs = range(first, first + env.messages)
+            events = [
+                Event(env, seq, t, p) for seq, t, p in zip(seqs, times, payloads, strict=True)
+            ]
+        else:
+            events = []
+            for i, missed in enumerate(results):
+                if missed == DUPLICATE:
+                    continue
+                if missed:
+                    self._report_gap(env, missed, first + i)
+                events.append(Event(env, first + i, times[i], payloads[i]))
+            if not events:
+                return None
+        self.received += len(events)
+        return events
+
+    def _report_gap(self, env: Envelope, missed: int, seq: int) -> None:
+        if self.on_gap is not None:
             try:
-                self.on_gap(Gap(env.origin, env.host, env.channel, missed, env.seq))
+                self.on_gap(Gap(env.origin, env.host, env.channel, missed, seq))
             except Exception:
                 log.exception("on_gap callback failed")
-        self.received += 1
-        return Event(env)
 
-    def route(self, event: Event) -> list[Subscriber]:
-        """The subscribers to hand ``event`` to now (those loading history hold it)."""
-        channel = event.channel
+    def route(self, events: list[Event]) -> list[Subscriber]:
+        """The subscribers to hand ``events`` (one channel) to now; those
+        loading history hold them."""
+        channel = events[0].channel
         ready = []
         for subscriber in self.subscribers:
             if subscriber.pattern.matches(channel):
                 if subscriber.history is None:
                     ready.append(subscriber)
                 else:
-                    subscriber.history.held.append(event)
+                    subscriber.history.held.extend(events)
         return ready
 
     # -- history ----------------------------------------------------------------------
@@ -483,7 +683,7 @@ class BusCore:
             self._finish(load, BridgeError(rest.decode("utf-8", "replace")) if rest else None)
             return
         key = (env.origin, env.epoch, env.channel, env.seq)
-        load.replays[key] = Event(env._replace(payload=rest, target=None, flags=0))
+        load.replays[key] = Event.single(env._replace(payload=rest, target=None, flags=0))
 
     def _finish(self, load: HistoryLoad, error: Exception | None) -> None:
         # The subscriber keeps holding live events until the I/O layer takes

@@ -22,15 +22,30 @@ class MessageId(NamedTuple):
 
 
 class Event:
-    """One received event. ``data`` is decoded on first access, with the sender's codec."""
+    """One received event. ``data`` is decoded on first access, with the sender's codec.
 
-    __slots__ = ("_data", "_envelope")
+    The envelope is shared by every event of a batch; ``seq``, ``time`` and
+    ``payload`` are each event's own.
+    """
+
+    __slots__ = ("_data", "_envelope", "payload", "seq", "time")
 
     _MISSING: Any = object()
 
-    def __init__(self, envelope: Envelope) -> None:
+    def __init__(self, envelope: Envelope, seq: int, time: float, payload: bytes) -> None:
         self._envelope = envelope
+        #: The sequence number per (origin, channel).
+        self.seq = seq
+        #: When it was published (Unix time, the publisher's clock).
+        self.time = time
+        #: The payload bytes as they travelled.
+        self.payload = payload
         self._data: Any = Event._MISSING
+
+    @classmethod
+    def single(cls, envelope: Envelope) -> Event:
+        """The event of a one-message envelope."""
+        return cls(envelope, envelope.seq, envelope.time, envelope.payload)
 
     @property
     def channel(self) -> str:
@@ -40,19 +55,13 @@ class Event:
     def data(self) -> Any:
         """The payload, decoded (raises :class:`DecodeError` if it cannot be)."""
         if self._data is Event._MISSING:
-            env = self._envelope
-            self._data = decode_payload(env.codec, env.payload)
+            self._data = decode_payload(self._envelope.codec, self.payload)
         return self._data
-
-    @property
-    def payload(self) -> bytes:
-        """The payload bytes as they travelled."""
-        return self._envelope.payload
 
     @property
     def id(self) -> MessageId:
         env = self._envelope
-        return MessageId(env.origin, env.epoch, env.channel, env.seq)
+        return MessageId(env.origin, env.epoch, env.channel, self.seq)
 
     @property
     def origin(self) -> str:
@@ -63,15 +72,6 @@ class Event:
     def host(self) -> str:
         """The host the publisher runs on."""
         return self._envelope.host
-
-    @property
-    def time(self) -> float:
-        """When it was published (Unix time, the publisher's clock)."""
-        return self._envelope.time
-
-    @property
-    def seq(self) -> int:
-        return self._envelope.seq
 
     @property
     def direct(self) -> bool:

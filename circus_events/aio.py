@@ -23,10 +23,13 @@ import zmq.asyncio
 
 from ._client_core import (
     FLUSH_RETRY,
+    HOT_GAP,
+    PUBLISH_LINGER_MS,
     SYNC_RETRY,
     BusCore,
     ClientOptions,
     Failure,
+    Prepared,
     Scope,
     Subscriber,
     connect_push,
@@ -144,6 +147,10 @@ class AsyncBus:
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self._core.on_flush = self._flushed
         self._reader: asyncio.Task[None] | None = None
+        #: Held while a send waits for room, so that frames leave in order.
+        self._send_lock = asyncio.Lock()
+        self._last_publish = 0.0
+        self._flush_scheduled = False
 
     @property
     def worker(self) -> str:
@@ -172,16 +179,16 @@ class AsyncBus:
             raise BusClosed("the bus is closed")
         if scope == "process":
             event = self._core.local_event(channel, data)
-            for subscriber in self._core.route(event):
+            for subscriber in self._core.route([event]):
                 await _call(subscriber.sink, event)
             return
-        await self._send(self._core.encode(channel, data, scope))
+        await self._publish(self._core.prepare(channel, data, scope))
 
     async def send_to(self, worker: str, channel: str, data: Any) -> None:
         """Send ``data`` on ``channel`` to one worker, on any host."""
         if self.closed:
             raise BusClosed("the bus is closed")
-        await self._send(self._core.encode(channel, data, "cluster", target=worker))
+        await self._publish(self._core.prepare(channel, data, "cluster", target=worker))
 
     def subscribe(
         self, pattern: str, *, history: int | None = None, since: float | None = None
@@ -287,6 +294,15 @@ class AsyncBus:
         for subscription in self._subscriptions:
             subscription.closed = True
             subscription._end()
+        if self._core.batch is not None:
+            try:
+                await self._send_locked(self._core.batch_frame(), PUBLISH_LINGER_MS / 1000)
+                self._core.batch_sent()
+            except PublishTimeout:
+                log.warning(
+                    "closing: %d held messages could not reach the bridge",
+                    len(self._core.batch.payloads),
+                )
         self._sub.close(linger=0)
         self._push.close()
         # term() waits for the PUSH linger; keep the loop free meanwhile.
@@ -315,7 +331,62 @@ class AsyncBus:
         if topic is not None and not self.closed:
             self._sub_now.send(b"\x00" + topic)
 
+    async def _publish(self, prepared: Prepared) -> None:
+        """Send one message now, or hold it in a batch when publishes come in a
+        burst; a held batch leaves when full, before any other frame, or on the
+        loop's next turn (the same rule as :meth:`Bus._publish`)."""
+        async with self._send_lock:  # uncontended: no wait, no loop turn
+            core = self._core
+            now = time.monotonic()
+            burst = now - self._last_publish < HOT_GAP
+            self._last_publish = now
+            batch = core.batch
+            if batch is not None:
+                if core.hold(prepared):
+                    if batch.full:
+                        self._send_batch_nowait()
+                    return
+                await self._send_locked(core.batch_frame())  # raises: not taken
+                core.batch_sent()
+            if burst:
+                core.hold(prepared)
+                self._schedule_flush()
+                return
+            await self._send_locked(core.single_frame(prepared))
+            core.commit(prepared)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._flush_scheduled = False
+        if self._core.batch is None or self.closed:
+            return
+        if self._send_lock.locked() or not self._send_batch_nowait():
+            # A send is waiting for room, or the pipe is full: try again shortly.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(0.002, self._flush_held)
+
+    def _send_batch_nowait(self) -> bool:
+        try:
+            self._push_now.send(self._core.batch_frame(), zmq.NOBLOCK)
+        except zmq.Again:
+            self._schedule_flush()
+            return False
+        self._core.batch_sent()
+        return True
+
     async def _send(self, frame: bytes, timeout: float | None = None) -> None:
+        """Send a frame made elsewhere (a flush marker), after any held batch."""
+        async with self._send_lock:
+            if self._core.batch is not None:
+                await self._send_locked(self._core.batch_frame(), timeout)
+                self._core.batch_sent()
+            await self._send_locked(frame, timeout)
+
+    async def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
         try:
             self._push_now.send(frame, zmq.NOBLOCK)
             return
@@ -350,10 +421,14 @@ class AsyncBus:
                 except zmq.Again:
                     break
             for frame in frames:
-                event = core.accept(frame)
-                if event is not None:
-                    for subscriber in core.route(event):
-                        await _call(subscriber.sink, event)
+                events = core.accept(frame)
+                if events is not None:
+                    for subscriber in core.route(events):
+                        if subscriber.sink_many is not None:
+                            subscriber.sink_many(events)
+                        else:
+                            for event in events:
+                                await _call(subscriber.sink, event)
             if core.loads or core.finished:
                 core.check_history()
                 await self._deliver_completed()

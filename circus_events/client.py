@@ -29,10 +29,13 @@ import zmq
 
 from ._client_core import (
     FLUSH_RETRY,
+    HOT_GAP,
+    PUBLISH_LINGER_MS,
     SYNC_RETRY,
     BusCore,
     ClientOptions,
     Failure,
+    Prepared,
     Scope,
     Subscriber,
     connect_push,
@@ -50,10 +53,16 @@ Handler = TypeVar("Handler", bound=Callable[[Event], Any])
 
 #: Frames read per wake-up before commands get a turn.
 _RECEIVE_BATCH: Final = 1000
+#: While publishes come in bursts, the receiver thread looks for a held batch
+#: this often (ms) instead of being woken for each one: one wake-up per batch
+#: cost the publisher more than the batching saved.
+_HELD_WATCH_MS: Final = 1
 _END: Final = object()
 
 
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
+_getpid = os.getpid
+_monotonic = time.monotonic
 
 
 class Subscription:
@@ -70,14 +79,18 @@ class Subscription:
         self._size = size
         self._changed = threading.Condition(threading.Lock())
         self._want_room = False
-        self._subscriber = Subscriber(pattern, self._put, self._wake, self._fail)
+        #: Readers blocked in get(): waking nobody costs a lock round trip per batch.
+        self._readers_waiting = 0
+        self._subscriber = Subscriber(
+            pattern, self._put, self._wake, self._fail, sink_many=self._put_many
+        )
         self.closed = False
 
     def _put(self, event: Any) -> None:
         # Waiting here is backpressure: the receiver stops reading, ZeroMQ queues,
         # and past its limit the bridge drops for this worker only (a gap).
         if len(self._items) >= self._size:
-            self._wake()
+            self._notify()
             with self._changed:
                 self._want_room = True
                 while len(self._items) >= self._size and not (self.closed or self._bus.closed):
@@ -85,7 +98,19 @@ class Subscription:
                 self._want_room = False
         self._items.append(event)
 
+    def _put_many(self, events: list[Event]) -> None:
+        if len(self._items) + len(events) <= self._size:
+            self._items.extend(events)
+        else:
+            for event in events:
+                self._put(event)
+
     def _wake(self) -> None:
+        """New items are in (the receiver appended them before it calls this)."""
+        if self._readers_waiting:
+            self._notify()
+
+    def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
 
@@ -98,16 +123,22 @@ class Subscription:
         if not items:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._changed:
-                while not items:
-                    if self.closed:
-                        raise BusClosed("subscription closed")
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise queue.Empty
-                    self._changed.wait(remaining)
+                # Counted before items is checked again: a receiver that appended
+                # and then saw no reader waiting is seen here by that check.
+                self._readers_waiting += 1
+                try:
+                    while not items:
+                        if self.closed:
+                            raise BusClosed("subscription closed")
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise queue.Empty
+                        self._changed.wait(remaining)
+                finally:
+                    self._readers_waiting -= 1
         item = items.popleft()
         if self._want_room:
-            self._wake()
+            self._notify()
         if isinstance(item, Failure):
             raise item.error
         if item is _END:
@@ -134,7 +165,7 @@ class Subscription:
     def _end(self) -> None:
         self._items.append(_END)
         self.closed = True
-        self._wake()
+        self._notify()
 
     def __enter__(self) -> Subscription:
         return self
@@ -199,7 +230,11 @@ class Bus:
     def _open_io(self) -> None:
         options = self._core.options
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # guards the PUSH socket
+        self._lock = threading.Lock()  # guards the PUSH socket and the open batch
+        #: When publish was last called (to tell a burst from single messages).
+        self._last_publish = 0.0
+        #: The receiver thread is asked to send the open batch (see _hold).
+        self._flush_requested = False
         self._wake_lock = threading.Lock()  # guards the wake-up socket
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -242,17 +277,18 @@ class Bus:
         Raises ``ValueError`` subclasses for a bad channel, scope, payload or
         size, and :class:`PublishTimeout` if the bridge takes nothing in time.
         """
-        self._check_process()
+        if self.closed or self._pid != _getpid():
+            self._check_process()
         if scope == "process":
             self._commands.put(("local", self._core.local_event(channel, data)))
             self._poke()
             return
-        self._send(self._core.encode(channel, data, scope))
+        self._publish(self._core.prepare(channel, data, scope))
 
     def send_to(self, worker: str, channel: str, data: Any) -> None:
         """Send ``data`` on ``channel`` to one worker, on any host."""
         self._check_process()
-        self._send(self._core.encode(channel, data, "cluster", target=worker))
+        self._publish(self._core.prepare(channel, data, "cluster", target=worker))
 
     def subscribe(
         self, pattern: str, *, history: int | None = None, since: float | None = None
@@ -364,6 +400,14 @@ class Bus:
         for subscription in self._subscriptions:
             subscription._end()
         with self._lock:
+            if self._core.batch is not None:
+                try:
+                    self._send_batch(wait=True, timeout=PUBLISH_LINGER_MS / 1000)
+                except PublishTimeout:
+                    log.warning(
+                        "closing: %d held messages could not reach the bridge",
+                        len(self._core.batch.payloads),
+                    )
             self._push.close()
         with self._wake_lock:
             self._wake.close(linger=0)
@@ -383,24 +427,88 @@ class Bus:
 
     # -- internals ------------------------------------------------------------------
 
-    def _send(self, frame: bytes, timeout: float | None = None) -> None:
+    def _publish(self, prepared: Prepared) -> None:
+        """Send one message now, or hold it in a batch when publishes come in a burst.
+
+        A held batch leaves when it is full, when a different message needs
+        the socket, or when the receiver thread gets to it (asked at once), so
+        holding adds no wait of its own.
+        """
+        core = self._core
         with self._lock:
+            now = _monotonic()
+            burst = now - self._last_publish < HOT_GAP
+            self._last_publish = now
+            batch = core.batch
+            if batch is not None:
+                if core.hold(prepared):
+                    if batch.full:
+                        self._send_batch(wait=False)
+                    return
+                self._send_batch(wait=True)  # PublishTimeout: this message is not taken
+            if burst:
+                core.hold(prepared)
+                if not self._flush_requested:
+                    self._flush_requested = True
+                    self._poke()
+                return
+            self._send_locked(core.single_frame(prepared))
+            core.commit(prepared)
+
+    def _send(self, frame: bytes, timeout: float | None = None) -> None:
+        """Send a frame made elsewhere (a flush marker), after any held batch."""
+        with self._lock:
+            if self._core.batch is not None:
+                self._send_batch(wait=True, timeout=timeout)
+            self._send_locked(frame, timeout)
+
+    def _send_batch(self, *, wait: bool, timeout: float | None = None) -> None:
+        """Send the open batch; without ``wait`` it stays open if the pipe is full."""
+        frame = self._core.batch_frame()
+        if wait:
+            self._send_locked(frame, timeout)
+        else:
             try:
                 self._push.send(frame, zmq.NOBLOCK)
-                return
             except zmq.Again:
-                pass
-            if timeout is None:
-                timeout = self._core.options.publish_timeout
-            timeout_ms = int(timeout * 1000)
-            if self._push.poll(timeout_ms, zmq.POLLOUT):
-                self._push.send(frame, zmq.NOBLOCK)
+                if not self._flush_requested:  # the receiver thread retries
+                    self._flush_requested = True
+                    self._poke()
                 return
+        self._core.batch_sent()
+
+    def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
+        try:
+            self._push.send(frame, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
+        if timeout is None:
+            timeout = self._core.options.publish_timeout
+        if self._push.poll(int(timeout * 1000), zmq.POLLOUT):
+            self._push.send(frame, zmq.NOBLOCK)
+            return
         raise PublishTimeout(
             f"the bridge at {self._core.options.paths.pull} took no message for "
-            f"{self._core.options.publish_timeout}s and {self._core.options.send_queue} "
-            "are queued; is the bridge running?"
+            f"{timeout}s and {self._core.options.send_queue} are queued; "
+            "is the bridge running?"
         )
+
+    def _watch_held(self) -> None:
+        """On the receiver thread: send a held batch nobody else sent.
+
+        Woken once when a burst starts, it then looks every _HELD_WATCH_MS and
+        stops watching when it finds no batch open (the burst is over).
+        """
+        if not self._lock.acquire(blocking=False):
+            return  # a publisher holds the socket: it sends the batch, or we look again
+        try:
+            if self._core.batch is not None:
+                self._send_batch(wait=False)
+            else:
+                self._flush_requested = False
+        finally:
+            self._lock.release()
 
     def _unsubscribe(self, subscriber: Subscriber) -> None:
         if not self.closed:
@@ -421,8 +529,10 @@ class Bus:
         core = self._core
         try:
             while True:
-                # While history loads, wake now and then to ask again if unanswered.
-                ready = dict(poller.poll(500 if core.loads else None))
+                # While history loads, wake now and then to ask again if unanswered;
+                # while publishes come in bursts, look for held batches.
+                timeout = _HELD_WATCH_MS if self._flush_requested else 500 if core.loads else None
+                ready = dict(poller.poll(timeout))
                 if wake in ready:
                     while True:
                         try:
@@ -431,6 +541,8 @@ class Bus:
                             break
                     if not self._run_commands(sub):
                         return
+                if self._flush_requested:
+                    self._watch_held()
                 if sub in ready:
                     woken: set[Subscriber] = set()
                     for _ in range(_RECEIVE_BATCH):
@@ -438,10 +550,14 @@ class Bus:
                             frame = sub.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        event = core.accept(frame)
-                        if event is not None:
-                            for subscriber in core.route(event):
-                                subscriber.sink(event)
+                        events = core.accept(frame)
+                        if events is not None:
+                            for subscriber in core.route(events):
+                                if subscriber.sink_many is not None:
+                                    subscriber.sink_many(events)
+                                else:
+                                    for event in events:
+                                        subscriber.sink(event)
                                 if subscriber.wake is not None:
                                     woken.add(subscriber)
                     for subscriber in woken:
@@ -480,7 +596,7 @@ class Bus:
                 with contextlib.suppress(zmq.Again):
                     sub.send(core.sync_request(argument), zmq.NOBLOCK)
             elif kind == "local":
-                for subscriber in core.route(argument):
+                for subscriber in core.route([argument]):
                     subscriber.sink(argument)
                     if subscriber.wake is not None:
                         subscriber.wake()

@@ -79,3 +79,24 @@ def test_history_limit_and_order(
         assert [events.get(timeout=10).data for _ in range(5)] == [41, 43, 45, 47, 49]
         with pytest.raises(queue.Empty):
             events.get(timeout=0.3)
+
+
+def test_history_counts_events_inside_batched_entries(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    """A burst is kept as a few batch entries; history still counts events."""
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=("--mode", "stream"))
+    total = 3_000
+    with Bus(dir=str(a.directory), host="host-a", worker="p") as p:
+        for n in range(total):
+            p.publish("bulk", n)
+        assert p.flush()
+    assert a.counters()["accepted_frames"] < total / 10, "the burst was batched"
+    with Bus(dir=str(a.directory), host="host-a", worker="late") as late:
+        for limit in (1, 150, 1000):
+            events = late.subscribe("bulk", history=limit)
+            got = [events.get(timeout=10).data for _ in range(limit)]
+            assert got == list(range(total - limit, total))
+            with pytest.raises(queue.Empty):
+                events.get(timeout=0.3)
+            events.close()

@@ -14,16 +14,22 @@ from circus_events._exceptions import ProtocolError
 from circus_events.protocol import envelope
 from circus_events.protocol.codec import Codec
 from circus_events.protocol.envelope import (
+    FLAG_BATCH,
     FLAG_DIRECT,
     FLAG_HOST_ONLY,
+    FLAG_REPLAY,
     HEADER,
+    MAX_BATCH_COUNT,
     NODE_ID_BYTES,
     VERSION,
     Envelope,
+    batch_items,
     decode_frame,
+    encode_batch,
     encode_frame,
     frame_from_redis,
     frame_to_redis,
+    single_envelopes,
     split_topic,
 )
 from circus_events.protocol.topics import MAX_CHANNEL_BYTES, MAX_WORKER_ID_BYTES
@@ -159,7 +165,7 @@ BAD_FRAMES: list[tuple[bytes, str]] = [
     (b"a\0", "shorter than its header"),
     (make_frame(version=0), "unsupported message version 0"),
     (make_frame(version=2), "unsupported message version 2"),
-    (make_frame(flags=0x08), "unknown flags 0x08"),
+    (make_frame(flags=0x10), "unknown flags 0x10"),
     (make_frame(flags=0x04), "must be addressed to one worker"),
     (make_frame(flags=0x80 | FLAG_HOST_ONLY), "unknown flags 0x81"),
     (make_frame(codec=3), "unknown codec id 3"),
@@ -374,8 +380,21 @@ def damaged_frames(draw: st.DrawFn) -> bytes:
     return bytes(frame)
 
 
+@st.composite
+def damaged_batches(draw: st.DrawFn) -> bytes:
+    """A valid batch with a few bytes overwritten, cut off or inserted."""
+    frame = bytearray(draw(batches).encode())
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(frame)))
+        if draw(st.booleans()) and at < len(frame):
+            frame[at] = draw(st.integers(0, 255))
+        else:
+            frame[at:at] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(frame)
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=400) | damaged_frames())
+@given(st.binary(max_size=400) | damaged_frames() | damaged_batches())
 def test_decode_garbage_raises_only_protocol_error(garbage: bytes) -> None:
     try:
         decoded = decode_frame(garbage)
@@ -383,7 +402,7 @@ def test_decode_garbage_raises_only_protocol_error(garbage: bytes) -> None:
         return
     assert isinstance(decoded, Envelope)
     # Whatever decodes is a message one could have sent (pad bytes aside).
-    again = Message(*decoded._replace(flags=decoded.flags & ~FLAG_DIRECT)).encode()
+    again = Message(*decoded._replace(flags=decoded.flags & ~FLAG_DIRECT)[:10]).encode()
     assert decode_frame(again) == decoded
 
 
@@ -402,3 +421,139 @@ def test_struct_is_little_endian() -> None:
     """The header does not depend on the host's byte order."""
     assert HEADER.format == "<BBBBBBxxQQd"
     assert HEADER.size == struct.calcsize("<BBBBBBxxQQd")
+
+
+# ---------------------------------------------------------------------------
+# Batches: several consecutive messages in one frame
+# ---------------------------------------------------------------------------
+
+
+class Batch(NamedTuple):
+    """What a publisher hands to ``encode_batch``."""
+
+    message: Message
+    times: list[float]
+    payloads: list[bytes]
+
+    def encode(self) -> bytes:
+        m = self.message
+        return encode_batch(
+            m.channel,
+            origin=m.origin.encode("utf-8"),
+            host=m.host.encode("utf-8"),
+            epoch=m.epoch,
+            first_seq=m.seq,
+            times=self.times,
+            codec=Codec(m.codec),
+            payloads=self.payloads,
+            flags=m.flags,
+            target=m.target,
+        )
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> Batch:
+    payloads = draw(st.lists(st.binary(max_size=40), min_size=1, max_size=20))
+    times = draw(
+        st.lists(
+            st.floats(allow_nan=False, allow_infinity=False),
+            min_size=len(payloads),
+            max_size=len(payloads),
+        )
+    )
+    message = draw(messages)
+    message = message._replace(seq=min(message.seq, 2**64 - len(payloads)))
+    return Batch(message, times, payloads)
+
+
+batches = _batches()
+
+
+def test_batch_layout() -> None:
+    frame = encode_batch(
+        "orders.paid", origin=b"w1", host=b"h1", epoch=1, first_seq=2, times=[0.5, 0.75],
+        codec=Codec.RAW, payloads=[b"ab", b"c"],
+    )  # fmt: skip
+    body = struct.pack("<I2d2I", 2, 0.5, 0.75, 2, 1) + b"abc"
+    assert frame == make_frame(flags=FLAG_BATCH, codec=Codec.RAW, payload=body)
+    decoded = decode_frame(frame)
+    assert (decoded.messages, decoded.seq, decoded.time, decoded.payload) == (2, 2, 0.5, body)
+    assert batch_items(decoded) == ((0.5, 0.75), [b"ab", b"c"])
+
+
+def test_a_batch_of_one_is_a_plain_frame() -> None:
+    one = encode_batch(
+        "orders.paid", origin=b"w1", host=b"h1", epoch=1, first_seq=2, times=[0.5],
+        codec=Codec.JSON, payloads=[b"{}"],
+    )  # fmt: skip
+    assert one == make_frame()
+    assert single_envelopes(decode_frame(one)) == [decode_frame(one)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches)
+def test_batch_round_trip(batch: Batch) -> None:
+    frame = batch.encode()
+    decoded = decode_frame(frame)
+    m = batch.message
+    assert decoded.messages == len(batch.payloads)
+    assert (decoded.channel, decoded.origin, decoded.host) == (m.channel, m.origin, m.host)
+    assert (decoded.epoch, decoded.seq, decoded.target) == (m.epoch, m.seq, m.target)
+    singles = single_envelopes(decoded)
+    flags = m.flags | (FLAG_DIRECT if m.target is not None else 0)
+    assert singles == [
+        Envelope(*m._replace(seq=m.seq + i, time=t, payload=p, flags=flags))
+        for i, (t, p) in enumerate(zip(batch.times, batch.payloads, strict=True))
+    ]
+    end = split_topic(frame)
+    assert frame_from_redis(frame[:end], frame_to_redis(frame, end, NODE)) == (NODE, frame)
+
+
+def _batch_body(count: int, times: list[float], lengths: list[int], data: bytes) -> bytes:
+    return struct.pack(f"<I{len(times)}d{len(lengths)}I", count, *times, *lengths) + data
+
+
+BAD_BATCHES: list[tuple[bytes, str]] = [
+    (make_frame(flags=FLAG_BATCH, payload=b"\x02\x00"), "no message count"),
+    (make_frame(flags=FLAG_BATCH, payload=_batch_body(1, [0.5], [1], b"a")), "batch of 1"),
+    (make_frame(flags=FLAG_BATCH, payload=_batch_body(0, [], [], b"")), "batch of 0"),
+    (
+        make_frame(flags=FLAG_BATCH, payload=struct.pack("<I", MAX_BATCH_COUNT + 1)),
+        f"batch of {MAX_BATCH_COUNT + 1}",
+    ),
+    (make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [0.5], [1], b"")), "shorter than its"),
+    (
+        make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [0.5, 0.5], [1, 1], b"a")),
+        "do not add up",
+    ),
+    (
+        make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [0.5, 0.5], [1, 1], b"abc")),
+        "do not add up",
+    ),
+    (
+        make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [0.5, float("nan")], [1, 1], b"ab")),
+        "not a finite number",
+    ),
+    (
+        make_frame(
+            flags=FLAG_BATCH, seq=2**64 - 1, payload=_batch_body(2, [0.5, 0.5], [1, 1], b"ab")
+        ),
+        "overflow",
+    ),
+    (
+        make_frame(
+            INBOX,
+            flags=FLAG_BATCH | FLAG_DIRECT | FLAG_REPLAY,
+            direct=b"jobs",
+            payload=_batch_body(2, [0.5, 0.5], [1, 1], b"ab"),
+        ),
+        "not a batch",
+    ),
+]
+
+
+@pytest.mark.parametrize(("frame", "message"), BAD_BATCHES)
+def test_decode_refuses_bad_batches(frame: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_frame(frame)
+    assert message in str(info.value)

@@ -223,3 +223,25 @@ def test_observe_without_counting_records_but_leaves_the_counters() -> None:
     assert (tracker.gaps, tracker.missed, tracker.duplicates, tracker.late) == (0, 0, 0, 0)
     assert tracker.observe("o", "c", 1, 5) == DUPLICATE
     assert tracker.duplicates == 1
+
+
+def test_a_run_that_follows_is_recorded_at_once() -> None:
+    tracker = SequenceTracker()
+    assert tracker.observe("w", "c", 1, 1) == 0
+    assert tracker.observe_run("w", "c", 1, 2, 3) is None
+    assert tracker.observe("w", "c", 1, 5) == 0
+    assert tracker.observe("w", "c", 1, 3) == DUPLICATE  # inside the recorded run
+    assert tracker.observe_run("w", "c", 1, 6, 100) is None  # longer than the window
+    assert tracker.observe("w", "c", 1, 105) == DUPLICATE
+    assert tracker.observe("w", "c", 1, 106) == 0
+    assert (tracker.gaps, tracker.missed) == (0, 0)
+
+
+def test_a_run_that_does_not_follow_is_judged_one_by_one() -> None:
+    tracker = SequenceTracker()
+    assert tracker.observe_run("w", "c", 1, 10, 3) == [0, 0, 0]  # first sight
+    assert tracker.observe_run("w", "c", 1, 11, 4) == [DUPLICATE, DUPLICATE, 0, 0]
+    assert tracker.observe_run("w", "c", 1, 20, 2) == [5, 0]
+    assert tracker.observe_run("w", "c", 2, 1, 2) == [0, 0]  # restarted origin
+    assert tracker.observe_run("w", "c", 1, 22, 2) == [DUPLICATE, DUPLICATE]
+    assert (tracker.gaps, tracker.missed, tracker.duplicates) == (1, 5, 4)

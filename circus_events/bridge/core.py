@@ -44,6 +44,7 @@ from ..protocol import (
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
+    Envelope,
     HistoryRequest,
     InterestTable,
     Pattern,
@@ -54,6 +55,7 @@ from ..protocol import (
     inbox_channel,
     parse_history_request,
     parse_sync_request,
+    single_envelopes,
 )
 from .local import LocalSockets
 
@@ -73,7 +75,7 @@ HISTORY_CONNECT_WAIT: Final = 5.0
 class _RedisPort(Protocol):
     """What the bridge needs of a Redis side (see ``redis_side.RedisSide``)."""
 
-    def publish(self, frame: bytes, topic_end: int) -> None: ...
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
     def add_interest(self, topic: SubscriptionTopic) -> None: ...
     def remove_interest(self, topic: SubscriptionTopic) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -94,6 +96,8 @@ class Bridge:
         self.tracker = SequenceTracker()
         self.counters: dict[str, int] = {
             "accepted": 0,
+            # Frames the accepted messages came in (a burst travels in batches).
+            "accepted_frames": 0,
             "delivered": 0,
             "from_redis": 0,
             "rejected_malformed": 0,
@@ -248,7 +252,7 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        accepted = 0
+        accepted = frames = 0
         for _ in range(BATCH):
             try:
                 frame = pull.recv(zmq.NOBLOCK)
@@ -268,17 +272,20 @@ class Bridge:
                 counters["rejected_malformed"] += 1
                 self._note_bad_frame(exc)
                 continue
-            accepted += 1
+            accepted += env.messages
+            frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
-                redis.publish(frame, frame.index(b"\0"))
+                redis.publish(frame, frame.index(b"\0"), env.messages)
         else:
             counters["accepted"] += accepted
+            counters["accepted_frames"] += frames
             counters["delivered"] += accepted
             return True
         counters["accepted"] += accepted
+        counters["accepted_frames"] += frames
         counters["delivered"] += accepted
         return False
 
@@ -293,11 +300,12 @@ class Bridge:
             self.counters["rejected_malformed"] += 1
             self._note_bad_frame(exc)
             return False
-        self.counters["accepted"] += 1
+        self.counters["accepted"] += env.messages
+        self.counters["accepted_frames"] += 1
         self._sockets.xpub.send(frame, zmq.NOBLOCK)
-        self.counters["delivered"] += 1
+        self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
-            self._redis.publish(frame, frame.index(b"\0"))
+            self._redis.publish(frame, frame.index(b"\0"), env.messages)
         self._schedule_service()
         return True
 
@@ -319,12 +327,24 @@ class Bridge:
             # Loss between hosts shows here (and in each worker, which reports it);
             # replays after a Redis reconnect stop here.
             key = env.channel if env.target is None else inbox_channel(env.target)
-            if self.tracker.observe(env.origin, key, env.epoch, env.seq) == DUPLICATE:
-                self.counters["duplicates"] += 1
-                continue
+            count = env.messages
+            if count == 1:
+                if self.tracker.observe(env.origin, key, env.epoch, env.seq) == DUPLICATE:
+                    self.counters["duplicates"] += 1
+                    continue
+            else:
+                seen = self.tracker.observe_run(env.origin, key, env.epoch, env.seq, count)
+                if seen is not None:
+                    repeats = seen.count(DUPLICATE)
+                    self.counters["duplicates"] += repeats
+                    if repeats == count:
+                        continue
+                    # Partly new (not seen in practice: Redis replays whole
+                    # values): the workers drop the repeated part themselves.
+                    count -= repeats
             xpub_send(frame, zmq.NOBLOCK)
-            self.counters["from_redis"] += 1
-            self.counters["delivered"] += 1
+            self.counters["from_redis"] += count
+            self.counters["delivered"] += count
         self._schedule_service()
 
     def _drain_subscriptions(self) -> bool:
@@ -454,6 +474,7 @@ class Bridge:
         if self._sockets is None or self._stopping.is_set():
             return
         send = self._sockets.xpub.send
+        replayed: list[Envelope] = []
         for frame in frames:
             try:
                 env = decode_frame(frame)
@@ -461,6 +482,11 @@ class Bridge:
                 continue
             if env.target is not None:
                 continue  # direct messages are for their worker only, never history
+            replayed.extend(single_envelopes(env))
+        if request.limit is not None:
+            # The stream side counts entries; a batch entry holds several events.
+            replayed = replayed[-request.limit :] if request.limit else []
+        for env in replayed:
             send(
                 encode_frame(
                     env.channel,
@@ -477,7 +503,7 @@ class Bridge:
                 zmq.NOBLOCK,
             )
         self._send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
-        self.counters["history_replayed"] += len(frames)
+        self.counters["history_replayed"] += len(replayed)
 
     def _drain_control(self) -> bool:
         assert self._sockets is not None

@@ -25,6 +25,10 @@ the bound the oldest messages are dropped and counted exactly in
 are not counted against it (the transport's write-buffer limit bounds them);
 after a connection loss they rejoin the pending queue and count again.
 
+A command may carry a batch of several messages (see the envelope): the
+counters (published, dropped, buffered) count messages, not commands, so
+they can be compared with what workers sent and received.
+
 Sans-IO: the caller writes the bytes :meth:`take` and :meth:`control`
 return, in the order it gets them, and passes the loop time in.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, Final
 
 from .._exceptions import ProtocolError
@@ -46,17 +51,31 @@ _LOST: Final = ConnectionError("the Redis connection closed before the reply")
 
 
 class _Batch:
-    """Messages written in one write; ``acked`` of them are answered."""
+    """Commands written in one write; ``acked`` of them are answered."""
 
-    __slots__ = ("acked", "cmds", "count", "nbytes", "sent_at", "sizes")
+    __slots__ = ("acked", "cmds", "count", "counts", "messages", "nbytes", "sent_at", "sizes")
 
-    def __init__(self, cmds: deque[bytes], sizes: deque[int], nbytes: int, sent_at: float) -> None:
+    def __init__(
+        self,
+        cmds: deque[bytes],
+        sizes: deque[int],
+        counts: deque[int],
+        nbytes: int,
+        messages: int,
+        sent_at: float,
+    ) -> None:
         self.cmds = cmds
         self.sizes = sizes
+        #: Messages per command (a command may carry a batch of them).
+        self.counts = counts
         self.count = len(cmds)
+        self.messages = messages
         self.nbytes = nbytes
         self.acked = 0
         self.sent_at = sent_at
+
+    def acked_messages(self) -> int:
+        return sum(islice(self.counts, self.acked))
 
 
 class _Control:
@@ -74,9 +93,10 @@ class OutboundQueue:
 
     __slots__ = (
         "_command",
+        "_counts",
         "_inflight",
         "_inflight_bytes",
-        "_inflight_count",
+        "_inflight_messages",
         "_ok",
         "_pending",
         "_sizes",
@@ -85,6 +105,7 @@ class OutboundQueue:
         "last_error",
         "max_bytes",
         "pending_bytes",
+        "pending_messages",
         "published",
     )
 
@@ -95,9 +116,11 @@ class OutboundQueue:
         self._command = command
         self._pending: deque[bytes] = deque()
         self._sizes: deque[int] = deque()
+        self._counts: deque[int] = deque()
         self.pending_bytes = 0
+        self.pending_messages = 0
         self._inflight: deque[_Batch | _Control] = deque()
-        self._inflight_count = 0
+        self._inflight_messages = 0
         self._inflight_bytes = 0
         #: Messages Redis acknowledged.
         self.published = 0
@@ -109,30 +132,38 @@ class OutboundQueue:
 
     # -- producer side ----------------------------------------------------------
 
-    def push(self, cmd: bytes, size: int) -> None:
-        """Queue one encoded PUBLISH whose value is ``size`` bytes."""
+    def push(self, cmd: bytes, size: int, messages: int = 1) -> None:
+        """Queue one encoded PUBLISH whose value is ``size`` bytes and holds ``messages``."""
         self._pending.append(cmd)
         self._sizes.append(size)
+        self._counts.append(messages)
         self.pending_bytes += size
+        self.pending_messages += messages
 
     def trim(self) -> None:
-        """Drop the oldest pending messages until they fit in ``max_bytes``."""
-        pending, sizes = self._pending, self._sizes
+        """Drop the oldest pending commands until they fit in ``max_bytes``."""
+        pending, sizes, counts = self._pending, self._sizes, self._counts
         while self.pending_bytes > self.max_bytes and pending:
             pending.popleft()
             self.pending_bytes -= sizes.popleft()
-            self.dropped += 1
+            dropped = counts.popleft()
+            self.pending_messages -= dropped
+            self.dropped += dropped
 
     def take(self, now: float) -> bytes | None:
-        """Move every pending message into one in-flight batch; return the bytes to write."""
+        """Move every pending command into one in-flight batch; return the bytes to write."""
         if not self._pending:
             return None
-        batch = _Batch(self._pending, self._sizes, self.pending_bytes, now)
+        batch = _Batch(
+            self._pending, self._sizes, self._counts, self.pending_bytes, self.pending_messages, now
+        )
         self._pending = deque()
         self._sizes = deque()
+        self._counts = deque()
         self.pending_bytes = 0
+        self.pending_messages = 0
         self._inflight.append(batch)
-        self._inflight_count += batch.count
+        self._inflight_messages += batch.messages
         self._inflight_bytes += batch.nbytes
         return b"".join(batch.cmds)
 
@@ -164,11 +195,11 @@ class OutboundQueue:
                         head.acked = acked
                         return
                     if reply.__class__ is not ok:
-                        self._reply_error(reply)
+                        self._reply_error(reply, head.counts[acked])
                     acked += 1
                 inflight.popleft()
-                self.published += count
-                self._inflight_count -= count
+                self.published += head.messages
+                self._inflight_messages -= head.messages
                 self._inflight_bytes -= head.nbytes
             else:
                 assert isinstance(head, _Control)
@@ -179,9 +210,9 @@ class OutboundQueue:
                 if head.callback is not None:
                     head.callback(reply)
 
-    def _reply_error(self, reply: Any) -> None:
-        self.errors += 1
-        self.published -= 1  # counted as published when its batch completes
+    def _reply_error(self, reply: Any, messages: int) -> None:
+        self.errors += messages
+        self.published -= messages  # counted as published when its batch completes
         self.last_error = f"Redis refused a {self._command}: {reply}"
 
     def requeue(self) -> int:
@@ -192,27 +223,33 @@ class OutboundQueue:
         """
         cmds: deque[bytes] = deque()
         sizes: deque[int] = deque()
+        counts: deque[int] = deque()
         for entry in self._inflight:
             if isinstance(entry, _Batch):
-                self.published += entry.acked
                 if entry.acked:
                     # Only the first entry can be partly answered.
+                    self.published += entry.acked_messages()
                     entry.cmds = deque(list(entry.cmds)[entry.acked :])
                     entry.sizes = deque(list(entry.sizes)[entry.acked :])
+                    entry.counts = deque(list(entry.counts)[entry.acked :])
                 cmds.extend(entry.cmds)
                 sizes.extend(entry.sizes)
+                counts.extend(entry.counts)
             elif entry.callback is not None:
                 entry.callback(_LOST)
         self._inflight.clear()
-        self._inflight_count = 0
+        self._inflight_messages = 0
         self._inflight_bytes = 0
-        requeued = len(cmds)
+        requeued = sum(counts)
         if requeued:
             cmds.extend(self._pending)
             sizes.extend(self._sizes)
+            counts.extend(self._counts)
             self._pending = cmds
             self._sizes = sizes
+            self._counts = counts
             self.pending_bytes = sum(sizes)
+            self.pending_messages = sum(counts)
             self.trim()
         return requeued
 
@@ -224,13 +261,14 @@ class OutboundQueue:
 
     @property
     def pending_count(self) -> int:
-        return len(self._pending)
+        """Messages waiting to be written."""
+        return self.pending_messages
 
     @property
     def inflight_count(self) -> int:
         """Messages written and not yet answered (exact)."""
         head = self._inflight[0] if self._inflight else None
-        return self._inflight_count - (head.acked if isinstance(head, _Batch) else 0)
+        return self._inflight_messages - (head.acked_messages() if isinstance(head, _Batch) else 0)
 
     @property
     def inflight_bytes(self) -> int:
@@ -245,7 +283,7 @@ class OutboundQueue:
     def published_now(self) -> int:
         """Messages acknowledged so far, counting the partly answered batch."""
         head = self._inflight[0] if self._inflight else None
-        return self.published + (head.acked if isinstance(head, _Batch) else 0)
+        return self.published + (head.acked_messages() if isinstance(head, _Batch) else 0)
 
     @property
     def idle(self) -> bool:

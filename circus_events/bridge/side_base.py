@@ -164,8 +164,9 @@ class RedisSideBase:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def publish(self, frame: bytes, topic_end: int) -> None:
-        """Queue one local frame (``channel NUL header payload``) for Redis.
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None:
+        """Queue one local frame (``channel NUL header payload``) for Redis;
+        ``messages`` is how many it carries (a batch), for the counters.
 
         Never blocks, never raises: the frame waits in the outbound queue
         until the next flush (this loop turn). Host-only frames and frames too
@@ -194,6 +195,7 @@ class RedisSideBase:
                 b"\r\n",
             )),
             size,
+            messages,
         )  # fmt: skip
         if queue.pending_bytes > self._check_at:
             self._flush()  # write now, or keep the backlog within buffer_max_bytes

@@ -100,6 +100,21 @@ class SequenceTracker:
         self.late += 1
         return 0
 
+    def observe_run(
+        self, origin: str, channel: str, epoch: int, first: int, count: int
+    ) -> list[int] | None:
+        """Record messages ``first`` to ``first + count - 1`` (a batch).
+
+        Returns None when all of them simply follow what was seen before (the
+        common case, in constant time); else one :meth:`observe` result each.
+        """
+        state = self._state.get((origin, channel))
+        if state is not None and epoch == state[0] and first == state[1] + 1:
+            state[1] = first + count - 1
+            state[2] = ((state[2] << count) | ((1 << count) - 1)) & _FULL
+            return None
+        return [self.observe(origin, channel, epoch, first + i) for i in range(count)]
+
     def forget(self, origin: str) -> None:
         """Drop all state about one origin (it left for good)."""
         for key in [k for k in self._state if k[0] == origin]:
