@@ -119,33 +119,41 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> Event:
         """The next event; raises ``queue.Empty`` after ``timeout`` seconds."""
-        items = self._items
-        if not items:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with self._changed:
-                # Counted before items is checked again: a receiver that appended
-                # and then saw no reader waiting is seen here by that check.
-                self._readers_waiting += 1
-                try:
-                    while not items:
-                        if self.closed:
-                            raise BusClosed("subscription closed")
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            raise queue.Empty
-                        self._changed.wait(remaining)
-                finally:
-                    self._readers_waiting -= 1
-        item = items.popleft()
+        try:
+            item = self._items.popleft()
+        except IndexError:
+            item = self._wait(timeout)
+        if item.__class__ is Event and not self._want_room:
+            return item
         if self._want_room:
             self._notify()
         if isinstance(item, Failure):
             raise item.error
         if item is _END:
-            items.appendleft(_END)
+            self._items.appendleft(_END)
             raise BusClosed("subscription closed")
         event: Event = item
         return event
+
+    def _wait(self, timeout: float | None) -> Any:
+        """Block until an item arrives; take it."""
+        items = self._items
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            # Counted before items is checked again: a receiver that appended
+            # and then saw no reader waiting is seen here by that check.
+            self._readers_waiting += 1
+            try:
+                while not items:
+                    if self.closed:
+                        raise BusClosed("subscription closed")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise queue.Empty
+                    self._changed.wait(remaining)
+            finally:
+                self._readers_waiting -= 1
+        return items.popleft()
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -279,6 +287,15 @@ class Bus:
         """
         if self.closed or self._pid != _getpid():
             self._check_process()
+        with self._lock:  # the hot path of a burst: the message joins the open batch
+            now = _monotonic()
+            if now - self._last_publish < HOT_GAP:
+                joined = self._core.join(channel, data, scope)
+                if joined:
+                    self._last_publish = now
+                    if joined == 2:
+                        self._send_batch(wait=False)
+                    return
         if scope == "process":
             self._commands.put(("local", self._core.local_event(channel, data)))
             self._poke()

@@ -48,19 +48,19 @@ def test_held_messages_leave_as_one_numbered_batch() -> None:
 
 
 def test_a_batch_takes_only_its_own_kind_and_only_while_there_is_room() -> None:
-    publisher = core("pub", codec="raw", max_message_bytes=2000)
+    publisher = core("pub", codec="raw", max_message_bytes=10_000)
     assert publisher.hold(publisher.prepare("ch", b"x", "cluster"))
     assert not publisher.hold(publisher.prepare("other", b"x", "cluster"))
     assert not publisher.hold(publisher.prepare("ch", b"x", "host"))
     assert not publisher.hold(publisher.prepare("ch", b"x", "cluster", target="w2"))
-    assert not publisher.hold(publisher.prepare("ch", b"x" * 1950, "cluster"))  # past the size
+    assert not publisher.hold(publisher.prepare("ch", b"x" * 9950, "cluster"))  # past the size
     assert publisher.batch is not None and len(publisher.batch.payloads) == 1
     publisher.batch_sent()
     for _ in range(BATCH_MAX_COUNT):
         assert publisher.hold(publisher.prepare("ch", b"", "cluster"))
     assert publisher.batch.full
     assert not publisher.hold(publisher.prepare("ch", b"", "cluster"))
-    assert len(publisher.batch_frame()) <= 2000
+    assert len(publisher.batch_frame()) <= 10_000
 
 
 def test_a_batch_frame_never_exceeds_max_message_bytes() -> None:
