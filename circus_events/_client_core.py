@@ -29,7 +29,7 @@ from ._config import (
     environ_options,
     socket_paths,
 )
-from ._event import Event, Gap
+from ._event import Event, Gap, RawEvent
 from ._exceptions import BridgeError, ChannelError, ConfigError, MessageTooLarge, ProtocolError
 from .protocol import (
     DUPLICATE,
@@ -104,8 +104,8 @@ RECEIVE_HWM: Final = 50_000
 #: At 5,000 msg/s (200 us apart) every message still goes on its own at once.
 HOT_GAP: Final = 20e-6
 #: Bounds of one batch frame (the receiver's work per frame, and latency).
-BATCH_MAX_COUNT: Final = 512
-BATCH_MAX_BYTES: Final = 65536
+BATCH_MAX_COUNT: Final = 128
+BATCH_MAX_BYTES: Final = 8192
 
 #: Reconnect quickly to a restarted bridge (ipc: no network to spare).
 RECONNECT_IVL_MS: Final = 100
@@ -304,6 +304,8 @@ class Prepared(NamedTuple):
 
 
 _time = time.time
+
+_RAW: Final = int(Codec.RAW)
 
 #: Builds a Prepared without its Python-level ``__new__`` (half the cost).
 _new_tuple: Callable[[type[Prepared], tuple[Any, ...]], Prepared] = tuple.__new__
@@ -628,17 +630,17 @@ class BusCore:
         if missed:
             self._report_gap(env, missed, env.seq)
         self.received += 1
-        return [Event(env, env.seq, env.time, env.payload)]
+        kind = RawEvent if env.codec == _RAW else Event
+        return [kind(env, env.seq, env.time, env.payload)]
 
     def _accept_batch(self, env: Envelope, key: str) -> list[Event] | None:
         times, payloads = batch_items(env)
         first = env.seq
+        kind = RawEvent if env.codec == _RAW else Event
         results = self.tracker.observe_run(env.origin, key, env.epoch, first, env.messages)
         if results is None:  # all new, in order: the common case
             seqs = range(first, first + env.messages)
-            events = [
-                Event(env, seq, t, p) for seq, t, p in zip(seqs, times, payloads, strict=True)
-            ]
+            events = [kind(env, seq, t, p) for seq, t, p in zip(seqs, times, payloads, strict=True)]
         else:
             events = []
             for i, missed in enumerate(results):
@@ -646,7 +648,7 @@ class BusCore:
                     continue
                 if missed:
                     self._report_gap(env, missed, first + i)
-                events.append(Event(env, first + i, times[i], payloads[i]))
+                events.append(kind(env, first + i, times[i], payloads[i]))
             if not events:
                 return None
         self.received += len(events)

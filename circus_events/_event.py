@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from .protocol import Envelope, decode_payload
@@ -83,6 +84,18 @@ class Event:
             f"Event(channel={self.channel!r}, origin={self.origin!r}, host={self.host!r}, "
             f"seq={self.seq}, payload={self.payload[:40]!r})"
         )
+
+
+class RawEvent(Event):
+    """An event of the raw codec: ``data`` is the payload, with nothing to decode.
+
+    A separate class so that reading ``data`` is one C-level attribute read:
+    on the subscriber's hot path that is a tenth of its time per message.
+    """
+
+    __slots__ = ()
+
+    data = property(attrgetter("payload"), doc="The payload bytes (the raw codec).")
 
 
 class Gap(NamedTuple):

@@ -1,9 +1,15 @@
 """The synchronous worker client, for threaded and pre-fork servers.
 
 :class:`Bus` publishes from any thread (a lock guards the PUSH socket) and
-receives on one background thread that owns the SUB socket; handlers run on
-that thread, iterators are fed from it. Other threads talk to it through a
-command queue and an inproc wake-up socket, never through its sockets.
+receives on one background thread; handlers run on that thread. Other
+threads talk to it through a command queue and an inproc wake-up socket.
+
+The receiving sockets belong to whoever holds ``Bus._io``: normally the
+receiver thread, but a reader blocked in ``Subscription.get()`` on a bus with
+no handlers takes them and receives for itself. A hand-over from one thread
+to another costs two context switches per frame, which doubled the latency
+of an iterator and cost a fifth of its throughput; the receiver thread then
+stays away while that reader keeps coming back (``_READER_GRACE``).
 
 After ``fork()`` the child must not touch the parent's ZeroMQ sockets or
 threads: an at-fork hook gives every live bus in the child a new context,
@@ -53,6 +59,13 @@ Handler = TypeVar("Handler", bound=Callable[[Event], Any])
 
 #: Frames read per wake-up before commands get a turn.
 _RECEIVE_BATCH: Final = 1000
+#: How long (s) the receiver thread leaves the sockets to a reader that received
+#: for itself: back-to-back get() calls never wait for a hand-over, and a
+#: reader that stops reading gives the other subscriptions back this soon.
+_READER_GRACE: Final = 0.02
+#: Longest single wait (s) of a reader receiving for itself, so it notices
+#: a handler registered meanwhile.
+_READER_POLL: Final = 0.1
 #: While publishes come in bursts, the receiver thread looks for a held batch
 #: this often (ms) instead of being woken for each one: one wake-up per batch
 #: cost the publisher more than the batching saved.
@@ -89,7 +102,7 @@ class Subscription:
     def _put(self, event: Any) -> None:
         # Waiting here is backpressure: the receiver stops reading, ZeroMQ queues,
         # and past its limit the bridge drops for this worker only (a gap).
-        if len(self._items) >= self._size:
+        if len(self._items) >= self._size and not self._bus._receiving_here():
             self._notify()
             with self._changed:
                 self._want_room = True
@@ -139,6 +152,8 @@ class Subscription:
         """Block until an item arrives; take it."""
         items = self._items
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._bus._receive_for(items, deadline) and items:
+            return items.popleft()
         with self._changed:
             # Counted before items is checked again: a receiver that appended
             # and then saw no reader waiting is seen here by that check.
@@ -249,17 +264,32 @@ class Bus:
         self._push = self._context.socket(zmq.PUSH)
         connect_push(self._push, options)
         wake_address = f"inproc://circus-events-wake-{id(self)}"
-        receiver_wake = self._context.socket(zmq.PULL)
-        receiver_wake.bind(wake_address)
+        self._woken = self._context.socket(zmq.PULL)
+        self._woken.bind(wake_address)
         self._wake = self._context.socket(zmq.PUSH)
         self._wake.connect(wake_address)
-        sub = self._context.socket(zmq.XSUB)
-        connect_sub(sub, options, [self._core.inbox, *self._core.topic_refs])
+        self._sub = self._context.socket(zmq.XSUB)
+        connect_sub(self._sub, options, [self._core.inbox, *self._core.topic_refs])
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._woken, zmq.POLLIN)
+        #: The right to use _sub, _woken and _poller (see the module docstring).
+        self._io = threading.Lock()
+        #: Readers waiting for _io, and the condition they wait on.
+        self._io_free = threading.Condition(threading.Lock())
+        self._io_waiters = 0
+        #: A reader asked the receiver thread to let go of the sockets.
+        self._yield_wanted = False
+        #: Until then (monotonic) the receiver thread leaves the sockets to readers.
+        self._reader_until = 0.0
+        #: The thread id of a reader receiving for itself, else 0.
+        self._reader_ident = 0
+        #: Handler subscribers: while there are any, only the receiver thread receives.
+        self._handlers = 0
+        self._stop_seen = False
+        self._receiver_wakeup = threading.Event()
         self._thread = threading.Thread(
-            target=self._receive_loop,
-            args=(sub, receiver_wake),
-            name=f"circus-events-{options.worker}",
-            daemon=True,
+            target=self._receive_loop, name=f"circus-events-{options.worker}", daemon=True
         )
         self._thread.start()
 
@@ -412,6 +442,7 @@ class Bus:
             return
         self._commands.put(("stop", None))
         self._poke()
+        self._receiver_wakeup.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(5)
         for subscription in self._subscriptions:
@@ -539,55 +570,154 @@ class Bus:
         with self._wake_lock:
             self._wake.send(b"", zmq.NOBLOCK)
 
-    def _receive_loop(self, sub: zmq.Socket[bytes], wake: zmq.Socket[bytes]) -> None:
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
-        core = self._core
+    def _receive_loop(self) -> None:
+        """The receiver thread: serve the sockets unless a reader does."""
         try:
-            while True:
-                # While history loads, wake now and then to ask again if unanswered;
-                # while publishes come in bursts, look for held batches.
-                timeout = _HELD_WATCH_MS if self._flush_requested else 500 if core.loads else None
-                ready = dict(poller.poll(timeout))
-                if wake in ready:
-                    while True:
-                        try:
-                            wake.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                    if not self._run_commands(sub):
-                        return
-                if self._flush_requested:
-                    self._watch_held()
-                if sub in ready:
-                    woken: set[Subscriber] = set()
-                    for _ in range(_RECEIVE_BATCH):
-                        try:
-                            frame = sub.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        events = core.accept(frame)
-                        if events is not None:
-                            for subscriber in core.route(events):
-                                if subscriber.sink_many is not None:
-                                    subscriber.sink_many(events)
-                                else:
-                                    for event in events:
-                                        subscriber.sink(event)
-                                if subscriber.wake is not None:
-                                    woken.add(subscriber)
-                    for subscriber in woken:
-                        subscriber.wake()  # type: ignore[misc]
-                if core.loads or core.finished:
-                    core.check_history()
-                    _deliver_completed(core)
-                for request in core.take_outbox():
-                    with contextlib.suppress(zmq.Again):
-                        sub.send(request, zmq.NOBLOCK)
+            while not self._stop_seen:
+                left = self._reader_until - time.monotonic()
+                if left > 0:
+                    # A reader receives for itself: look again when it may have stopped.
+                    if self._flush_requested:
+                        left = min(left, _HELD_WATCH_MS / 1000)
+                    self._receiver_wakeup.wait(left)
+                    self._receiver_wakeup.clear()
+                    if self._flush_requested:
+                        self._watch_held()
+                    continue
+                with self._io:
+                    self._yield_wanted = False
+                    while not (self._stop_seen or self._yield_wanted):
+                        if self._reader_until > time.monotonic():
+                            break  # a reader took over just before us
+                        self._serve(as_reader=False)
+                self._io_released()
         finally:
-            sub.close(linger=0)
-            wake.close(linger=0)
+            with self._io:
+                self._sub.close(linger=0)
+                self._woken.close(linger=0)
+
+    def _receive_for(self, items: collections.deque[Any], deadline: float | None) -> bool:
+        """Receive on the calling thread until ``items`` has something or the deadline passes.
+
+        Returns False if this thread may not (a handler must run on the
+        receiver thread, or the bus stops): the caller waits for the receiver.
+        """
+        ident = threading.get_ident()
+        while not items:
+            if self._handlers or self._stop_seen:
+                return False
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return True
+            self._reader_until = now + _READER_GRACE
+            if not self._io.acquire(blocking=False):
+                self._wait_for_io(items, deadline)
+                continue
+            try:
+                self._reader_ident = ident
+                while not items and not (self._handlers or self._stop_seen):
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        break
+                    wait = _READER_POLL if deadline is None else min(_READER_POLL, deadline - now)
+                    self._reader_until = now + wait + _READER_GRACE
+                    self._serve(as_reader=True, timeout_ms=max(int(wait * 1000), 0), until=items)
+            finally:
+                self._reader_ident = 0
+                self._reader_until = time.monotonic() + _READER_GRACE
+                self._io.release()
+                self._io_released()
+        return True
+
+    def _wait_for_io(self, items: collections.deque[Any], deadline: float | None) -> None:
+        """Ask whoever holds the sockets to let go; wait a little for them (or for items)."""
+        self._yield_wanted = True
+        self._poke()
+        with self._io_free:
+            self._io_waiters += 1
+            try:
+                if not items:
+                    wait = (
+                        0.002
+                        if deadline is None
+                        else max(min(0.002, deadline - time.monotonic()), 0)
+                    )
+                    self._io_free.wait(wait)
+            finally:
+                self._io_waiters -= 1
+
+    def _io_released(self) -> None:
+        if self._io_waiters:
+            with self._io_free:
+                self._io_free.notify_all()
+
+    def _receiving_here(self) -> bool:
+        """True on a reader thread that holds the sockets (it must never wait for itself)."""
+        return self._reader_ident == threading.get_ident()
+
+    def _serve(
+        self,
+        *,
+        as_reader: bool,
+        timeout_ms: int | None = None,
+        until: collections.deque[Any] | None = None,
+    ) -> None:
+        """One round on the sockets, by whoever holds ``_io``: wait for them, then
+        run commands, dispatch frames, and move history along.
+
+        The receiver thread waits as long as nothing needs it; a reader waits
+        ``timeout_ms`` and stops dispatching once ``until`` has something.
+        """
+        core = self._core
+        sub, woken = self._sub, self._woken
+        if not as_reader:
+            # While history loads, wake now and then to ask again if unanswered;
+            # while publishes come in bursts, look for held batches.
+            timeout_ms = _HELD_WATCH_MS if self._flush_requested else 500 if core.loads else None
+        ready = dict(self._poller.poll(timeout_ms))
+        if woken in ready:
+            while True:
+                try:
+                    woken.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            if not self._run_commands(sub):
+                self._stop_seen = True
+                self._receiver_wakeup.set()
+                return
+            if as_reader and self._handlers:
+                return  # a handler arrived: the receiver thread takes over
+        if self._flush_requested:
+            self._watch_held()
+        if sub in ready:
+            woken_subscribers: set[Subscriber] = set()
+            for _ in range(_RECEIVE_BATCH):
+                try:
+                    frame = sub.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                events = core.accept(frame)
+                if events is not None:
+                    for subscriber in core.route(events):
+                        if subscriber.sink_many is not None:
+                            subscriber.sink_many(events)
+                        else:
+                            for event in events:
+                                subscriber.sink(event)
+                        if subscriber.wake is not None:
+                            woken_subscribers.add(subscriber)
+                if until:
+                    break
+            for subscriber in woken_subscribers:
+                subscriber.wake()  # type: ignore[misc]
+            if as_reader:
+                self._io_released()  # readers waiting for the sockets may have items now
+        if core.loads or core.finished:
+            core.check_history()
+            _deliver_completed(core)
+        for request in core.take_outbox():
+            with contextlib.suppress(zmq.Again):
+                sub.send(request, zmq.NOBLOCK)
 
     def _run_commands(self, sub: zmq.Socket[bytes]) -> bool:
         core = self._core
@@ -600,6 +730,8 @@ class Bus:
                 return False
             if kind == "sub":
                 subscriber, history = argument
+                if subscriber.wake is None:
+                    self._handlers += 1
                 topic = core.add(subscriber)
                 if topic is not None:
                     sub.send(b"\x01" + topic)

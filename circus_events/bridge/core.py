@@ -149,7 +149,10 @@ class Bridge:
         if self.config.redis_url:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
-        for sock in (self._sockets.pull, self._sockets.xpub, self._sockets.control):
+        # Frames from workers have a reader of their own (the hot path); the
+        # others share the full check.
+        self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
+        for sock in (self._sockets.xpub, self._sockets.control):
             self._loop.add_reader(_fd(sock), self._on_readable)
         self._schedule_service()
         self.ready.set()
@@ -220,6 +223,18 @@ class Bridge:
         if not self._service_scheduled:
             self._service()
 
+    def _on_pull_readable(self) -> None:
+        """Frames from workers: drain them, then look at XPUB only.
+
+        Reading PULL until it says EAGAIN re-arms its edge-triggered FD, so
+        only XPUB (which our sends touched) needs its EVENTS checked again:
+        1 check instead of 6 per wake-up, ~1.5 us each.
+        """
+        if self._service_scheduled or self._sockets is None or self._stopping.is_set():
+            return
+        if self._drain_pull() or _events(self._sockets.xpub) & _POLLIN:
+            self._schedule_service()
+
     def _service(self) -> None:
         self._service_scheduled = False
         if self._sockets is None or self._stopping.is_set():
@@ -228,11 +243,11 @@ class Bridge:
         # EVENTS first: a recv that finds nothing raises zmq.Again, which costs
         # twice as much as asking.
         busy = False
-        if _events(s.xpub) & zmq.POLLIN:
+        if _events(s.xpub) & _POLLIN:
             busy |= self._drain_subscriptions()
-        if _events(s.pull) & zmq.POLLIN:
+        if _events(s.pull) & _POLLIN:
             busy |= self._drain_pull()
-        if _events(s.control) & zmq.POLLIN:
+        if _events(s.control) & _POLLIN:
             busy |= self._drain_control()
         if busy or self._any_readable():
             self._schedule_service()
@@ -241,7 +256,7 @@ class Bridge:
         """ZeroMQ's FD is edge-triggered: re-check EVENTS after our own sends."""
         assert self._sockets is not None
         s = self._sockets
-        return any(_events(sock) & zmq.POLLIN for sock in (s.pull, s.xpub, s.control))
+        return any(_events(sock) & _POLLIN for sock in (s.pull, s.xpub, s.control))
 
     def _drain_pull(self) -> bool:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
@@ -583,12 +598,17 @@ class Bridge:
         return status
 
 
+# Plain ints: an enum member costs a class lookup and an enum ``&`` per use.
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+
+
 def _fd(sock: zmq.Socket[bytes]) -> int:
     return cast(int, sock.getsockopt(zmq.FD))
 
 
 def _events(sock: zmq.Socket[bytes]) -> int:
-    return cast(int, sock.getsockopt(zmq.EVENTS))
+    return cast(int, sock.getsockopt(_EVENTS))
 
 
 def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None) -> None:
