@@ -5,14 +5,17 @@ Both sides run the same topology on this machine, in one run:
 * ``zmq-proxy`` (baseline): one process runs ``zmq.proxy(XSUB, XPUB)`` bound
   on ``ipc://``; one publisher process (``PUB`` connect) and four ``SUB``
   processes. High-water marks are set to the ones circus-events uses on the
-  same path (publisher 100k, proxy in 100k, proxy out 50k per subscriber,
-  subscriber 50k), so both sides may buffer the same amount, and
+  same path (20k frames each: publisher, proxy in, proxy out per subscriber,
+  subscriber), so both sides may buffer the same number of frames, and
   ``ZMQ_XPUB_NODROP`` is set on the ``PUB`` and on the proxy's ``XPUB``: a
   publisher faster than its subscribers is slowed down instead of
   overflowing the high-water marks (without it, a pyzmq publisher at ~1M
   msg/s loses most of 200k messages here and "delivered msg/s" means
   little). circus-events needs no such setting for a fair figure: its
   ``PUSH`` to the bridge blocks the publisher, and the bridge sets the pace.
+  A circus-events publisher in a burst sends batch frames (up to 256
+  messages, 16 KiB); the baseline sends one frame per message, as raw pyzmq
+  code does.
   These are the proxy and workers ``circus-events bench`` runs
   (:mod:`circus_events.bench.baselines`, :func:`~circus_events.bench.infra.zmq_proxy_main`).
 * ``circus-events``: one bridge process (``python -m circus_events bridge``,

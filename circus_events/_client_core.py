@@ -81,8 +81,9 @@ _SCOPES: Final = ("process", "host", "cluster")
 #: How long ``publish`` waits for room in the queue to the bridge before raising.
 DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
 #: Messages queued towards the bridge (while it is down or slow) before
-#: ``publish`` waits: 100k x ~150 B is ~15 MB per worker at most.
-DEFAULT_SEND_QUEUE: Final = 100_000
+#: ``publish`` waits. Frames, each one message or a batch of at most
+#: BATCH_MAX_BYTES: 20k x ~150 B is 3 MB, 20k full batches 320 MB.
+DEFAULT_SEND_QUEUE: Final = 20_000
 #: Events buffered per subscription iterator; past it the receiver waits
 #: (backpressure) and the bridge's per-worker limit applies.
 DEFAULT_QUEUE_SIZE: Final = 10_000
@@ -96,7 +97,7 @@ FLUSH_RETRY: Final = 1.0
 HISTORY_RETRY: Final = 3.0
 HISTORY_TIMEOUT: Final = 30.0
 #: Messages ZeroMQ queues for this worker before the bridge drops (a gap).
-RECEIVE_HWM: Final = 50_000
+RECEIVE_HWM: Final = 20_000
 
 
 #: A publish this soon (seconds) after the previous one joins a batch instead
@@ -104,8 +105,8 @@ RECEIVE_HWM: Final = 50_000
 #: At 5,000 msg/s (200 us apart) every message still goes on its own at once.
 HOT_GAP: Final = 20e-6
 #: Bounds of one batch frame (the receiver's work per frame, and latency).
-BATCH_MAX_COUNT: Final = 128
-BATCH_MAX_BYTES: Final = 8192
+BATCH_MAX_COUNT: Final = 256
+BATCH_MAX_BYTES: Final = 16384
 
 #: Reconnect quickly to a restarted bridge (ipc: no network to spare).
 RECONNECT_IVL_MS: Final = 100

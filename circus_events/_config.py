@@ -43,8 +43,9 @@ DEFAULT_RETENTION: Final = 100_000
 DEFAULT_STATS_INTERVAL: Final = 5.0
 #: Per local subscriber: past this many queued messages a stuck worker loses
 #: messages (and learns of it through sequence gaps) while the others go on.
-#: 50k x ~150 B is ~7.5 MB per stuck worker.
-DEFAULT_SUBSCRIBER_HWM: Final = 50_000
+#: Frames (one message, or a batch of at most 16 KiB): 20k x ~150 B is 3 MB
+#: per stuck worker, 20k full batches 320 MB.
+DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 

@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from ._client_core import (
+    DEFAULT_SEND_QUEUE,
     FLUSH_RETRY,
     HOT_GAP,
     PUBLISH_LINGER_MS,
@@ -117,7 +118,7 @@ class AsyncBus:
         on_gap: Callable[[Gap], Any] | None = None,
         publish_timeout: float = 5.0,
         queue_size: int = 10_000,
-        send_queue: int = 100_000,
+        send_queue: int = DEFAULT_SEND_QUEUE,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(

@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 import zmq
 
 from ._client_core import (
+    DEFAULT_SEND_QUEUE,
     FLUSH_RETRY,
     HOT_GAP,
     PUBLISH_LINGER_MS,
@@ -47,7 +48,7 @@ from ._client_core import (
     connect_push,
     connect_sub,
 )
-from ._event import Event, Gap
+from ._event import Event, Gap, RawEvent
 from ._exceptions import BusClosed, PublishTimeout
 from .protocol import Codec, Pattern
 
@@ -74,6 +75,7 @@ _END: Final = object()
 
 
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
+_EVENT_KINDS: Final = frozenset((Event, RawEvent))
 _getpid = os.getpid
 _monotonic = time.monotonic
 
@@ -136,7 +138,7 @@ class Subscription:
             item = self._items.popleft()
         except IndexError:
             item = self._wait(timeout)
-        if item.__class__ is Event and not self._want_room:
+        if item.__class__ in _EVENT_KINDS and not self._want_room:
             return item
         if self._want_room:
             self._notify()
@@ -216,7 +218,7 @@ class Bus:
         on_gap: Callable[[Gap], Any] | None = None,
         publish_timeout: float = 5.0,
         queue_size: int = 10_000,
-        send_queue: int = 100_000,
+        send_queue: int = DEFAULT_SEND_QUEUE,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(
@@ -315,10 +317,12 @@ class Bus:
         Raises ``ValueError`` subclasses for a bad channel, scope, payload or
         size, and :class:`PublishTimeout` if the bridge takes nothing in time.
         """
-        if self.closed or self._pid != _getpid():
-            self._check_process()
+        if self.closed:
+            raise BusClosed("the bus is closed")
         with self._lock:  # the hot path of a burst: the message joins the open batch
             now = _monotonic()
+            # Within HOT_GAP of a publish in this process: no fork can have come
+            # between (the at-fork hook covers os.fork anyway), so no getpid().
             if now - self._last_publish < HOT_GAP:
                 joined = self._core.join(channel, data, scope)
                 if joined:
@@ -326,6 +330,8 @@ class Bus:
                     if joined == 2:
                         self._send_batch(wait=False)
                     return
+        if self._pid != _getpid():
+            self._check_process()
         if scope == "process":
             self._commands.put(("local", self._core.local_event(channel, data)))
             self._poke()

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import zmq
 
+from .._client_core import DEFAULT_SEND_QUEUE, RECEIVE_HWM
 from .spec import CaseSpec
 from .workers import (
     IDLE_SECONDS,
@@ -36,8 +37,8 @@ from .workers import (
     pace,
 )
 
-PUB_HWM: Final = 100_000  # Bus send_queue default
-SUB_HWM: Final = 50_000  # client RECEIVE_HWM
+PUB_HWM: Final = DEFAULT_SEND_QUEUE  # the same buffering as a Bus
+SUB_HWM: Final = RECEIVE_HWM
 KIND_DATA: Final = 0x44  # "D": first byte after the topic
 KIND_PROBE: Final = 0x50  # "P"
 #: Stream length kept by the XADD baseline (approximate trimming, as the bridge).

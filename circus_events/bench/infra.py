@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import zmq
 
+from .._config import DEFAULT_SUBSCRIBER_HWM
+from ..bridge.local import PULL_HWM
 from .workers import SETUP_TIMEOUT, query_bridge
 
 #: Seconds between samples of CLIENT LIST and of the bridges' memory.
@@ -35,8 +37,8 @@ BASELINE_CLIENT_PREFIX: Final = "bench-"
 BUFFER_KILL_LOG: Final = "overcoming of output buffer limits"
 
 # The buffering circus-events uses on the same local path, for the proxy baseline.
-PROXY_IN_HWM: Final = 100_000  # bridge PULL_HWM
-PROXY_OUT_HWM: Final = 50_000  # bridge subscriber_hwm default
+PROXY_IN_HWM: Final = PULL_HWM  # the same buffering as the bridge
+PROXY_OUT_HWM: Final = DEFAULT_SUBSCRIBER_HWM
 
 
 def free_port() -> int:

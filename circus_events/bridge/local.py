@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 #: Messages queued from all workers before the bridge reads them. Workers
-#: block (backpressure) past this; 100k x ~150 B is ~15 MB at most.
-PULL_HWM: Final = 100_000
+#: block (backpressure) past this. Frames: 20k x ~150 B is 3 MB, 20k full
+#: batches (16 KiB) 320 MB.
+PULL_HWM: Final = 20_000
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
