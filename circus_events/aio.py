@@ -24,7 +24,6 @@ import zmq.asyncio
 from ._client_core import (
     DEFAULT_SEND_QUEUE,
     FLUSH_RETRY,
-    HOT_GAP,
     PUBLISH_LINGER_MS,
     SYNC_RETRY,
     BusCore,
@@ -150,7 +149,6 @@ class AsyncBus:
         self._reader: asyncio.Task[None] | None = None
         #: Held while a send waits for room, so that frames leave in order.
         self._send_lock = asyncio.Lock()
-        self._last_publish = 0.0
         self._flush_scheduled = False
 
     @property
@@ -339,12 +337,11 @@ class AsyncBus:
         async with self._send_lock:  # uncontended: no wait, no loop turn
             core = self._core
             now = time.monotonic()
-            burst = now - self._last_publish < HOT_GAP
-            self._last_publish = now
+            burst = core.in_burst(now)
             batch = core.batch
             if batch is not None:
                 if core.hold(prepared):
-                    if batch.full:
+                    if batch.full or not burst:  # the burst is over: no reason to wait
                         self._send_batch_nowait()
                     return
                 await self._send_locked(core.batch_frame())  # raises: not taken

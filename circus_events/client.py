@@ -256,8 +256,6 @@ class Bus:
         options = self._core.options
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards the PUSH socket and the open batch
-        #: When publish was last called (to tell a burst from single messages).
-        self._last_publish = 0.0
         #: The receiver thread is asked to send the open batch (see _hold).
         self._flush_requested = False
         self._wake_lock = threading.Lock()  # guards the wake-up socket
@@ -323,10 +321,10 @@ class Bus:
             now = _monotonic()
             # Within HOT_GAP of a publish in this process: no fork can have come
             # between (the at-fork hook covers os.fork anyway), so no getpid().
-            if now - self._last_publish < HOT_GAP:
+            if now - self._core.last_publish < HOT_GAP:
                 joined = self._core.join(channel, data, scope)
                 if joined:
-                    self._last_publish = now
+                    self._core.last_publish = now
                     if joined == 2:
                         self._send_batch(wait=False)
                     return
@@ -491,12 +489,11 @@ class Bus:
         core = self._core
         with self._lock:
             now = _monotonic()
-            burst = now - self._last_publish < HOT_GAP
-            self._last_publish = now
+            burst = core.in_burst(now)
             batch = core.batch
             if batch is not None:
                 if core.hold(prepared):
-                    if batch.full:
+                    if batch.full or not burst:  # the burst is over: no reason to wait
                         self._send_batch(wait=False)
                     return
                 self._send_batch(wait=True)  # PublishTimeout: this message is not taken

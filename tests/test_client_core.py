@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from circus_events import Gap, MessageTooLarge
-from circus_events._client_core import BATCH_MAX_COUNT, BusCore, ClientOptions, Subscriber
+from circus_events._client_core import (
+    BATCH_MAX_COUNT,
+    BURST_MEMORY,
+    BURST_MIN,
+    HOT_GAP,
+    BusCore,
+    ClientOptions,
+    Subscriber,
+)
 from circus_events.protocol import Codec, Pattern, decode_frame, encode_batch
 
 
@@ -110,3 +118,21 @@ def test_subscribers_loading_history_hold_a_whole_batch() -> None:
     assert events is not None
     assert receiver.route(events) == [ready]
     assert loading.history is not None and loading.history.held == events
+
+
+def test_a_burst_is_held_after_burst_min_quick_follow_ups_and_at_once_after_a_pause() -> None:
+    publisher = core("pub", codec="raw")
+    now = 100.0
+    held = []
+    for _ in range(BURST_MIN + 2):
+        now += HOT_GAP / 2
+        held.append(publisher.in_burst(now))
+    # The first publish starts the burst; holding starts at the BURST_MIN-th after it.
+    assert held == [False] * BURST_MIN + [True] * 2
+    publisher.hold(publisher.prepare("ch", b"x", "cluster"))  # a batch opens
+    publisher.batch_sent()
+    now += BURST_MEMORY / 2  # preempted, not idle: the next burst batches at once
+    assert not publisher.in_burst(now)
+    assert publisher.in_burst(now + HOT_GAP / 2)
+    now += 1.0  # idle: a new burst must prove itself again
+    assert [publisher.in_burst(now + i * HOT_GAP / 2) for i in range(3)] == [False] * 3

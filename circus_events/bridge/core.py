@@ -268,7 +268,11 @@ class Bridge:
         counters = self.counters
         host = self.config.host
         accepted = frames = 0
-        for _ in range(BATCH):
+        for n in range(BATCH):
+            # Most wake-ups bring one frame: after it, asking EVENTS (1.4 us)
+            # is cheaper than the EAGAIN a second recv would raise (3.7 us).
+            if n == 1 and not _events(pull) & _POLLIN:
+                break
             try:
                 frame = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
