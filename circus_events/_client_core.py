@@ -14,7 +14,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple
 
 import zmq
@@ -236,7 +236,9 @@ class Subscriber:
     ``wake`` called once after each batch that gave it events.
 
     ``sink_many`` takes the events of one frame at once (cheaper than one
-    ``sink`` call each); without it, ``sink`` gets them one by one.
+    ``sink`` call each); without it, ``sink`` gets them one by one. An
+    asyncio subscriber's ``sink_many`` returns an awaitable when its queue is
+    full, for the reader to wait on.
     """
 
     __slots__ = ("fail", "history", "pattern", "sink", "sink_many", "wake")
@@ -247,7 +249,7 @@ class Subscriber:
         sink: Callable[[Event], Any],
         wake: Callable[[], None] | None = None,
         fail: Callable[[Exception], None] | None = None,
-        sink_many: Callable[[list[Event]], None] | None = None,
+        sink_many: Callable[[list[Event]], Awaitable[None] | None] | None = None,
     ) -> None:
         self.pattern = pattern
         self.sink = sink

@@ -55,7 +55,9 @@ class AsyncSubscription:
         self.pattern = pattern
         self._bus = bus
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
-        self.subscriber = Subscriber(pattern, self._queue.put, fail=self._fail)
+        self.subscriber = Subscriber(
+            pattern, self._queue.put, fail=self._fail, sink_many=self._put_many
+        )
         self.closed = False
 
     async def get(self, timeout: float | None = None) -> Event:
@@ -79,6 +81,20 @@ class AsyncSubscription:
             return await self.get()
         except BusClosed:
             raise StopAsyncIteration from None
+
+    def _put_many(self, events: list[Event]) -> Awaitable[None] | None:
+        """Queue a frame's events without a coroutine each; the rest waits for room."""
+        put = self._queue.put_nowait
+        for index, event in enumerate(events):
+            try:
+                put(event)
+            except asyncio.QueueFull:
+                return self._put_rest(events[index:])
+        return None
+
+    async def _put_rest(self, events: list[Event]) -> None:
+        for event in events:
+            await self._queue.put(event)
 
     def _fail(self, error: Exception) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -423,7 +439,9 @@ class AsyncBus:
                 if events is not None:
                     for subscriber in core.route(events):
                         if subscriber.sink_many is not None:
-                            subscriber.sink_many(events)
+                            waiting = subscriber.sink_many(events)
+                            if waiting is not None:  # a full queue: backpressure
+                                await waiting
                         else:
                             for event in events:
                                 await _call(subscriber.sink, event)

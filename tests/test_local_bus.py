@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import signal
@@ -293,3 +294,26 @@ def test_a_lone_publish_goes_at_once_in_a_frame_of_its_own(bridge: BridgeProcess
         assert events.get(timeout=10).data == 1  # no flush needed: nothing was held
         after = bridge.counters()
         assert after["accepted_frames"] - before["accepted_frames"] == 1
+
+
+def test_a_small_async_queue_takes_batches_with_backpressure(bridge: BridgeProcess) -> None:
+    """A batch larger than the subscription's queue waits for room: nothing lost."""
+    total = 3_000
+    directory = str(bridge.directory)
+    with Bus(dir=directory, worker="small-q-pub") as publisher, AsyncioThread() as loop:
+
+        async def read_all() -> list[int]:
+            async with AsyncBus(dir=directory, worker="small-q", queue_size=10) as bus:
+                events = bus.subscribe("smallq")
+                assert await bus.sync()
+                await asyncio.get_running_loop().run_in_executor(None, publish_all)
+                got = [(await events.get(timeout=10)).data for _ in range(total)]
+                assert bus.stats()["missed"] == 0
+                return got
+
+        def publish_all() -> None:
+            for n in range(total):
+                publisher.publish("smallq", n)
+            assert publisher.flush()
+
+        assert loop.run(read_all()) == list(range(total))
