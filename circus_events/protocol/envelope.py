@@ -161,19 +161,11 @@ def encode_batch(
     """
     count = len(payloads)
     if count == 1:
-        return encode_frame(
-            channel,
-            origin=origin,
-            host=host,
-            epoch=epoch,
-            seq=first_seq,
-            time=times[0],
-            codec=codec,
-            payload=payloads[0],
-            flags=flags,
-            target=target,
-        )
-    body = struct.pack(f"<I{count}d{count}I", count, *times, *map(len, payloads))
+        payload = payloads[0]
+    else:
+        table = struct.pack(f"<I{count}d{count}I", count, *times, *map(len, payloads))
+        payload = table + b"".join(payloads)
+        flags |= FLAG_BATCH
     return encode_frame(
         channel,
         origin=origin,
@@ -182,8 +174,8 @@ def encode_batch(
         seq=first_seq,
         time=times[0],
         codec=codec,
-        payload=body + b"".join(payloads),
-        flags=flags | FLAG_BATCH,
+        payload=payload,
+        flags=flags,
         target=target,
     )
 
