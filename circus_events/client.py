@@ -151,11 +151,24 @@ class Subscription:
         return event
 
     def _wait(self, timeout: float | None) -> Any:
-        """Block until an item arrives; take it."""
+        """Block until an item arrives; take it. Safe with several reading threads:
+        another may take the item first, and then this one waits again."""
         items = self._items
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._bus._receive_for(items, deadline) and items:
-            return items.popleft()
+        while True:
+            if not self._bus._receive_for(items, deadline):
+                self._wait_for_receiver(deadline)
+            try:
+                return items.popleft()
+            except IndexError:
+                if self.closed:
+                    raise BusClosed("subscription closed") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise queue.Empty from None
+
+    def _wait_for_receiver(self, deadline: float | None) -> None:
+        """Wait until the receiver thread has given this subscription something."""
+        items = self._items
         with self._changed:
             # Counted before items is checked again: a receiver that appended
             # and then saw no reader waiting is seen here by that check.
@@ -170,7 +183,6 @@ class Subscription:
                     self._changed.wait(remaining)
             finally:
                 self._readers_waiting -= 1
-        return items.popleft()
 
     def __iter__(self) -> Iterator[Event]:
         return self

@@ -7,6 +7,7 @@ import contextlib
 import queue
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -317,3 +318,29 @@ def test_a_small_async_queue_takes_batches_with_backpressure(bridge: BridgeProce
             assert publisher.flush()
 
         assert loop.run(read_all()) == list(range(total))
+
+
+def test_two_threads_reading_one_subscription_share_its_events(bridge: BridgeProcess) -> None:
+    """Whichever thread receives for the bus, each event goes to exactly one reader."""
+    total = 5_000
+    directory = str(bridge.directory)
+    got: list[list[int]] = [[], []]
+
+    def read(into: list[int], subscription: Subscription) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                into.append(subscription.get(timeout=1.0).data)
+
+    with Bus(dir=directory, worker="shared-reader") as reader, Bus(dir=directory) as publisher:
+        events = reader.subscribe("shared")
+        assert reader.sync()
+        threads = [threading.Thread(target=read, args=(got[n], events)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for n in range(total):
+            publisher.publish("shared", n)
+        assert publisher.flush()
+        for thread in threads:
+            thread.join(30)
+    assert sorted(got[0] + got[1]) == list(range(total))
+    assert got[0] == sorted(got[0]) and got[1] == sorted(got[1])
