@@ -38,7 +38,7 @@ from circus.plugins import CircusPlugin
 from ._client_core import BusCore, ClientOptions
 from ._config import BridgeConfig, default_dir, environ_options
 from ._exceptions import CircusEventsError, ConfigError
-from .bridge.core import Bridge
+from .bridge.core import Bridge, settle_heap
 
 __all__ = ["EventsPlugin", "PluginSettings", "parse_plugin_options"]
 
@@ -296,6 +296,7 @@ class EventsPlugin(CircusPlugin):  # type: ignore[misc]
             self._wait_for_stop()
             return
         _log_to_file(settings.log_file)
+        settle_heap()
         asyncio.run(self._serve(config, settings))
 
     async def _serve(self, config: BridgeConfig, settings: PluginSettings) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ from ..protocol import (
 )
 from .local import LocalSockets
 
-__all__ = ["BATCH", "Bridge", "run_bridge"]
+__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap"]
 
 log = logging.getLogger("circus_events.bridge")
 
@@ -624,4 +625,16 @@ def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None)
             asyncio.get_running_loop().call_soon(ready)
         await bridge.run()
 
+    settle_heap()
     asyncio.run(main())
+
+
+def settle_heap() -> None:
+    """Keep what is already loaded out of the garbage collector's way.
+
+    A bridge process lives as long as its imports; frozen, they are not
+    walked by every full collection, which would otherwise stall delivery
+    for milliseconds now and then (the p99).
+    """
+    gc.collect()
+    gc.freeze()
