@@ -10,10 +10,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from conftest import AsyncioThread, BridgeProcess, WorkerProcess, wait_until
 
-from circus_events import AsyncBus, AsyncSubscription, Bus, Event, Gap, Subscription
+from circus_events import AsyncBus, AsyncSubscription, Bus, BusClosed, Event, Gap, Subscription
 
 CHANNELS = "orders.paid,orders.refunded,users.created"
 
@@ -344,3 +345,53 @@ def test_two_threads_reading_one_subscription_share_its_events(bridge: BridgePro
             thread.join(30)
     assert sorted(got[0] + got[1]) == list(range(total))
     assert got[0] == sorted(got[0]) and got[1] == sorted(got[1])
+
+
+def test_a_reader_receiving_for_itself_hands_handlers_to_the_receiver_thread(
+    bridge: BridgeProcess,
+) -> None:
+    """A handler registered while a reader waits in get() still runs on the
+    bus's receiver thread, and both get their events."""
+    directory = str(bridge.directory)
+    handled: list[tuple[str, Any]] = []
+    read: list[Any] = []
+    with Bus(dir=directory, worker="mixed") as bus, Bus(dir=directory) as publisher:
+        events = bus.subscribe("mixed.iter")
+        assert bus.sync()
+        reader = threading.Thread(target=lambda: read.append(events.get(timeout=20).data))
+        reader.start()
+        wait_until(lambda: bus._reader_ident != 0, 10, "the reader to receive for itself")
+        bus.on("mixed.handler")(
+            lambda event: handled.append((threading.current_thread().name, event.data))
+        )
+        assert bus.sync(), "sync is answered while a reader holds the sockets"
+        publisher.publish("mixed.handler", 1)
+        publisher.publish("mixed.iter", 2)
+        assert publisher.flush()
+        reader.join(20)
+        wait_until(lambda: len(handled) == 1, 10, "the handler")
+    assert read == [2]
+    assert handled == [("circus-events-mixed", 1)]
+
+
+def test_close_ends_a_reader_that_receives_for_itself(bridge: BridgeProcess) -> None:
+    outcome: list[str] = []
+    bus = Bus(dir=str(bridge.directory), worker="closing")
+    events = bus.subscribe("never")
+    assert bus.sync()
+
+    def read() -> None:
+        try:
+            events.get(timeout=30)
+            outcome.append("event")
+        except BusClosed:
+            outcome.append("closed")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: bus._reader_ident != 0, 10, "the reader to receive for itself")
+    started = time.monotonic()
+    bus.close()
+    reader.join(10)
+    assert outcome == ["closed"]
+    assert time.monotonic() - started < 5
