@@ -103,7 +103,6 @@ from _common import (
     environment,
     per_message_ns,
     process_cpu_ns,
-    query_bridge,
     run_config,
     run_workers,
     start_workers,
@@ -115,7 +114,7 @@ from _common import (
 
 from circus_events._config import DEFAULT_RETENTION
 from circus_events.bench import baselines
-from circus_events.bench.infra import RedisServer, redis_server_version
+from circus_events.bench.infra import RedisServer, bridge_counters, redis_server_version
 from circus_events.bench.spec import CaseSpec
 
 #: Subscriber processes on host B (``--subscribers``).
@@ -292,19 +291,6 @@ class RunResult(_common.RunResult):
     bridge_counters: dict[str, dict[str, int]]
 
 
-def bridge_counters(bus_dir: str) -> dict[str, int]:
-    """The numeric counters of a bridge and of its Redis side, flat."""
-    status = query_bridge(bus_dir, NAMESPACE, "status", timeout=2.0)
-    if status is None:
-        return {}
-    flat = {k: v for k, v in status.get("counters", {}).items() if isinstance(v, int)}
-    redis_part = status.get("redis") or {}
-    for key, value in redis_part.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            flat[f"redis.{key}"] = value
-    return flat
-
-
 def run_once(
     context: Any, spec: Spec, repeat: int, infra: dict[str, Any], redis: RedisServer
 ) -> RunResult:
@@ -326,7 +312,7 @@ def run_once(
         case = spec.case_spec()
         pub, subs = start_workers(workers, publisher_main, subscriber_main, case, spec.subscribers)
         kills = redis.buffer_kills()
-        counters = {role: bridge_counters(d) for role, d in dirs.items()}
+        counters = {role: bridge_counters(d, NAMESPACE) for role, d in dirs.items()}
         cpu_before = {role: process_cpu_ns(pid) for role, pid in pids.items()}
         threads_before = {role: thread_cpu_ns(pid) for role, pid in pids.items()}
         with ClientSampler(spec.redis_port) as sampler:
@@ -335,7 +321,7 @@ def run_once(
             threads_after = {role: thread_cpu_ns(pid) for role, pid in pids.items()}
         kills = redis.buffer_kills() - kills
         for role, d in dirs.items():
-            after = bridge_counters(d)
+            after = bridge_counters(d, NAMESPACE)
             counters[role] = {
                 k: v - counters[role].get(k, 0)
                 for k, v in after.items()

@@ -355,12 +355,25 @@ class OpenBatch:
         #: (time and length) plus the payload per message.
         self.size = prepared.overhead + 4 + 12 + len(prepared.payload)
 
+    def add(self, payload: bytes) -> int:
+        """Add a numbered message: 0 if there is no room (nothing added), 1 if
+        added, 2 if added and now full (no room for another of about the same
+        size: the batch should leave)."""
+        payloads = self.payloads
+        count = len(payloads)
+        size = self.size + 12 + len(payload)
+        if size > self.limit or count >= BATCH_MAX_COUNT:
+            return 0
+        self.size = size
+        self.times.append(_time())
+        payloads.append(payload)
+        count += 1
+        return 2 if count >= BATCH_MAX_COUNT or size * (count + 1) > self.limit * count else 1
+
     @property
     def full(self) -> bool:
-        """No room for another message of about the same size."""
-        return len(self.payloads) >= BATCH_MAX_COUNT or self.size * (len(self.payloads) + 1) > (
-            self.limit * len(self.payloads)
-        )
+        count = len(self.payloads)
+        return count >= BATCH_MAX_COUNT or self.size * (count + 1) > self.limit * count
 
 
 class BusCore:
@@ -496,11 +509,12 @@ class BusCore:
         self._seqs[prepared.seq_key] = self._seqs.get(prepared.seq_key, 0) + 1
         self.published += 1
 
-    def hold(self, prepared: Prepared) -> bool:
+    def hold(self, prepared: Prepared) -> int:
         """Number the message and add it to the open batch, or open one.
 
-        Returns False, holding nothing, if the open batch cannot take it
-        (another channel, or no room): the caller sends the batch first.
+        Returns 0, holding nothing, if the open batch cannot take it (another
+        channel, or no room): the caller sends the batch first. Else 1, or 2
+        when the batch is now full (see :meth:`OpenBatch.add`).
         """
         batch = self.batch
         if batch is None:
@@ -512,20 +526,14 @@ class BusCore:
             if target is None and codec == self.options.codec:
                 scope = "host" if flags & FLAG_HOST_ONLY else "cluster"
             self.batch = OpenBatch(prepared, seq, time.time(), limit, scope)
-        else:
-            size = batch.size + 12 + len(prepared.payload)
-            payloads = batch.payloads
-            if (
-                prepared.key != batch.prepared.key
-                or size > batch.limit
-                or len(payloads) >= BATCH_MAX_COUNT
-            ):
-                return False
-            batch.size = size
-            batch.times.append(time.time())
-            payloads.append(prepared.payload)
-        self.published += 1
-        return True
+            self.published += 1
+            return 2 if self.batch.full else 1
+        if prepared.key != batch.prepared.key:
+            return 0
+        added = batch.add(prepared.payload)
+        if added:
+            self.published += 1
+        return added
 
     def in_burst(self, now: float) -> bool:
         """Record a publish at ``now`` (monotonic); True if it should be held in
@@ -546,18 +554,10 @@ class BusCore:
         batch = self.batch
         if batch is None or channel != batch.channel or scope != batch.scope:
             return 0
-        payload = encode_payload(self.options.codec, data)
-        payloads = batch.payloads
-        size = batch.size + 12 + len(payload)
-        count = len(payloads)
-        if size > batch.limit or count >= BATCH_MAX_COUNT:
-            return 0
-        batch.size = size
-        batch.times.append(_time())
-        payloads.append(payload)
-        self.published += 1
-        count += 1
-        return 2 if count >= BATCH_MAX_COUNT or size * (count + 1) > batch.limit * count else 1
+        added = batch.add(encode_payload(self.options.codec, data))
+        if added:
+            self.published += 1
+        return added
 
     def batch_frame(self) -> bytes:
         """The open batch as one frame; it stays open until :meth:`batch_sent`."""

@@ -356,8 +356,9 @@ class AsyncBus:
             burst = core.in_burst(now)
             batch = core.batch
             if batch is not None:
-                if core.hold(prepared):
-                    if batch.full or not burst:  # the burst is over: no reason to wait
+                held = core.hold(prepared)
+                if held:
+                    if held == 2 or not burst:  # full, or the burst is over
                         self._send_batch_nowait()
                     return
                 await self._send_locked(core.batch_frame())  # raises: not taken

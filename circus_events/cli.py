@@ -17,7 +17,7 @@ from typing import Any, Final, NoReturn
 import click
 import zmq
 
-from ._config import BridgeConfig, environ_options
+from ._config import DEFAULT_SUBSCRIBER_HWM, BridgeConfig, environ_options
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
 from ._version import __version__
@@ -97,7 +97,9 @@ def cli(verbose: int) -> None:
 @click.option("--stats-interval", help="Seconds between presence updates in Redis [5].")
 @click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
 @click.option(
-    "--subscriber-hwm", help="Messages queued per local subscriber before it loses some [50000]."
+    "--subscriber-hwm",
+    help="Frames (a message, or a batch of up to 16 KiB) queued per local subscriber "
+    f"before it loses some [{DEFAULT_SUBSCRIBER_HWM}].",
 )
 @click.option("--retention", help="Stream mode: entries kept per stream, XADD MAXLEN ~ [100000].")
 @click.option("--stream-shards", help="Stream mode: streams per namespace, by channel hash [1].")

@@ -504,8 +504,9 @@ class Bus:
             burst = core.in_burst(now)
             batch = core.batch
             if batch is not None:
-                if core.hold(prepared):
-                    if batch.full or not burst:  # the burst is over: no reason to wait
+                held = core.hold(prepared)
+                if held:
+                    if held == 2 or not burst:  # full, or the burst is over
                         self._send_batch(wait=False)
                     return
                 self._send_batch(wait=True)  # PublishTimeout: this message is not taken

@@ -15,6 +15,7 @@ for the scripts there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,11 +26,14 @@ import subprocess
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import zmq
+
+if TYPE_CHECKING:
+    from circus_events import Bus
 
 PAYLOAD_BYTES: Final = 100
 STAMP: Final = struct.Struct("<Q")
@@ -164,8 +168,14 @@ def ce_publisher_main(spec: WorkerSpec, conn: Connection) -> None:
     conn.send(PublisherResult(first, last, spec.messages, max_lag, flushed, cpu))
 
 
-def ce_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -> None:
-    """A subscriber reading ``Bus.subscribe(...)`` with ``get``."""
+Made = TypeVar("Made")
+
+
+@contextlib.contextmanager
+def _subscribed(
+    spec: WorkerSpec, conn: Connection, index: int, subscribe: Callable[[Bus], Made]
+) -> Iterator[tuple[Bus, Made]]:
+    """A subscriber's Bus: ``subscribe(bus)`` made, synced, the parent told "ready"."""
     from circus_events import Bus  # noqa: PLC0415
 
     target = spec.sub_bus
@@ -176,10 +186,19 @@ def ce_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -> None:
         worker=f"bench-subscriber-{index}",
         codec=spec.codec,
     ) as bus:
-        subscription = bus.subscribe(spec.channel)
+        made = subscribe(bus)
         if not bus.sync(SETUP_TIMEOUT):
             raise RuntimeError(f"subscriber {index}: the bridge did not confirm the subscription")
         conn.send("ready")
+        yield bus, made
+
+
+def ce_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -> None:
+    """A subscriber reading ``Bus.subscribe(...)`` with ``get``."""
+    with _subscribed(spec, conn, index, lambda bus: bus.subscribe(spec.channel)) as (
+        bus,
+        subscription,
+    ):
         cpu = time.process_time_ns()
         get = subscription.get
         now = time.monotonic_ns
@@ -209,7 +228,7 @@ def ce_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -> None:
 
 def ce_handler_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -> None:
     """Like ``ce_subscriber_main``, with a ``Bus.on`` handler (on the receiver thread)."""
-    from circus_events import Bus, Event  # noqa: PLC0415
+    from circus_events import Event  # noqa: PLC0415
 
     done = threading.Event()
     samples = array("q")
@@ -230,18 +249,7 @@ def ce_handler_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) -
         if count + 1 >= spec.messages:
             done.set()
 
-    target = spec.sub_bus
-    with Bus(
-        dir=target.dir,
-        namespace=target.namespace,
-        host=target.host,
-        worker=f"bench-subscriber-{index}",
-        codec=spec.codec,
-    ) as bus:
-        bus.on(spec.channel)(handle)
-        if not bus.sync(SETUP_TIMEOUT):
-            raise RuntimeError(f"subscriber {index}: the bridge did not confirm the subscription")
-        conn.send("ready")
+    with _subscribed(spec, conn, index, lambda bus: bus.on(spec.channel)(handle)) as (bus, _):
         cpu = time.process_time_ns()
         seen, since, limit = 0, time.monotonic(), SETUP_TIMEOUT
         while not done.wait(0.2):  # progress check, the handler sets ``done``
@@ -403,20 +411,11 @@ def ce_timeline_subscriber_main(spec: WorkerSpec, conn: Connection, index: int) 
     Its ``latencies`` field carries the receive times (``monotonic_ns``), so
     the parent can draw delivered msg/s over time.
     """
-    from circus_events import Bus  # noqa: PLC0415
 
-    target = spec.sub_bus
-    with Bus(
-        dir=target.dir,
-        namespace=target.namespace,
-        host=target.host,
-        worker=f"bench-subscriber-{index}",
-        codec=spec.codec,
-    ) as bus:
-        subscription = bus.subscribe(spec.channel)
-        if not bus.sync(SETUP_TIMEOUT):
-            raise RuntimeError(f"subscriber {index}: the bridge did not confirm the subscription")
-        conn.send("ready")
+    with _subscribed(spec, conn, index, lambda bus: bus.subscribe(spec.channel)) as (
+        bus,
+        subscription,
+    ):
         cpu = time.process_time_ns()
         get = subscription.get
         now = time.monotonic_ns
