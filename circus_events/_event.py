@@ -95,6 +95,13 @@ class RawEvent(Event):
 
     __slots__ = ()
 
+    def __init__(self, envelope: Envelope, seq: int, time: float, payload: bytes) -> None:
+        # As Event's, less the decoded-data slot that ``data`` never reads here.
+        self._envelope = envelope
+        self.seq = seq
+        self.time = time
+        self.payload = payload
+
     data = property(attrgetter("payload"), doc="The payload bytes (the raw codec).")
 
 

@@ -339,6 +339,9 @@ class Bus:
                     self._core.last_publish = now
                     if joined == 2:
                         self._send_batch(wait=False)
+                        # The gap to the next publish starts after this send
+                        # (waking ZeroMQ's I/O thread can take longer than HOT_GAP).
+                        self._core.last_publish = _monotonic()
                     return
         if self._pid != _getpid():
             self._check_process()
@@ -500,24 +503,31 @@ class Bus:
         """
         core = self._core
         with self._lock:
-            now = _monotonic()
-            burst = core.in_burst(now)
-            batch = core.batch
-            if batch is not None:
-                held = core.hold(prepared)
-                if held:
-                    if held == 2 or not burst:  # full, or the burst is over
-                        self._send_batch(wait=False)
-                    return
-                self._send_batch(wait=True)  # PublishTimeout: this message is not taken
-            if burst:
-                core.hold(prepared)
-                if not self._flush_requested:
-                    self._flush_requested = True
-                    self._poke()
+            try:
+                self._publish_locked(core, prepared)
+            finally:
+                # The gap to the next publish counts from here: a send that
+                # waited for room is not the caller slowing down.
+                core.last_publish = _monotonic()
+
+    def _publish_locked(self, core: BusCore, prepared: Prepared) -> None:
+        burst = core.in_burst(_monotonic())
+        batch = core.batch
+        if batch is not None:
+            held = core.hold(prepared)
+            if held:
+                if held == 2 or not burst:  # full, or the burst is over
+                    self._send_batch(wait=False)
                 return
-            self._send_locked(core.single_frame(prepared))
-            core.commit(prepared)
+            self._send_batch(wait=True)  # PublishTimeout: this message is not taken
+        if burst:
+            core.hold(prepared)
+            if not self._flush_requested:
+                self._flush_requested = True
+                self._poke()
+            return
+        self._send_locked(core.single_frame(prepared))
+        core.commit(prepared)
 
     def _send(self, frame: bytes, timeout: float | None = None) -> None:
         """Send a frame made elsewhere (a flush marker), after any held batch."""
@@ -567,10 +577,10 @@ class Bus:
         if not self._lock.acquire(blocking=False):
             return  # a publisher holds the socket: it sends the batch, or we look again
         try:
-            if self._core.batch is not None:
-                self._send_batch(wait=False)
-            else:
+            if self._core.batch is None:
                 self._flush_requested = False
+            elif self._core.batch_due(_monotonic()):
+                self._send_batch(wait=False)
         finally:
             self._lock.release()
 

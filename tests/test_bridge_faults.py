@@ -132,7 +132,8 @@ def test_a_full_queue_raises_publish_timeout(bridge_factory: Callable[..., Bridg
     bridge = bridge_factory(start=False)
     with Bus(dir=str(bridge.directory), send_queue=50, publish_timeout=0.2) as bus:
         with pytest.raises(PublishTimeout, match="is the bridge running") as raised:
-            for n in range(10_000):
+            # The queue counts frames: a burst fills it 256 messages to a batch.
+            for n in range(100_000):
                 bus.publish("stuck", n)
         assert isinstance(raised.value, TimeoutError)
         bridge.start()

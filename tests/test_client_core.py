@@ -9,6 +9,7 @@ import pytest
 from circus_events import Gap, MessageTooLarge
 from circus_events._client_core import (
     BATCH_MAX_COUNT,
+    BATCH_MAX_WAIT,
     BURST_MEMORY,
     BURST_MIN,
     HOT_GAP,
@@ -136,3 +137,25 @@ def test_a_burst_is_held_after_burst_min_quick_follow_ups_and_at_once_after_a_pa
     assert publisher.in_burst(now + HOT_GAP / 2)
     now += 1.0  # idle: a new burst must prove itself again
     assert [publisher.in_burst(now + i * HOT_GAP / 2) for i in range(3)] == [False] * 3
+
+
+def test_a_filling_batch_is_due_when_its_publisher_pauses_or_it_is_old() -> None:
+    """The receiver thread sends a held batch only then: cutting batches that
+    still fill made frames three times as many at full speed."""
+    publisher = core("pub", codec="raw")
+    opened = 100.0
+    for i in range(BURST_MIN + 1):
+        publisher.in_burst(opened - (BURST_MIN - i) * HOT_GAP / 2)
+    publisher.hold(publisher.prepare("ch", b"x", "cluster"))
+    # Publishing goes on: not due, until the batch is BATCH_MAX_WAIT old.
+    now = opened + HOT_GAP / 2
+    while now - opened < BATCH_MAX_WAIT:
+        assert not publisher.batch_due(now)
+        publisher.last_publish = now
+        now += HOT_GAP / 2
+    assert publisher.batch_due(now)
+    # A pause of HOT_GAP after the last publish: due, however young the batch.
+    publisher.batch_sent()
+    publisher.hold(publisher.prepare("ch", b"y", "cluster"))
+    assert not publisher.batch_due(publisher.last_publish)
+    assert publisher.batch_due(publisher.last_publish + HOT_GAP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from itertools import pairwise
 from typing import NamedTuple
 
 import pytest
@@ -24,7 +25,9 @@ from circus_events.protocol.envelope import (
     VERSION,
     Envelope,
     batch_items,
+    check_frame,
     decode_frame,
+    decode_messages,
     encode_batch,
     encode_frame,
     frame_from_redis,
@@ -399,7 +402,14 @@ def test_decode_garbage_raises_only_protocol_error(garbage: bytes) -> None:
     try:
         decoded = decode_frame(garbage)
     except ProtocolError:
+        # A relay and a receiver of single messages refuse exactly the same.
+        with pytest.raises(ProtocolError):
+            check_frame(garbage)
+        with pytest.raises(ProtocolError):
+            decode_messages(garbage)
         return
+    assert check_frame(garbage) == decoded._replace(payload=b"")
+    assert_messages_match(garbage, decoded)
     assert isinstance(decoded, Envelope)
     # Whatever decodes is a message one could have sent (pad bytes aside).
     again = Message(*decoded._replace(flags=decoded.flags & ~FLAG_DIRECT)[:10]).encode()
@@ -479,6 +489,31 @@ def test_batch_layout() -> None:
     decoded = decode_frame(frame)
     assert (decoded.messages, decoded.seq, decoded.time, decoded.payload) == (2, 2, 0.5, body)
     assert batch_items(decoded) == ((0.5, 0.75), [b"ab", b"c"])
+    assert check_frame(frame) == decoded._replace(payload=b"")
+    envelope, times, bounds = decode_messages(frame)
+    assert (envelope, times) == (decoded._replace(payload=b""), (0.5, 0.75))
+    assert [frame[a:b] for a, b in pairwise(bounds)] == [b"ab", b"c"]
+
+
+def assert_messages_match(frame: bytes, decoded: Envelope) -> None:
+    """decode_messages gives what decode_frame and single_envelopes give."""
+    envelope, times, bounds = decode_messages(frame)
+    assert envelope == decoded._replace(payload=b"")
+    singles = single_envelopes(decoded)
+    assert list(times) == [single.time for single in singles]
+    assert [frame[a:b] for a, b in pairwise(bounds)] == [single.payload for single in singles]
+    assert bounds[-1] == len(frame)
+
+
+def test_messages_of_a_plain_frame() -> None:
+    frame = make_frame(payload=b"{}")
+    assert_messages_match(frame, decode_frame(frame))
+
+
+def test_batch_times_may_be_huge_if_finite() -> None:
+    """Finite times whose sum overflows are still finite times."""
+    body = _batch_body(2, [1.7e308, 1.7e308], [1, 1], b"ab")
+    assert decode_frame(make_frame(flags=FLAG_BATCH, payload=body)).messages == 2
 
 
 def test_a_batch_of_one_is_a_plain_frame() -> None:
@@ -499,6 +534,7 @@ def test_batch_round_trip(batch: Batch) -> None:
     assert decoded.messages == len(batch.payloads)
     assert (decoded.channel, decoded.origin, decoded.host) == (m.channel, m.origin, m.host)
     assert (decoded.epoch, decoded.seq, decoded.target) == (m.epoch, m.seq, m.target)
+    assert_messages_match(frame, decoded)
     singles = single_envelopes(decoded)
     flags = m.flags | (FLAG_DIRECT if m.target is not None else 0)
     assert singles == [
@@ -532,6 +568,16 @@ BAD_BATCHES: list[tuple[bytes, str]] = [
     ),
     (
         make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [0.5, float("nan")], [1, 1], b"ab")),
+        "not a finite number",
+    ),
+    (
+        make_frame(flags=FLAG_BATCH, payload=_batch_body(2, [float("inf"), 0.5], [1, 1], b"ab")),
+        "not a finite number",
+    ),
+    (
+        make_frame(
+            flags=FLAG_BATCH, payload=_batch_body(2, [1.7e308, float("-inf")], [1, 1], b"ab")
+        ),
         "not a finite number",
     ),
     (

@@ -51,6 +51,7 @@ from ..protocol import (
     Pattern,
     SequenceTracker,
     SubscriptionTopic,
+    check_frame,
     decode_frame,
     encode_frame,
     inbox_channel,
@@ -286,7 +287,7 @@ class Bridge:
                 self._discard_rest(pull)
                 continue
             try:
-                env = decode_frame(frame)
+                env = check_frame(frame)
             except ProtocolError as exc:
                 # Workers send one frame per message; the rest of a multipart
                 # one goes with its first part. (RCVMORE is only read here: it
@@ -313,7 +314,7 @@ class Bridge:
         if self._sockets is None or self._stopping.is_set():
             return False
         try:
-            env = decode_frame(frame)
+            env = check_frame(frame)
         except ProtocolError as exc:
             self.counters["rejected_malformed"] += 1
             self._note_bad_frame(exc)
@@ -337,7 +338,7 @@ class Bridge:
                 self.counters["rejected_oversized"] += 1
                 continue
             try:
-                env = decode_frame(frame)
+                env = check_frame(frame)
             except ProtocolError as exc:
                 self.counters["rejected_malformed"] += 1
                 self._note_bad_frame(exc)

@@ -43,7 +43,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .._exceptions import ChannelError, ProtocolError
 from .codec import Codec
@@ -61,7 +61,9 @@ __all__ = [
     "VERSION",
     "Envelope",
     "batch_items",
+    "check_frame",
     "decode_frame",
+    "decode_messages",
     "encode_batch",
     "encode_frame",
     "frame_from_redis",
@@ -202,24 +204,28 @@ def single_envelopes(envelope: Envelope) -> list[Envelope]:
     ]
 
 
-def _batch_count(body: bytes, seq: int) -> int:
-    """Check a batch body's layout; return its message count."""
-    if len(body) < _BATCH_COUNT.size:
+def _batch_table(frame: bytes, start: int, seq: int) -> tuple[Any, ...]:
+    """Check the layout of the batch body at ``frame[start:]``; return its
+    table: ``count`` times, then ``count`` payload lengths."""
+    size = len(frame) - start
+    if size < _BATCH_COUNT.size:
         raise ProtocolError("batch has no message count")
-    (count,) = _BATCH_COUNT.unpack_from(body)
+    (count,) = _BATCH_COUNT.unpack_from(frame, start)
     if not 2 <= count <= MAX_BATCH_COUNT:
         raise ProtocolError(f"batch of {count} messages (a batch holds 2 to {MAX_BATCH_COUNT})")
     table = 4 + 12 * count
-    if len(body) < table:
+    if size < table:
         raise ProtocolError("batch is shorter than its table of times and lengths")
-    fields = struct.unpack_from(f"<{count}d{count}I", body, 4)
-    if sum(fields[count:]) != len(body) - table:
+    fields = struct.unpack_from(f"<{count}d{count}I", frame, start + 4)
+    if sum(fields[count:]) != size - table:
         raise ProtocolError("batch payload lengths do not add up to its size")
-    if not all(map(math.isfinite, fields[:count])):
+    # A finite sum means finite times (inf and nan carry through a sum), at a
+    # third of the cost of testing each; an overflowing sum tests each.
+    if not math.isfinite(sum(fields[:count])) and not all(map(math.isfinite, fields[:count])):
         raise ProtocolError("message time is not a finite number")
     if seq + count - 1 > _MAX_SEQ:
         raise ProtocolError("batch sequence numbers overflow")
-    return int(count)
+    return fields
 
 
 _MAX_SEQ: Final = (1 << 64) - 1
@@ -236,10 +242,40 @@ def split_topic(frame: bytes) -> int:
 def decode_frame(frame: bytes) -> Envelope:
     """Decode and validate a frame; raise :class:`ProtocolError` if malformed."""
     end = split_topic(frame)
-    return _decode_after_topic(frame, frame[:end], end + 1)
+    return _decode_after_topic(frame, frame[:end], end + 1, True)[0]
 
 
-def _decode_after_topic(frame: bytes, topic: bytes, start: int) -> Envelope:
+def check_frame(frame: bytes) -> Envelope:
+    """Validate a frame like :func:`decode_frame`, but leave its payload out
+    (``payload`` is empty): a relay forwards the frame itself, and copying
+    a 16 KiB batch body to look at its header was a fifth of its work."""
+    end = split_topic(frame)
+    return _decode_after_topic(frame, frame[:end], end + 1, False)[0]
+
+
+def decode_messages(frame: bytes) -> tuple[Envelope, Sequence[float], list[int]]:
+    """Decode and validate a frame for a receiver that takes its messages one
+    by one: the envelope (``payload`` left empty), each message's time, and
+    where each payload lies in ``frame``. Message ``i`` has the sequence
+    number ``envelope.seq + i`` and the payload ``frame[bounds[i]:bounds[i + 1]]``.
+
+    Slicing payloads straight from the frame saves copying a batch's body
+    and reading its table twice.
+    """
+    end = split_topic(frame)
+    envelope, body, table = _decode_after_topic(frame, frame[:end], end + 1, False)
+    if table is None:
+        return envelope, (envelope.time,), [body, len(frame)]
+    count = envelope.messages
+    bounds = list(accumulate(table[count:], initial=body + 4 + 12 * count))
+    return envelope, table[:count], bounds
+
+
+def _decode_after_topic(
+    frame: bytes, topic: bytes, start: int, keep_payload: bool
+) -> tuple[Envelope, int, tuple[Any, ...] | None]:
+    """The envelope (with its payload or not), where the payload (or batch
+    body) starts, and a batch's table (None for one message)."""
     if len(frame) < start + HEADER.size:
         raise ProtocolError(f"frame of {len(frame)} bytes is shorter than its header")
     version, flags, codec, n_origin, n_host, n_direct, epoch, seq, when = HEADER.unpack_from(
@@ -279,9 +315,17 @@ def _decode_after_topic(frame: bytes, topic: bytes, start: int) -> Envelope:
         channel = _name(frame[mid + n_host : end], _SYSTEM, _validate_system_channel)
     else:
         raise ProtocolError("only a direct message carries a second channel")
-    payload = frame[end:]
-    count = _batch_count(payload, seq) if flags & FLAG_BATCH else 1
-    return Envelope(channel, origin, host, epoch, seq, when, codec, flags, payload, target, count)
+    if flags & FLAG_BATCH:
+        table = _batch_table(frame, end, seq)
+        count = len(table) // 2
+    else:
+        table = None
+        count = 1
+    payload = frame[end:] if keep_payload else b""
+    envelope = Envelope(
+        channel, origin, host, epoch, seq, when, codec, flags, payload, target, count
+    )
+    return envelope, end, table
 
 
 def _validate_system_channel(name: str) -> bytes:
