@@ -351,24 +351,30 @@ class AsyncBus:
         burst; a held batch leaves when full, before any other frame, or on the
         loop's next turn (the same rule as :meth:`Bus._publish`)."""
         async with self._send_lock:  # uncontended: no wait, no loop turn
-            core = self._core
-            now = time.monotonic()
-            burst = core.in_burst(now)
-            batch = core.batch
-            if batch is not None:
-                held = core.hold(prepared)
-                if held:
-                    if held == 2 or not burst:  # full, or the burst is over
-                        self._send_batch_nowait()
-                    return
-                await self._send_locked(core.batch_frame())  # raises: not taken
-                core.batch_sent()
-            if burst:
-                core.hold(prepared)
-                self._schedule_flush()
+            try:
+                await self._publish_locked(prepared)
+            finally:
+                # As in Bus: the gap to the next publish counts from here.
+                self._core.last_publish = time.monotonic()
+
+    async def _publish_locked(self, prepared: Prepared) -> None:
+        core = self._core
+        burst = core.in_burst(time.monotonic())
+        batch = core.batch
+        if batch is not None:
+            held = core.hold(prepared)
+            if held:
+                if held == 2 or not burst:  # full, or the burst is over
+                    self._send_batch_nowait()
                 return
-            await self._send_locked(core.single_frame(prepared))
-            core.commit(prepared)
+            await self._send_locked(core.batch_frame())  # raises: not taken
+            core.batch_sent()
+        if burst:
+            core.hold(prepared)
+            self._schedule_flush()
+            return
+        await self._send_locked(core.single_frame(prepared))
+        core.commit(prepared)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
