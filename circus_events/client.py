@@ -140,7 +140,9 @@ class Subscription:
             item = self._wait(timeout)
         if item.__class__ in _EVENT_KINDS and not self._want_room:
             return item
-        if self._want_room:
+        if self._want_room and len(self._items) <= self._size >> 1:
+            # The receiver waits for room: wake it once half the queue is free,
+            # not at every event (a lock round trip each).
             self._notify()
         if isinstance(item, Failure):
             raise item.error
