@@ -336,7 +336,7 @@ class Bus:
             # Within HOT_GAP of a publish in this process: no fork can have come
             # between (the at-fork hook covers os.fork anyway), so no getpid().
             if now - self._core.last_publish < HOT_GAP:
-                joined = self._core.join(channel, data, scope)
+                joined = self._core.join(channel, data, scope, now)
                 if joined:
                     self._core.last_publish = now
                     if joined == 2:

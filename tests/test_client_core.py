@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -159,3 +160,17 @@ def test_a_filling_batch_is_due_when_its_publisher_pauses_or_it_is_old() -> None
     publisher.hold(publisher.prepare("ch", b"y", "cluster"))
     assert not publisher.batch_due(publisher.last_publish)
     assert publisher.batch_due(publisher.last_publish + HOT_GAP)
+
+
+def test_batched_messages_carry_their_own_publish_times() -> None:
+    publisher = core("pub", codec="raw")
+    before = time.time()
+    publisher.last_publish = time.monotonic()
+    assert publisher.hold(publisher.prepare("ch", b"a", "cluster"))
+    for payload in (b"b", b"c"):
+        assert publisher.join("ch", payload, "cluster", time.monotonic())
+    after = time.time()
+    events = core("sub").accept(publisher.batch_frame()) or []
+    times = [event.time for event in events]
+    assert [event.payload for event in events] == [b"a", b"b", b"c"]
+    assert before - 0.001 <= times[0] <= times[1] <= times[2] <= after + 0.001
