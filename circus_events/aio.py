@@ -349,7 +349,8 @@ class AsyncBus:
     async def _publish(self, prepared: Prepared) -> None:
         """Send one message now, or hold it in a batch when publishes come in a
         burst; a held batch leaves when full, before any other frame, or on the
-        loop's next turn (the same rule as :meth:`Bus._publish`)."""
+        loop's next turn (a publishing task that never yields fills it first;
+        :meth:`Bus._publish` has a receiver thread that sends it when due)."""
         async with self._send_lock:  # uncontended: no wait, no loop turn
             try:
                 await self._publish_locked(prepared)

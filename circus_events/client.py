@@ -500,8 +500,9 @@ class Bus:
         """Send one message now, or hold it in a batch when publishes come in a burst.
 
         A held batch leaves when it is full, when a different message needs
-        the socket, or when the receiver thread gets to it (asked at once), so
-        holding adds no wait of its own.
+        the socket, with the publish that ends the burst, or from the receiver
+        thread once it is due (:meth:`BusCore.batch_due`): holding adds at
+        most about BATCH_MAX_WAIT plus one look of the receiver thread.
         """
         core = self._core
         with self._lock:
@@ -573,8 +574,10 @@ class Bus:
     def _watch_held(self) -> None:
         """On the receiver thread: send a held batch nobody else sent.
 
-        Woken once when a burst starts, it then looks every _HELD_WATCH_MS and
-        stops watching when it finds no batch open (the burst is over).
+        Woken once when a burst starts, it then looks every _HELD_WATCH_MS,
+        sends the batch once it is due (its publisher paused, or it is
+        BATCH_MAX_WAIT old: sending a batch still filling cut batches short),
+        and stops watching when it finds no batch open (the burst is over).
         """
         if not self._lock.acquire(blocking=False):
             return  # a publisher holds the socket: it sends the batch, or we look again
