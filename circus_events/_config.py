@@ -9,14 +9,17 @@ that reads the environment, and only when asked (:func:`environ_options`).
 from __future__ import annotations
 
 import dataclasses
+import grp
 import hashlib
+import math
 import os
+import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 from ._exceptions import ChannelError, ConfigError
+from ._redis_url import RedisAddress, check_tls_files, parse_redis_url
 from .protocol.envelope import NODE_ID_BYTES
 from .protocol.topics import validate_worker_id
 
@@ -25,10 +28,15 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_NAMESPACE",
     "ENV_PREFIX",
+    "NUMERIC_OPTIONS",
     "BridgeConfig",
+    "NumberSpec",
     "SocketPaths",
     "default_dir",
+    "environ_labels",
     "environ_options",
+    "parse_number",
+    "relabel",
     "socket_paths",
 ]
 
@@ -48,6 +56,30 @@ DEFAULT_STATS_INTERVAL: Final = 5.0
 DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
+
+# The largest value each numeric option takes (a bigger one is a typo or an attack,
+# and some would overflow what they are handed to: a C int in libzmq, a Redis EX).
+#: 64 MiB: Redis refuses values over 512 MB, and every queue that holds messages
+#: (per subscriber, the outbound buffer) multiplies this; bigger data belongs elsewhere.
+MAX_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+#: The smallest max_message_bytes: the envelope header and a short payload must fit.
+MIN_MAX_MESSAGE_BYTES: Final = 1024
+#: 4 GiB: the outbound buffer is memory held while Redis is away; more is rarely spare.
+MAX_BUFFER_MAX_BYTES: Final = 4 * 1024**3
+#: Stream mode: 100 million entries per stream, about 20 GB of Redis memory at 200 B each.
+MAX_RETENTION: Final = 100_000_000
+#: Stream mode: every bridge reads every shard in one XREAD; 1024 streams is already a lot.
+MAX_STREAM_SHARDS: Final = 1024
+#: Presence records are written at most ten times a second...
+MIN_STATS_INTERVAL: Final = 0.1
+#: ...and at least once an hour: a record lives three intervals, so a dead host
+#: stays in ``status --all`` for at most three hours.
+MAX_STATS_INTERVAL: Final = 3600.0
+#: Frames per local subscriber. libzmq counts in a C int; a million frames of up to
+#: 16 KiB is already 16 GiB for one stuck worker, far past any useful queue.
+MAX_SUBSCRIBER_HWM: Final = 1_000_000
+#: Redis key and channel names start with the prefix; keep it short and readable.
+MAX_REDIS_PREFIX_CHARS: Final = 128
 
 Mode = Literal["pubsub", "stream"]
 
@@ -95,24 +127,52 @@ def socket_paths(directory: str, namespace: str) -> SocketPaths:
     return paths
 
 
-def _parse_int(key: str, value: object, minimum: int = 0) -> int:
-    try:
-        number = int(str(value).replace("_", "")) if not isinstance(value, int) else value
-    except ValueError:
-        raise ConfigError(key, f"{value!r} is not a whole number") from None
-    if number < minimum:
-        raise ConfigError(key, f"{number} is below the minimum of {minimum}")
-    return number
+@dataclasses.dataclass(frozen=True, slots=True)
+class NumberSpec:
+    """A numeric option: whole (``int``) or not (``float``), within ``[minimum, maximum]``."""
+
+    kind: type[int] | type[float]
+    minimum: int | float
+    maximum: int | float
 
 
-def _parse_float(key: str, value: object, minimum: float = 0.0) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"{value!r} is not a number") from None
-    if not number >= minimum:
-        raise ConfigError(key, f"{number} is below the minimum of {minimum}")
-    return number
+#: Whole numbers as text: digits, an optional sign and ``_`` separators.
+_WHOLE: Final = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*", re.ASCII)
+#: Longer whole numbers are refused as too large without converting them.
+_WHOLE_MAX_CHARS: Final = 40
+
+
+def parse_number(key: str, value: object, spec: NumberSpec) -> Any:
+    """``value`` (text or a number) as ``spec.kind``; finite and in range, or ConfigError."""
+    number: int | float
+    if isinstance(value, str):
+        text = value.strip()
+        if spec.kind is int:
+            if not _WHOLE.fullmatch(text):
+                raise ConfigError(key, f"{value!r} is not a whole number")
+            if len(text) > _WHOLE_MAX_CHARS:
+                raise ConfigError(key, f"{text[:20]}... is far above the maximum of {spec.maximum}")
+            number = int(text)
+        else:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ConfigError(key, f"{value!r} is not a number") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"{value!r} is not a number (it is a {type(value).__name__})")
+    elif spec.kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(key, f"{value!r} is not a whole number")
+        number = int(value)
+    else:
+        number = value
+    if not math.isfinite(number):
+        raise ConfigError(key, f"{value!r} is not a finite number")
+    if number < spec.minimum:
+        raise ConfigError(key, f"{number} is below the minimum of {spec.minimum}")
+    if number > spec.maximum:
+        raise ConfigError(key, f"{number} is above the maximum of {spec.maximum}")
+    return spec.kind(number)
 
 
 def _parse_list(value: object) -> tuple[str, ...]:
@@ -132,37 +192,33 @@ def _check_namespace(value: object) -> str:
 
 
 def _check_redis_url(value: object) -> str | None:
+    """The whole URL (see :mod:`._redis_url`) and its TLS files, checked now, not at connect."""
     if value is None or str(value).strip() == "":
         return None
     url = str(value).strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            "redis_url", f"scheme {parts.scheme!r} is not redis://, rediss:// or unix://"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError("redis_url", "the URL names no host")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError("redis_url", "the port is not a number from 0 to 65535") from None
+    check_tls_files(parse_redis_url(url))
     return url
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BridgeConfig:
-    """Everything a bridge needs; build with :meth:`from_options`."""
+    """Everything a bridge needs; build with :meth:`from_options`.
+
+    Every field is checked (and text parsed) when the config is made, however
+    it is made: a bridge never binds anything with a value it would refuse
+    later. ``repr`` leaves out the Redis URL and the signing key.
+    """
 
     dir: str = dataclasses.field(default_factory=default_dir)
     namespace: str = DEFAULT_NAMESPACE
     host: str = dataclasses.field(default_factory=default_host)
-    redis_url: str | None = None
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
     mode: Mode = "pubsub"
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     retention: int = DEFAULT_RETENTION
     #: Stream mode: the namespace's stream is split by channel hash into this many streams.
     stream_shards: int = 1
-    signing_key: str | None = None
+    signing_key: str | None = dataclasses.field(default=None, repr=False)
     ignore_hosts: tuple[str, ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     stats_interval: float = DEFAULT_STATS_INTERVAL
@@ -172,11 +228,22 @@ class BridgeConfig:
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
 
     def __post_init__(self) -> None:
+        for key, parse in _PARSERS.items():
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, parse(value))
+        for key, spec in NUMERIC_OPTIONS.items():
+            object.__setattr__(self, key, parse_number(key, getattr(self, key), spec))
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
 
     @property
     def paths(self) -> SocketPaths:
         return socket_paths(self.dir, self.namespace)
+
+    @property
+    def redis_address(self) -> RedisAddress | None:
+        """The parsed ``redis_url`` (None: single host)."""
+        return parse_redis_url(self.redis_url) if self.redis_url else None
 
     @property
     def node_id(self) -> bytes:
@@ -190,12 +257,7 @@ class BridgeConfig:
         unknown = sorted(set(options) - fields)
         if unknown:
             raise ConfigError(unknown[0], f"unknown option (known: {', '.join(sorted(fields))})")
-        values: dict[str, Any] = {}
-        for key, raw in options.items():
-            if raw is None:
-                continue
-            values[key] = _PARSERS.get(key, lambda v: str(v))(raw)
-        return cls(**values)
+        return cls(**{key: raw for key, raw in options.items() if raw is not None})
 
 
 def _check_mode(value: object) -> Mode:
@@ -207,31 +269,71 @@ def _check_mode(value: object) -> Mode:
     raise ConfigError("mode", f"{value!r} is not 'pubsub' or 'stream'")
 
 
-def _check_host(value: object) -> str:
+def _check_host(value: object, key: str = "host") -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"{value!r} is not text")
     try:
-        validate_worker_id(str(value))
+        validate_worker_id(value)
     except ChannelError as exc:
-        raise ConfigError("host", str(exc)) from None
-    return str(value)
+        raise ConfigError(key, str(exc)) from None
+    return value
 
 
-_PARSERS: Final[dict[str, Any]] = {
+def _check_ignore_hosts(value: object) -> tuple[str, ...]:
+    return tuple(_check_host(host, "ignore_hosts") for host in _parse_list(value))
+
+
+def _check_group(value: object) -> str | None:
+    """A group the sockets are shared with: it must exist now, not when the bridge binds."""
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        raise ConfigError("group", f"there is no group named {text!r} on this host") from None
+    return text
+
+
+def _check_redis_prefix(value: object) -> str:
+    text = str(value)
+    if not text or len(text) > MAX_REDIS_PREFIX_CHARS or not text.isprintable() or " " in text:
+        raise ConfigError(
+            "redis_prefix",
+            f"{text!r} must be 1 to {MAX_REDIS_PREFIX_CHARS} printable characters, no spaces",
+        )
+    return text
+
+
+#: Text options: each parsed (and checked) by one function. Numbers are in NUMERIC_OPTIONS.
+_PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "dir": lambda v: os.path.abspath(os.path.expanduser(str(v))),
     "namespace": _check_namespace,
     "host": _check_host,
     "redis_url": _check_redis_url,
     "mode": _check_mode,
-    "buffer_max_bytes": lambda v: _parse_int("buffer_max_bytes", v, 0),
-    "retention": lambda v: _parse_int("retention", v, 1),
-    "stream_shards": lambda v: _parse_int("stream_shards", v, 1),
     "signing_key": lambda v: str(v) or None,
-    "ignore_hosts": _parse_list,
-    "max_message_bytes": lambda v: _parse_int("max_message_bytes", v, 1024),
-    "stats_interval": lambda v: _parse_float("stats_interval", v, 0.1),
-    "group": lambda v: str(v) or None,
-    "redis_prefix": lambda v: str(v),
-    "subscriber_hwm": lambda v: _parse_int("subscriber_hwm", v, 1),
+    "ignore_hosts": _check_ignore_hosts,
+    "group": _check_group,
+    "redis_prefix": _check_redis_prefix,
 }
+
+#: Every numeric option of the bridge, one line each: kind, minimum, maximum.
+NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
+    "buffer_max_bytes": NumberSpec(int, 0, MAX_BUFFER_MAX_BYTES),
+    "retention": NumberSpec(int, 1, MAX_RETENTION),
+    "stream_shards": NumberSpec(int, 1, MAX_STREAM_SHARDS),
+    "max_message_bytes": NumberSpec(int, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES),
+    "stats_interval": NumberSpec(float, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL),
+    "subscriber_hwm": NumberSpec(int, 1, MAX_SUBSCRIBER_HWM),
+}
+
+
+def relabel(error: ConfigError, labels: Mapping[str, str]) -> ConfigError:
+    """``error`` naming the key as the user wrote it (``--flag``, ``CIRCUS_EVENTS_X``)."""
+    label = labels.get(error.key)
+    return error if label is None else ConfigError(label, error.reason)
+
 
 #: Variables read by both the bridge and the clients, and the option each sets.
 ENVIRONMENT: Final = {
@@ -249,3 +351,9 @@ def environ_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The options set by ``CIRCUS_EVENTS_*`` variables (empty ones are ignored)."""
     env = os.environ if environ is None else environ
     return {key: env[name] for name, key in ENVIRONMENT.items() if env.get(name)}
+
+
+def environ_labels(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """For errors: each option set by a variable, and that variable's name."""
+    env = os.environ if environ is None else environ
+    return {key: name for name, key in ENVIRONMENT.items() if env.get(name)}

@@ -40,6 +40,8 @@ class ConfigError(CircusEventsError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        #: The message without the key (to name the key another way: a flag, a variable).
+        self.reason = message
 
 
 class ProtocolError(CircusEventsError):

@@ -1,7 +1,9 @@
 """The ``circus-events`` command: run a bridge, tail, publish, inspect.
 
 Exit codes: 0 success, 1 runtime failure (bridge not running, publish timed
-out), 2 usage or configuration error (bad option or variable), 130 Ctrl-C.
+out), 2 usage or configuration error (bad option or variable, named as given:
+``--flag`` or ``CIRCUS_EVENTS_VARIABLE``), 130 Ctrl-C. ``bridge`` checks every
+value before it binds anything, so a bad one leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from typing import Any, Final, NoReturn
 import click
 import zmq
 
-from ._config import DEFAULT_SUBSCRIBER_HWM, BridgeConfig, environ_options
+from ._config import (
+    DEFAULT_SUBSCRIBER_HWM,
+    BridgeConfig,
+    environ_labels,
+    environ_options,
+    relabel,
+)
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
+from ._redis_url import read_redis_url_file, refuse_visible_password
 from ._version import __version__
 
 __all__ = ["main"]
@@ -36,15 +45,39 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.exit(code)
 
 
-def _bridge_config(**flags: Any) -> BridgeConfig:
-    """Flags override ``CIRCUS_EVENTS_*`` variables, which override defaults."""
+def _bridge_config(labels: dict[str, str] | None = None, **flags: Any) -> BridgeConfig:
+    """Flags override ``CIRCUS_EVENTS_*`` variables, which override defaults.
+
+    A bad value exits 2 naming the key as the user gave it: ``--flag`` or
+    ``CIRCUS_EVENTS_VARIABLE`` (``labels`` overrides, e.g. ``--redis-url-file``).
+    """
     options: dict[str, Any] = dict(environ_options())
     options.pop("worker", None)
-    options.update({key: value for key, value in flags.items() if value is not None})
+    given = {key: value for key, value in flags.items() if value is not None}
+    options.update(given)
+    names = environ_labels()
+    names.update({key: "--" + key.replace("_", "-") for key in given})
+    names.update(labels or {})
     try:
         return BridgeConfig.from_options(options)
     except ConfigError as exc:
+        _fail(str(relabel(exc, names)), EXIT_USAGE)
+
+
+def _redis_url_flags(url: str | None, url_file: str | None) -> tuple[str | None, dict[str, str]]:
+    """The URL of --redis-url (never with a password: `ps` shows it) or --redis-url-file."""
+    try:
+        if url is not None and url_file is not None:
+            raise ConfigError("--redis-url-file", "give either --redis-url or --redis-url-file")
+        if url_file is not None:
+            return read_redis_url_file("--redis-url-file", url_file), {
+                "redis_url": "--redis-url-file"
+            }
+        if url:
+            refuse_visible_password("--redis-url", url, file_option="--redis-url-file")
+    except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
+    return url, {}
 
 
 _common = [
@@ -84,7 +117,14 @@ def cli(verbose: int) -> None:
 @cli.command()
 @common_options
 @click.option(
-    "--redis-url", help="Relay through this Redis [CIRCUS_EVENTS_REDIS_URL]; none: single host."
+    "--redis-url",
+    help="Relay through this Redis [CIRCUS_EVENTS_REDIS_URL]; none: single host. "
+    "No password here (`ps` shows it): use the variable or --redis-url-file.",
+)
+@click.option(
+    "--redis-url-file",
+    metavar="PATH",
+    help="Read the Redis URL (with its password) from this file: one line.",
 )
 @click.option(
     "--mode",
@@ -108,6 +148,7 @@ def bridge(
     namespace: str | None,
     host: str | None,
     redis_url: str | None,
+    redis_url_file: str | None,
     mode: str | None,
     buffer_max_bytes: str | None,
     max_message_bytes: str | None,
@@ -124,6 +165,7 @@ def bridge(
     Examples:
       circus-events bridge                                  # single host
       CIRCUS_EVENTS_REDIS_URL=redis://redis:6379/0 circus-events bridge
+      circus-events bridge --redis-url-file /etc/circus-events/redis-url
       circus-events bridge --namespace shop --dir /run/circus-events -v
 
     SIGTERM or SIGINT stops intake, forwards what workers already sent,
@@ -131,7 +173,9 @@ def bridge(
     """
     from .bridge.core import run_bridge  # noqa: PLC0415
 
+    redis_url, labels = _redis_url_flags(redis_url, redis_url_file)
     config = _bridge_config(
+        labels,
         dir=dir_,
         namespace=namespace,
         host=host,
@@ -150,6 +194,8 @@ def bridge(
         logging.getLogger("circus_events").setLevel(logging.INFO)
     try:
         run_bridge(config)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
     except CircusEventsError as exc:
         _fail(str(exc))
 
@@ -406,8 +452,12 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
         _fail("this build has no Redis support")
     try:
         hosts = read_cluster_status(config)
-    except Exception as exc:
+    except CircusEventsError as exc:  # the URL in it has its password masked
         _fail(f"cannot read cluster status from Redis: {exc}")
+    except Exception as exc:  # an unexpected redis-py error: its text may quote the URL
+        address = config.redis_address
+        shown = str(address.display if address else "")
+        _fail(f"cannot read cluster status from Redis at {shown}: {type(exc).__name__}")
     if as_json:
         click.echo(json.dumps(hosts, indent=2))
         return

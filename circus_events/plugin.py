@@ -29,15 +29,23 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 from circus.plugins import CircusPlugin
 
 from ._client_core import BusCore, ClientOptions
-from ._config import BridgeConfig, default_dir, environ_options
+from ._config import (
+    BridgeConfig,
+    NumberSpec,
+    default_dir,
+    environ_labels,
+    environ_options,
+    parse_number,
+    relabel,
+)
 from ._exceptions import CircusEventsError, ConfigError
+from ._redis_url import read_redis_url_file, refuse_visible_password
 from .bridge.core import Bridge, settle_heap
 
 __all__ = ["EventsPlugin", "PluginSettings", "parse_plugin_options"]
@@ -47,6 +55,14 @@ log = logging.getLogger("circus_events.plugin")
 LOG_FILE_NAME: Final = "events-plugin.log"
 #: Seconds between reconciliations with circusd's process list.
 DEFAULT_RECONCILE_INTERVAL: Final = 30.0
+#: Reconciling asks circusd for every watcher's pids: not more than once a second,
+#: and at least once an hour (events circus sent before we listened show up by then).
+MIN_RECONCILE_INTERVAL: Final = 1.0
+MAX_RECONCILE_INTERVAL: Final = 3600.0
+#: The plugin's own numeric options (the bridge's are in ``_config.NUMERIC_OPTIONS``).
+PLUGIN_NUMERIC_OPTIONS: Final = {
+    "reconcile_interval": NumberSpec(float, MIN_RECONCILE_INTERVAL, MAX_RECONCILE_INTERVAL),
+}
 CIRCUSD_TIMEOUT: Final = 5.0
 
 _BRIDGE_KEYS: Final = frozenset(
@@ -91,7 +107,10 @@ class PluginSettings:
 def parse_plugin_options(
     options: Mapping[str, str], environ: Mapping[str, str] | None = None
 ) -> tuple[BridgeConfig, PluginSettings]:
-    """Parse a ``[plugin:events]`` section; raise :class:`ConfigError` naming the key."""
+    """Parse a ``[plugin:events]`` section; raise :class:`ConfigError` naming the key.
+
+    A key set by a ``CIRCUS_EVENTS_*`` variable is named by that variable.
+    """
     bridge: dict[str, Any] = {}
     for key, value in options.items():
         if key in _BRIDGE_KEYS:
@@ -101,30 +120,27 @@ def parse_plugin_options(
         else:
             known = ", ".join(sorted(_BRIDGE_KEYS | _PLUGIN_KEYS))
             raise ConfigError(key, f"unknown option in the plugin section (known: {known})")
-    url = bridge.get("redis_url")
-    if url and urlsplit(str(url)).password:
-        raise ConfigError(
-            "redis_url",
-            "contains a password; plugin options are visible in `ps`. Put the URL in "
-            "CIRCUS_EVENTS_REDIS_URL in circusd's environment, or in the file redis_url_file names",
-        )
+    if bridge.get("redis_url"):
+        refuse_visible_password("redis_url", str(bridge["redis_url"]), file_option="redis_url_file")
     if options.get("redis_url_file"):
-        path = options["redis_url_file"]
-        try:
-            with open(path, encoding="utf-8") as handle:
-                bridge["redis_url"] = handle.read().strip()
-        except OSError as exc:
-            raise ConfigError("redis_url_file", f"cannot read {path!r}: {exc.strerror}") from None
+        if bridge.get("redis_url"):
+            raise ConfigError("redis_url_file", "give either redis_url or redis_url_file, not both")
+        bridge["redis_url"] = read_redis_url_file("redis_url_file", options["redis_url_file"])
+    labels = {"redis_url": "redis_url_file"} if options.get("redis_url_file") else {}
     env = environ_options(environ)
     env.pop("worker", None)
     bridge.update(env)  # variables override options, as for every part of the bus
-    config = BridgeConfig.from_options(bridge)
+    labels.update(environ_labels(environ))
     try:
-        interval = float(options.get("reconcile_interval", DEFAULT_RECONCILE_INTERVAL))
-    except ValueError:
-        raise ConfigError("reconcile_interval", "is not a number of seconds") from None
-    if not interval > 0:
-        raise ConfigError("reconcile_interval", "must be more than 0 seconds")
+        config = BridgeConfig.from_options(bridge)
+        numbers = {
+            key: parse_number(key, options[key], spec)
+            for key, spec in PLUGIN_NUMERIC_OPTIONS.items()
+            if key in options
+        }
+    except ConfigError as exc:
+        raise relabel(exc, labels) from None
+    interval = numbers.get("reconcile_interval", DEFAULT_RECONCILE_INTERVAL)
     log_file = options.get("log_file") or os.path.join(config.dir, LOG_FILE_NAME)
     return config, PluginSettings(interval, log_file)
 

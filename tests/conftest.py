@@ -215,13 +215,20 @@ class BridgeProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "circus_events", "-v", "bridge", "--dir", str(self.directory)]
         cmd += ["--host", self.host, "--namespace", self.namespace, *self.args]
-        if self.redis_url:
-            cmd += ["--redis-url", self.redis_url]
         return cmd
+
+    def environment(self) -> dict[str, str]:
+        """The URL goes in the environment: the bridge refuses a password on its command line."""
+        env = dict(os.environ)
+        if self.redis_url:
+            env["CIRCUS_EVENTS_REDIS_URL"] = self.redis_url
+        return env
 
     def start(self, wait: bool = True) -> None:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+            )
         if wait:
             wait_until(lambda: self.status(0.2) is not None, 15, f"bridge {self.host} to answer")
 

@@ -112,8 +112,8 @@ def test_bad_input_gives_clear_errors(short_tmp: Path) -> None:
         (["publish", "--dir", str(short_tmp), "bad*channel", "1"], "glob character"),
         (["publish", "--dir", str(short_tmp), "ok", "{not json"], "not valid JSON"),
         (["bridge", "--dir", str(short_tmp), "--mode", "carrier-pigeon"], "Invalid value"),
-        (["bridge", "--dir", str(short_tmp), "--max-message-bytes", "lots"], "max_message_bytes"),
-        (["bridge", "--dir", str(short_tmp), "--redis-url", "http://x"], "redis_url"),
+        (["bridge", "--dir", str(short_tmp), "--max-message-bytes", "lots"], "--max-message-bytes"),
+        (["bridge", "--dir", str(short_tmp), "--redis-url", "http://x"], "--redis-url"),
         (["tail", "--dir", str(short_tmp), "bad[pattern"], "without its ']'"),
     ]
     for args, message in cases:

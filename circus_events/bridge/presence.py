@@ -13,8 +13,8 @@ import json
 from typing import Any, Final
 
 from .._config import BridgeConfig
-from .._exceptions import BridgeError, ConfigError
-from .resp import parse_redis_url
+from .._exceptions import BridgeError
+from .._redis_url import RedisAddress
 from .subscriptions import glob_escape
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "RedisNames",
     "read_cluster_status",
     "redis_names",
+    "redis_py_client",
 ]
 
 #: Presence records expire after this many stats intervals without renewal.
@@ -55,22 +56,24 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
 
     Synchronous, with its own short-lived redis-py connection: meant for
     ``circus-events status --all`` (from a loop, call it through
-    ``asyncio.to_thread``). Raises :class:`BridgeError` if Redis cannot be read.
+    ``asyncio.to_thread``). Raises :class:`BridgeError` if Redis cannot be read;
+    its message shows the URL with the password masked.
     """
-    if not config.redis_url:
+    address = config.redis_address
+    if address is None:
         return []
     import redis  # noqa: PLC0415 - only the status command needs redis-py
 
     pattern = glob_escape(RedisNames(config).presence_prefix) + b"*"
     try:
-        client = redis.Redis.from_url(
-            config.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        with client:
+        with redis_py_client(address, timeout) as client:
             keys = sorted(client.scan_iter(match=pattern, count=1000))
             values = client.mget(keys) if keys else []
-    except redis.RedisError as exc:
-        raise BridgeError(f"{_redacted(config.redis_url)}: {exc}") from exc
+    except (redis.RedisError, OSError, ValueError) as exc:
+        detail = str(exc)
+        if address.password:
+            detail = detail.replace(address.password, "***")
+        raise BridgeError(f"{address.display}: {detail}") from None
     records: list[dict[str, Any]] = []
     for value in values:
         if value is None:
@@ -85,8 +88,34 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
     return records
 
 
-def _redacted(url: str) -> str:
-    try:
-        return parse_redis_url(url).display
-    except ConfigError:
-        return "the configured Redis URL"
+def redis_py_client(address: RedisAddress, timeout: float) -> Any:
+    """A redis-py client for ``address``, from its fields (never ``from_url``).
+
+    redis-py reads URLs its own way (unknown parameters pass, ``?password=``
+    counts); built from the parsed address it connects exactly where the
+    bridge does.
+    """
+    import redis  # noqa: PLC0415
+
+    kwargs: dict[str, Any] = {
+        "db": address.db,
+        "username": address.username,
+        "password": address.password,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if address.path is not None:
+        kwargs["unix_socket_path"] = address.path
+    else:
+        kwargs.update(host=address.host, port=address.port)
+    if address.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_cert_reqs=address.ssl_cert_reqs,
+            ssl_check_hostname=address.verifies_hostname,
+            ssl_ca_certs=address.ssl_ca_certs,
+            ssl_ca_path=address.ssl_ca_path,
+            ssl_certfile=address.ssl_certfile,
+            ssl_keyfile=address.ssl_keyfile,
+        )
+    return redis.Redis(**kwargs)

@@ -7,7 +7,9 @@ bridge can afford (measured: 0.37x the throughput of a raw pipelined
 publisher, against 1.27x for a plain protocol over ``hiredis.Reader``). So
 the bridge speaks RESP2 itself, on an :class:`asyncio.Protocol`:
 
-* :func:`open_connection` connects (TCP, TLS or a Unix socket), then sends
+* :func:`open_connection` connects (TCP, TLS or a Unix socket) to a
+  :class:`~circus_events._redis_url.RedisAddress` (the project's one URL
+  parser, re-exported here with ``parse_redis_url``), then sends
   ``AUTH``, ``SELECT``, ``CLIENT SETNAME`` and ``PING`` in one write and
   checks the replies. Failures become :class:`RedisConnectError` with a
   ``kind`` the caller can show (``unreachable``, ``auth_failed``, ...).
@@ -25,17 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import hiredis
 
-from .._exceptions import BridgeError, ConfigError
+from .._exceptions import BridgeError
+from .._redis_url import RedisAddress, parse_redis_url
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -58,11 +59,6 @@ CLOSE_TIMEOUT: Final = 1.0
 
 #: Error replies that mean the credentials are wrong or missing.
 _AUTH_ERRORS: Final = ("WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD", "INVALID USERNAME")
-_CERT_REQS: Final = {
-    "none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED,
-}
 
 
 class RedisConnectError(BridgeError):
@@ -76,111 +72,6 @@ class RedisConnectError(BridgeError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where and how to connect, parsed once from a ``redis_url``."""
-
-    host: str | None
-    port: int
-    path: str | None
-    db: int
-    username: str | None
-    password: str | None
-    tls: bool
-    cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
-    check_hostname: bool = True
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    #: The URL with its password masked: safe for logs and status.
-    display: str = ""
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        context = ssl.create_default_context(cafile=self.ca_certs)
-        if self.cert_reqs == ssl.CERT_NONE or not self.check_hostname:
-            context.check_hostname = False
-        context.verify_mode = self.cert_reqs
-        if self.certfile:
-            context.load_cert_chain(self.certfile, self.keyfile)
-        return context
-
-
-def _one(query: dict[str, list[str]], key: str) -> str | None:
-    values = query.get(key)
-    return values[-1] if values else None
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """Parse ``redis://``, ``rediss://`` or ``unix://`` URLs as redis-py does.
-
-    Credentials come from the user-info part (``redis://user:pass@host``);
-    the database from the path or ``?db=N``. TLS options: ``ssl_cert_reqs``
-    (``none``/``optional``/``required``), ``ssl_ca_certs``, ``ssl_certfile``,
-    ``ssl_keyfile``, ``ssl_check_hostname``. Raises :class:`ConfigError`.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            "redis_url", f"scheme {parts.scheme!r} is not redis://, rediss:// or unix://"
-        )
-    query = parse_qs(parts.query)
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ConfigError("redis_url", "the port is not a number from 0 to 65535") from None
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    db_text = _one(query, "db")
-    path: str | None = None
-    host: str | None = None
-    if scheme == "unix":
-        path = unquote(parts.path)
-        if not path:
-            raise ConfigError(
-                "redis_url", "a unix:// URL needs a socket path (unix:///path/redis.sock)"
-            )
-    else:
-        host = parts.hostname
-        if not host:
-            raise ConfigError("redis_url", "the URL names no host")
-        if db_text is None and parts.path.strip("/"):
-            db_text = parts.path.strip("/")
-    try:
-        db = int(db_text) if db_text is not None else 0
-    except ValueError:
-        raise ConfigError("redis_url", f"database {db_text!r} is not a number") from None
-    if db < 0:
-        raise ConfigError("redis_url", f"database {db} is negative")
-    reqs_text = (_one(query, "ssl_cert_reqs") or "required").lower()
-    if reqs_text not in _CERT_REQS:
-        raise ConfigError(
-            "redis_url", f"ssl_cert_reqs={reqs_text!r} is not none, optional or required"
-        )
-    check_text = (_one(query, "ssl_check_hostname") or "true").lower()
-    netloc = parts.netloc
-    if password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    display = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    return RedisAddress(
-        host=host,
-        port=port,
-        path=path,
-        db=db,
-        username=username,
-        password=password,
-        tls=scheme == "rediss",
-        cert_reqs=_CERT_REQS[reqs_text],
-        check_hostname=check_text not in ("false", "0", "no", "off"),
-        ca_certs=_one(query, "ssl_ca_certs"),
-        certfile=_one(query, "ssl_certfile"),
-        keyfile=_one(query, "ssl_keyfile"),
-        display=display,
-    )
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -379,13 +270,11 @@ async def open_connection(
 
 async def _handshake(conn: RespConnection, address: RedisAddress, name: str | None) -> None:
     replies: list[tuple[str, asyncio.Future[Any]]] = []
-    if address.password is not None:
-        auth = (
-            ("AUTH", address.username, address.password)
-            if address.username
-            else ("AUTH", address.password)
-        )
-        replies.append(("AUTH", conn.request(*(a for a in auth if a is not None))))
+    if address.username is not None:  # as redis-py: a user without a password sends ""
+        auth = conn.request("AUTH", address.username, address.password or "")
+        replies.append(("AUTH", auth))
+    elif address.password is not None:
+        replies.append(("AUTH", conn.request("AUTH", address.password)))
     if address.db:
         replies.append((f"SELECT {address.db}", conn.request("SELECT", address.db)))
     if name:

@@ -37,7 +37,7 @@ from ..protocol.envelope import FLAG_HOST_ONLY, HEADER, NODE_ID_BYTES, REDIS_VER
 from .keeper import BACKOFF_MAX, ConnectionKeeper, LogThrottle
 from .outbound import OutboundQueue, ReplyCallback
 from .presence import PRESENCE_TTL_FACTOR, redis_names
-from .resp import RedisAddress, RedisConnectError, RespConnection, encode_command, parse_redis_url
+from .resp import RedisAddress, RedisConnectError, RespConnection, encode_command
 
 __all__ = [
     "CLOSE_FLUSH_TIMEOUT",
@@ -115,12 +115,11 @@ class RedisSideBase:
         self._log = logger
         self._address: RedisAddress | None = None
         self._config_error: str | None = None
-        try:
-            if not config.redis_url:
-                raise ConfigError("redis_url", "no Redis URL is configured")
-            self._address = parse_redis_url(config.redis_url)
-        except ConfigError as exc:
-            self._config_error = str(exc)
+        # The URL was checked when the config was made; this stays for a config
+        # without one (the state then reads "config_error").
+        self._address = config.redis_address
+        if self._address is None:
+            self._config_error = str(ConfigError("redis_url", "no Redis URL is configured"))
         names = redis_names(config)
         self._base = names.base
         self._base_len = len(names.base)
