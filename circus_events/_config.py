@@ -142,6 +142,12 @@ _WHOLE: Final = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*", re.ASCII)
 _WHOLE_MAX_CHARS: Final = 40
 
 
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:30] + "..." + text[-5:]
+
+
 def parse_number(key: str, value: object, spec: NumberSpec) -> Any:
     """``value`` (text or a number) as ``spec.kind``; finite and in range, or ConfigError."""
     number: int | float
@@ -149,29 +155,34 @@ def parse_number(key: str, value: object, spec: NumberSpec) -> Any:
         text = value.strip()
         if spec.kind is int:
             if not _WHOLE.fullmatch(text):
-                raise ConfigError(key, f"{value!r} is not a whole number")
-            if len(text) > _WHOLE_MAX_CHARS:
-                raise ConfigError(key, f"{text[:20]}... is far above the maximum of {spec.maximum}")
+                raise ConfigError(key, f"{_shown(value)} is not a whole number")
+            if len(text) > _WHOLE_MAX_CHARS:  # refused without converting it
+                if text.startswith("-"):
+                    side, bound = "below the minimum", spec.minimum
+                else:
+                    side, bound = "above the maximum", spec.maximum
+                raise ConfigError(key, f"{_shown(value)} is far {side} of {bound}")
             number = int(text)
         else:
             try:
                 number = float(text)
             except ValueError:
-                raise ConfigError(key, f"{value!r} is not a number") from None
+                raise ConfigError(key, f"{_shown(value)} is not a number") from None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"{value!r} is not a number (it is a {type(value).__name__})")
+        kind = type(value).__name__
+        raise ConfigError(key, f"{_shown(value)} is not a number (it is a {kind})")
     elif spec.kind is int and isinstance(value, float):
         if not value.is_integer():
-            raise ConfigError(key, f"{value!r} is not a whole number")
+            raise ConfigError(key, f"{_shown(value)} is not a whole number")
         number = int(value)
     else:
         number = value
-    if not math.isfinite(number):
-        raise ConfigError(key, f"{value!r} is not a finite number")
+    if math.isnan(number) or (math.isinf(number) and "inf" in str(value).lower()):
+        raise ConfigError(key, f"{_shown(value)} is not a finite number")
     if number < spec.minimum:
-        raise ConfigError(key, f"{number} is below the minimum of {spec.minimum}")
+        raise ConfigError(key, f"{_shown(value)} is below the minimum of {spec.minimum}")
     if number > spec.maximum:
-        raise ConfigError(key, f"{number} is above the maximum of {spec.maximum}")
+        raise ConfigError(key, f"{_shown(value)} is above the maximum of {spec.maximum}")
     return spec.kind(number)
 
 
