@@ -460,3 +460,27 @@ def test_password_from_a_file_or_the_environment_is_used_and_never_shown(
     finally:
         from_file.stop()
         from_env.stop()
+
+
+_FAILED_SETUP = """
+import asyncio
+from circus_events._config import BridgeConfig
+from circus_events.bridge.core import Bridge
+config = BridgeConfig(dir=DIR, host="h")
+object.__setattr__(config, "subscriber_hwm", 99999999999)  # past the check, as before it
+try:
+    asyncio.run(Bridge(config).run())
+except OverflowError:
+    print("refused")
+"""
+
+
+def test_a_failed_socket_setup_does_not_hang(short_tmp: Path) -> None:
+    """Belt and braces for the check: a setup that fails half-way exits, never hangs."""
+    code = _FAILED_SETUP.replace("DIR", repr(str(short_tmp)))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.strip() == "refused", result.stderr
+    assert time.monotonic() - started < 10

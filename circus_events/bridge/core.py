@@ -142,7 +142,9 @@ class Bridge:
                 group=self.config.group,
             )
         except BaseException:
-            self._context.term()
+            # destroy, not term: term waits forever for a socket that a failed
+            # setup left open (the hang seen with an out-of-range subscriber_hwm).
+            self._context.destroy(linger=0)
             raise
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
