@@ -4,6 +4,14 @@ Options arrive as strings (circus plugin options, ``CIRCUS_EVENTS_*``
 variables, CLI flags). Each is parsed once, here, into a frozen config; a bad
 value raises :class:`ConfigError` naming the key. This is the only module
 that reads the environment, and only when asked (:func:`environ_options`).
+
+Every field is checked when a :class:`BridgeConfig` is made, before a bridge
+binds anything: text options by one function each (``_PARSERS``), numbers
+by one line each in :data:`NUMERIC_OPTIONS` (kind, minimum, maximum: whole,
+finite, in range), the Redis URL by :mod:`._redis_url` with its TLS files
+read. :func:`relabel` names the key the way the user gave it (``--flag``,
+``CIRCUS_EVENTS_VARIABLE``). A new numeric option is a field, a line in
+:data:`NUMERIC_OPTIONS` and (for the CLI) a flag.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import zmq
 
 from ._config import (
     DEFAULT_SUBSCRIBER_HWM,
+    NUMERIC_OPTIONS,
     BridgeConfig,
     environ_labels,
     environ_options,
@@ -80,6 +81,16 @@ def _redis_url_flags(url: str | None, url_file: str | None) -> tuple[str | None,
     return url, {}
 
 
+def _range(option: str) -> str:
+    """The accepted range of a numeric option, for --help."""
+    spec = NUMERIC_OPTIONS[option]
+    return (
+        f"{spec.minimum:g} to {spec.maximum:g}"
+        if spec.kind is float
+        else (f"{spec.minimum} to {spec.maximum}")
+    )
+
+
 _common = [
     click.option(
         "--dir", "dir_", help="Socket directory [CIRCUS_EVENTS_DIR; /tmp/circus-events-<uid>]."
@@ -131,18 +142,32 @@ def cli(verbose: int) -> None:
     type=click.Choice(["pubsub", "stream"]),
     help="Cross-host mode [CIRCUS_EVENTS_MODE; pubsub].",
 )
-@click.option("--buffer-max-bytes", help="Outbound buffer while Redis is away [64 MiB].")
-@click.option("--max-message-bytes", help="Largest message accepted [1 MiB].")
+@click.option(
+    "--buffer-max-bytes",
+    help=f"Outbound buffer while Redis is away [64 MiB; {_range('buffer_max_bytes')}].",
+)
+@click.option(
+    "--max-message-bytes", help=f"Largest message accepted [1 MiB; {_range('max_message_bytes')}]."
+)
 @click.option("--ignore-hosts", help="Comma-separated hosts whose events are dropped.")
-@click.option("--stats-interval", help="Seconds between presence updates in Redis [5].")
+@click.option(
+    "--stats-interval",
+    help=f"Seconds between presence updates in Redis [5; {_range('stats_interval')}].",
+)
 @click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
 @click.option(
     "--subscriber-hwm",
     help="Frames (a message, or a batch of up to 16 KiB) queued per local subscriber "
-    f"before it loses some [{DEFAULT_SUBSCRIBER_HWM}].",
+    f"before it loses some [{DEFAULT_SUBSCRIBER_HWM}; {_range('subscriber_hwm')}].",
 )
-@click.option("--retention", help="Stream mode: entries kept per stream, XADD MAXLEN ~ [100000].")
-@click.option("--stream-shards", help="Stream mode: streams per namespace, by channel hash [1].")
+@click.option(
+    "--retention",
+    help=f"Stream mode: entries kept per stream, XADD MAXLEN ~ [100000; {_range('retention')}].",
+)
+@click.option(
+    "--stream-shards",
+    help=f"Stream mode: streams per namespace, by channel hash [1; {_range('stream_shards')}].",
+)
 def bridge(
     dir_: str | None,
     namespace: str | None,
