@@ -107,6 +107,8 @@ def test_accepted(url: str, expected: dict[str, Any]) -> None:
         ("unix:///", "needs a socket path"),
         ("unix://:pw@", "needs a socket path"),
         ("unix://run/redis.sock", "three slashes"),
+        ("unix://:6379/run/redis.sock", "takes no port"),
+        ("unix://:x/run/redis.sock", "takes no port"),
         ("unix://" + "/x" * 60, "longer than the system limit"),
         ("unix:///a%00b", "NUL"),
         ("redis://h/" + "0" * MAX_URL_BYTES, f"longer than {MAX_URL_BYTES} bytes"),
@@ -307,3 +309,41 @@ def test_url_file(tmp_path: Path) -> None:
         read_redis_url_file("--redis-url-file", str(path))
     with pytest.raises(ConfigError, match=r"--redis-url-file: cannot read .*No such file"):
         read_redis_url_file("--redis-url-file", str(tmp_path / "missing"))
+
+
+# -- the bridge's connection and redis-py's, from one address, reach the same user ---------
+
+
+def test_bridge_and_redis_py_log_in_as_the_same_user(redis_server: Any) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from circus_events.bridge.resp import open_connection  # noqa: PLC0415
+
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">pw+1", "~*", "&*", "+@all")
+    admin.execute_command("ACL", "SETUSER", "open", "on", "nopass", "~*", "&*", "+@all")
+    base = f"127.0.0.1:{redis_server.port}"
+    urls = {
+        f"redis://app:pw%2B1@{base}/2": b"app",
+        f"redis://{base}/2?username=app&password=pw%2B1": b"app",
+        f"redis://open@{base}/2": b"open",  # a user without a password: AUTH open ""
+        f"redis://{base}/2": b"default",
+    }
+
+    async def bridge_side(url: str) -> bytes:
+        conn = await open_connection(parse_redis_url(url))
+        try:
+            whoami: bytes = await conn.request("ACL", "WHOAMI")
+            return whoami
+        finally:
+            await conn.aclose()
+
+    try:
+        for url, user in urls.items():
+            assert asyncio.run(bridge_side(url)) == user, url
+            with redis_py_client(parse_redis_url(url), 2.0) as client:
+                assert client.execute_command("ACL", "WHOAMI") in (user, user.decode()), url
+                assert client.connection_pool.connection_kwargs["db"] == 2
+    finally:
+        admin.execute_command("ACL", "DELUSER", "app", "open")
+        admin.close()
