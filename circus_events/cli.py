@@ -49,7 +49,10 @@ def _bridge_config(**flags: Any) -> BridgeConfig:
 
 _common = [
     click.option(
-        "--dir", "dir_", help="Socket directory [CIRCUS_EVENTS_DIR; /tmp/circus-events-<uid>]."
+        "--dir",
+        "dir_",
+        help="Socket directory [CIRCUS_EVENTS_DIR; /run/circus-events for root, "
+        "else $XDG_RUNTIME_DIR/circus-events or /tmp/circus-events-<uid>].",
     ),
     click.option("--namespace", help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default]."),
     click.option("--host", help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."),
@@ -95,7 +98,9 @@ def cli(verbose: int) -> None:
 @click.option("--max-message-bytes", help="Largest message accepted [1 MiB].")
 @click.option("--ignore-hosts", help="Comma-separated hosts whose events are dropped.")
 @click.option("--stats-interval", help="Seconds between presence updates in Redis [5].")
-@click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
+@click.option(
+    "--group", help="Unix group whose members may use the sockets (sockets 0660, folder 0750)."
+)
 @click.option(
     "--subscriber-hwm",
     help="Frames (a message, or a batch of up to 16 KiB) queued per local subscriber "
@@ -150,6 +155,8 @@ def bridge(
         logging.getLogger("circus_events").setLevel(logging.INFO)
     try:
         run_bridge(config)
+    except ConfigError as exc:  # an unsafe socket folder, an unknown group: fix and retry
+        _fail(str(exc), EXIT_USAGE)
     except CircusEventsError as exc:
         _fail(str(exc))
 
