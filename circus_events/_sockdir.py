@@ -136,6 +136,14 @@ class _Walk:
                 if not self.bridge:
                     return None  # the bridge makes it, and refuses it if someone beats it
                 st = self.create(level)
+            except OSError as exc:
+                raise self.refuse(
+                    "dir",
+                    level,
+                    f"cannot be checked ({exc.strerror})",
+                    "if the bridge runs with group, this user must be a member of it; "
+                    f"or {_WHERE}",
+                ) from None
             if stat.S_ISLNK(st.st_mode) and role == "ancestor":
                 self.follow(level, st)
                 st = os.stat(level)
