@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import stat
@@ -504,3 +505,107 @@ def test_unknown_group_exits_2_before_anything_is_made(arena: Path) -> None:
     message = _bridge_refuses(folder, "--group", f"no-such-group-{secrets.token_hex(3)}")
     assert "group" in message and "does not exist" in message
     assert not folder.exists()
+
+
+# -- the documented circus set-up: workers under another uid, with group ------
+
+CIRCUS_WITH_GROUP = """
+[circus]
+endpoint = tcp://127.0.0.1:{endpoint}
+pubsub_endpoint = tcp://127.0.0.1:{pubsub}
+stats_endpoint = tcp://127.0.0.1:{stats}
+statsd = False
+check_delay = 1
+warmup_delay = 0
+
+[env]
+CIRCUS_EVENTS_DIR = {sockets}
+
+[plugin:events]
+use = circus_events.plugin.EventsPlugin
+dir = $(circus.env.CIRCUS_EVENTS_DIR)
+group = {group}
+
+[watcher:member]
+cmd = {python} {script}
+numprocesses = 1
+uid = {member}
+gid = {member}
+working_dir = /
+copy_env = False
+graceful_timeout = 5
+
+[env:member]
+PYTHONPATH = {pythonpath}
+HOME = {home}
+"""
+
+#: A worker under another uid: answers every grp.ping with its uid.
+PONG_WORKER = """
+import os
+from circus_events import Bus
+with Bus(worker=f"uid-{os.getuid()}") as bus:  # the folder comes from CIRCUS_EVENTS_DIR
+    pings = bus.subscribe("grp.ping")
+    for ping in pings:
+        bus.publish("grp.pong", {"uid": os.getuid(), "n": ping.data})
+"""
+
+
+def test_circus_worker_under_another_uid_uses_the_bus_with_group(
+    users: LocalUsers, arena: Path
+) -> None:
+    import pwd  # noqa: PLC0415
+
+    from conftest import free_port, wait_until  # noqa: PLC0415
+
+    script = arena / "pong.py"
+    script.write_text(PONG_WORKER)
+    script.chmod(0o644)
+    sockets = arena / "s"
+    ini = arena / "circus.ini"
+    endpoint = free_port()
+    ini.write_text(
+        CIRCUS_WITH_GROUP.format(
+            endpoint=endpoint,
+            pubsub=free_port(),
+            stats=free_port(),
+            sockets=sockets,
+            group=users.group,
+            python=users.python,
+            script=script,
+            member=users.member,
+            pythonpath=users.pythonpath or "",
+            home=users.home / users.member,
+        )
+    )
+    circusd = Path(sys.executable).parent / "circusd"
+    with open(arena / "circusd.log", "ab") as log:
+        process = subprocess.Popen(
+            [str(circusd), "--log-output", str(arena / "circusd.log"), str(ini)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: (sockets / "default" / "ctl.sock").exists(), 30, "the plugin's bridge")
+        with Bus(dir=str(sockets), worker="root-side") as bus:
+            pongs = bus.subscribe("grp.pong")
+            assert bus.sync(20)
+            answer: list[Any] = []
+
+            def pinged() -> bool:  # the worker may still be starting: ping until it answers
+                bus.publish("grp.ping", len(answer))
+                with contextlib.suppress(queue.Empty, TimeoutError):  # either, until unified
+                    answer.append(pongs.get(timeout=0.5).data)
+                return bool(answer)
+
+            wait_until(pinged, 60, f"a pong from the worker (log: {arena / 'circusd.log'})")
+        assert answer[0]["uid"] == pwd.getpwnam(users.member).pw_uid
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        process.wait(10)
