@@ -20,6 +20,7 @@ import zmq
 from ._config import DEFAULT_SUBSCRIBER_HWM, BridgeConfig, environ_options
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
+from ._sockdir import check_client_dir
 from ._version import __version__
 
 __all__ = ["main"]
@@ -341,6 +342,10 @@ def _wait_sent(bus: Any, timeout: float) -> bool:
 
 def _query_bridge(dir_: str | None, namespace: str | None) -> dict[str, Any] | None:
     config = _bridge_config(dir=dir_, namespace=namespace)
+    try:  # whoever owns the folder could answer in the bridge's place
+        check_client_dir(config.paths.directory)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

@@ -507,9 +507,9 @@ def test_unknown_group_exits_2_before_anything_is_made(arena: Path) -> None:
     assert not folder.exists()
 
 
-# -- the documented circus set-up: workers under another uid, with group ------
+# -- the plugin: the same checks, the same message, workers under another uid ---
 
-CIRCUS_WITH_GROUP = """
+CIRCUS = """
 [circus]
 endpoint = tcp://127.0.0.1:{endpoint}
 pubsub_endpoint = tcp://127.0.0.1:{pubsub}
@@ -524,8 +524,10 @@ CIRCUS_EVENTS_DIR = {sockets}
 [plugin:events]
 use = circus_events.plugin.EventsPlugin
 dir = $(circus.env.CIRCUS_EVENTS_DIR)
-group = {group}
+"""
 
+#: circus runs this watcher as the member (uid/gid), its groups set by initgroups.
+MEMBER_WATCHER = """
 [watcher:member]
 cmd = {python} {script}
 numprocesses = 1
@@ -551,42 +553,67 @@ with Bus(worker=f"uid-{os.getuid()}") as bus:  # the folder comes from CIRCUS_EV
 """
 
 
-def test_circus_worker_under_another_uid_uses_the_bus_with_group(
-    users: LocalUsers, arena: Path
-) -> None:
-    import pwd  # noqa: PLC0415
+@contextlib.contextmanager
+def _circusd(arena: Path, sockets: Path, extra: str) -> Iterator[Path]:
+    """A real circusd as root with the events plugin; yields its log file."""
+    from conftest import free_port  # noqa: PLC0415
 
-    from conftest import free_port, wait_until  # noqa: PLC0415
-
-    script = arena / "pong.py"
-    script.write_text(PONG_WORKER)
-    script.chmod(0o644)
-    sockets = arena / "s"
     ini = arena / "circus.ini"
-    endpoint = free_port()
-    ini.write_text(
-        CIRCUS_WITH_GROUP.format(
-            endpoint=endpoint,
-            pubsub=free_port(),
-            stats=free_port(),
-            sockets=sockets,
-            group=users.group,
-            python=users.python,
-            script=script,
-            member=users.member,
-            pythonpath=users.pythonpath or "",
-            home=users.home / users.member,
-        )
-    )
+    ports = {"endpoint": free_port(), "pubsub": free_port(), "stats": free_port()}
+    ini.write_text(CIRCUS.format(sockets=sockets, **ports) + extra)
+    log_file = arena / "circusd.log"
     circusd = Path(sys.executable).parent / "circusd"
-    with open(arena / "circusd.log", "ab") as log:
+    with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            [str(circusd), "--log-output", str(arena / "circusd.log"), str(ini)],
+            [str(circusd), "--log-output", str(log_file), str(ini)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
+        yield log_file
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)  # anything circusd left behind
+        process.wait(10)
+
+
+def test_plugin_logs_why_it_refuses_a_folder(users: LocalUsers, arena: Path) -> None:
+    from conftest import wait_until  # noqa: PLC0415
+
+    taken = arena / "pub" / "taken"
+    _as_attacker_mkdir(users, taken)
+    plugin_log = arena / "plugin.log"
+    with _circusd(arena, taken, f"log_file = {plugin_log}\n"):
+        expected = f"the events bridge cannot start: dir: {taken} is owned by"
+        wait_until(lambda: plugin_log.exists() and expected in plugin_log.read_text(), 60, expected)
+    assert users.attacker in plugin_log.read_text()
+    assert os.listdir(taken) == []
+
+
+def test_circus_worker_under_another_uid_uses_the_bus_with_group(
+    users: LocalUsers, arena: Path
+) -> None:
+    import pwd  # noqa: PLC0415
+
+    from conftest import wait_until  # noqa: PLC0415
+
+    script = arena / "pong.py"
+    script.write_text(PONG_WORKER)
+    script.chmod(0o644)
+    sockets = arena / "s"
+    watcher = MEMBER_WATCHER.format(
+        python=users.python,
+        script=script,
+        member=users.member,
+        pythonpath=users.pythonpath or "",
+        home=users.home / users.member,
+    )
+    with _circusd(arena, sockets, f"group = {users.group}\n" + watcher) as log:
         wait_until(lambda: (sockets / "default" / "ctl.sock").exists(), 30, "the plugin's bridge")
         with Bus(dir=str(sockets), worker="root-side") as bus:
             pongs = bus.subscribe("grp.pong")
@@ -599,13 +626,5 @@ def test_circus_worker_under_another_uid_uses_the_bus_with_group(
                     answer.append(pongs.get(timeout=0.5).data)
                 return bool(answer)
 
-            wait_until(pinged, 60, f"a pong from the worker (log: {arena / 'circusd.log'})")
-        assert answer[0]["uid"] == pwd.getpwnam(users.member).pw_uid
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        process.wait(10)
+            wait_until(pinged, 60, f"a pong from the worker (see {log})")
+    assert answer[0]["uid"] == pwd.getpwnam(users.member).pw_uid
