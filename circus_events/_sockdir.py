@@ -69,6 +69,10 @@ PRIVATE_DIR_MODE: Final = 0o700
 #: members get no write bit: they cannot unlink or plant files).
 GROUP_DIR_MODE: Final = 0o750
 
+_NOT_A_MEMBER = (
+    "if the bridge runs with group, this user must be a member of that group "
+    "(log in again after being added)"
+)
 Role = Literal["ancestor", "dir", "namespace"]
 _WHERE = "choose another folder with --dir, CIRCUS_EVENTS_DIR or the plugin's dir"
 
@@ -141,8 +145,7 @@ class _Walk:
                     "dir",
                     level,
                     f"cannot be checked ({exc.strerror})",
-                    "if the bridge runs with group, this user must be a member of it; "
-                    f"or {_WHERE}",
+                    _NOT_A_MEMBER,
                 ) from None
             if stat.S_ISLNK(st.st_mode) and role == "ancestor":
                 self.follow(level, st)
