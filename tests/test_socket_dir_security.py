@@ -31,7 +31,12 @@ from conftest import BridgeProcess
 from circus_events import Bus, UnsafePathError
 from circus_events._client_core import ClientOptions
 from circus_events._config import ROOT_DEFAULT_DIR, default_dir
-from circus_events._sockdir import GROUP_DIR_MODE, PRIVATE_DIR_MODE, check_client_dir
+from circus_events._sockdir import (
+    GROUP_DIR_MODE,
+    PRIVATE_DIR_MODE,
+    check_client_dir,
+    prepare_bridge_dir,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="creates local users: needs root (CI runs as root)"
@@ -109,18 +114,19 @@ class LocalUsers:
 
     def run(self, user: str, code: str, *args: str, timeout: float = 60) -> Any:
         """Run ``code`` as ``user``; its last stdout line, parsed as JSON."""
-        process = self.popen(user, code, *args)
+        process = self.popen(user, "-c", code, *args)
         out, err = process.communicate(timeout=timeout)
         assert process.returncode == 0, err[-3000:]
         return json.loads(out.strip().splitlines()[-1])
 
-    def popen(self, user: str, code: str, *args: str) -> subprocess.Popen[str]:
+    def popen(self, user: str, *argv: str) -> subprocess.Popen[str]:
+        """``python *argv`` as ``user``, with this checkout importable."""
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home / user), "LANG": "C.UTF-8"}
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
         return subprocess.Popen(
-            [*cmd, self.python, "-c", code, *args],
+            [*cmd, self.python, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -279,6 +285,69 @@ def test_group_writable_socket_folder_is_refused(arena: Path) -> None:
     message = _bridge_refuses(folder)
     assert str(folder) in message and "writable by group" in message and "chmod g-w" in message
     assert not (folder / "default").exists()
+
+
+def test_fallback_folder_of_a_non_root_bridge_is_checked_too(
+    users: LocalUsers, arena: Path
+) -> None:
+    """Without XDG_RUNTIME_DIR a user's default is in /tmp: taken first, it is refused."""
+    import pwd  # noqa: PLC0415
+
+    uid = pwd.getpwnam(users.member).pw_uid
+    taken = arena / "pub" / f"circus-events-{uid}"
+    _as_attacker_mkdir(users, taken)
+    bridge = users.popen(users.member, "-m", "circus_events", "bridge", "--dir", str(taken))
+    _out, err = bridge.communicate(timeout=60)
+    assert bridge.returncode == 2, err
+    assert str(taken) in err and users.attacker in err and "Traceback" not in err
+    assert os.listdir(taken) == []
+
+
+def test_ancestor_links_of_root_are_followed_those_of_others_refused(
+    users: LocalUsers, arena: Path
+) -> None:
+    real = arena / "real"
+    real.mkdir(mode=0o755)
+    (arena / "via-root").symlink_to(real)  # as /var/run -> /run
+    prepare_bridge_dir(str(arena / "via-root" / "s"), str(arena / "via-root" / "s" / "ns"))
+    assert stat.S_IMODE(os.lstat(real / "s" / "ns").st_mode) == PRIVATE_DIR_MODE
+    planted = arena / "pub" / "via-attacker"
+    code = "import os, sys; os.symlink(sys.argv[1], sys.argv[2]); print('{}')"
+    users.run(users.attacker, code, str(real), str(planted))
+    with pytest.raises(UnsafePathError, match="symbolic link owned by"):
+        prepare_bridge_dir(str(planted / "t"), str(planted / "t" / "ns"))
+    assert not (real / "t").exists()
+
+
+def test_world_writable_folder_above_is_refused_unless_root_owned_and_sticky(
+    arena: Path,
+) -> None:
+    loose = arena / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    with pytest.raises(UnsafePathError, match="writable by every user"):
+        prepare_bridge_dir(str(loose / "s"), str(loose / "s" / "ns"))
+    assert os.listdir(loose) == []
+    prepare_bridge_dir(str(arena / "pub"), str(arena / "pub" / "ns"))  # as dir = /tmp
+
+
+@pytest.mark.parametrize("kind", ["fifo", "foreign"])
+def test_lock_that_is_not_our_plain_file_is_refused(
+    users: LocalUsers, arena: Path, kind: str
+) -> None:
+    import pwd  # noqa: PLC0415
+
+    namespace = arena / "sock" / "default"
+    namespace.mkdir(parents=True)
+    lock = namespace / "bridge.lock"
+    if kind == "fifo":
+        os.mkfifo(lock)  # opening it for writing must not hang the bridge
+    else:
+        lock.write_bytes(b"")
+        os.chown(lock, pwd.getpwnam(users.attacker).pw_uid, -1)
+    message = _bridge_refuses(arena / "sock")
+    expected = "is not a regular file" if kind == "fifo" else f"is owned by {users.attacker}"
+    assert f"{lock} {expected}" in message
 
 
 # -- 2. a planted bridge.lock link ------------------------------------------
@@ -477,7 +546,7 @@ def test_group_member_publishes_and_subscribes_non_member_cannot(
         with Bus(dir=str(folder), worker="root-side") as root_bus:
             from_member = root_bus.subscribe("grp.member")
             assert root_bus.sync(20)
-            member = users.popen(users.member, MEMBER, str(folder))
+            member = users.popen(users.member, "-c", MEMBER, str(folder))
             try:
                 event = from_member.get(timeout=30)
                 assert (event.channel, event.data) == ("grp.member", {"from": "member"})
