@@ -131,6 +131,10 @@ class _Walk:
 
     def walk(self, path: str, roles: dict[str, Role]) -> os.stat_result | None:
         """Check (and for the bridge create) every level; the last level's stat."""
+        self.hops = 0
+        return self._walk(path, roles)
+
+    def _walk(self, path: str, roles: dict[str, Role]) -> os.stat_result | None:
         result: os.stat_result | None = None
         for level in _levels(path):
             role = roles.get(level, "ancestor")
@@ -165,8 +169,13 @@ class _Walk:
             )
         self.hops += 1
         if self.hops > MAX_SYMLINK_HOPS:
-            raise self.refuse("dir", level, "is part of a symbolic link loop", _WHERE)
-        self.walk(os.path.realpath(level), {})
+            raise self.refuse(
+                "dir",
+                level,
+                f"is one symbolic link too many (at most {MAX_SYMLINK_HOPS}: a loop?)",
+                _WHERE,
+            )
+        self._walk(os.path.realpath(level), {})
 
     def create(self, level: str) -> os.stat_result:
         with contextlib.suppress(FileExistsError):

@@ -33,6 +33,7 @@ from circus_events._client_core import ClientOptions
 from circus_events._config import ROOT_DEFAULT_DIR, default_dir
 from circus_events._sockdir import (
     GROUP_DIR_MODE,
+    MAX_SYMLINK_HOPS,
     PRIVATE_DIR_MODE,
     check_client_dir,
     prepare_bridge_dir,
@@ -317,6 +318,24 @@ def test_ancestor_links_of_root_are_followed_those_of_others_refused(
     with pytest.raises(UnsafePathError, match="symbolic link owned by"):
         prepare_bridge_dir(str(planted / "t"), str(planted / "t" / "ns"))
     assert not (real / "t").exists()
+
+
+def test_ancestor_links_are_followed_up_to_the_limit(arena: Path) -> None:
+    """MAX_SYMLINK_HOPS links in one path are fine; one more (or a loop) is refused."""
+    hops = MAX_SYMLINK_HOPS + 1
+    for n in range(hops + 1):
+        (arena / f"r{n}").mkdir()
+        if n:
+            (arena / f"r{n - 1}" / "n").symlink_to(arena / f"r{n}")
+    at_limit = arena.joinpath("r0", *["n"] * MAX_SYMLINK_HOPS, "s")
+    prepare_bridge_dir(str(at_limit), str(at_limit / "ns"))
+    past = arena.joinpath("r0", *["n"] * hops, "s")
+    with pytest.raises(UnsafePathError, match="symbolic link too many"):
+        prepare_bridge_dir(str(past), str(past / "ns"))
+    assert not (arena / f"r{hops}" / "s").exists()
+    (arena / "loop").symlink_to(arena / "loop")
+    with pytest.raises(UnsafePathError, match="symbolic link too many"):
+        prepare_bridge_dir(str(arena / "loop" / "s"), str(arena / "loop" / "s" / "ns"))
 
 
 def test_world_writable_folder_above_is_refused_unless_root_owned_and_sticky(
