@@ -52,7 +52,9 @@ from typing import Final, Literal
 from ._exceptions import ConfigError, UnsafePathError
 
 __all__ = [
+    "GROUP_DIR_MODE",
     "MAX_SYMLINK_HOPS",
+    "PRIVATE_DIR_MODE",
     "check_client_dir",
     "group_id",
     "open_private_file",
@@ -69,12 +71,15 @@ PRIVATE_DIR_MODE: Final = 0o700
 #: members get no write bit: they cannot unlink or plant files).
 GROUP_DIR_MODE: Final = 0o750
 
+#: What a level is to the walk: above the socket folder, the socket folder
+#: (``dir``), or the namespace folder that holds the sockets.
+Role = Literal["ancestor", "dir", "namespace"]
+#: The fixes that end most refusals.
+_WHERE = "choose another folder with --dir, CIRCUS_EVENTS_DIR or the plugin's dir"
 _NOT_A_MEMBER = (
     "if the bridge runs with group, this user must be a member of that group "
     "(log in again after being added)"
 )
-Role = Literal["ancestor", "dir", "namespace"]
-_WHERE = "choose another folder with --dir, CIRCUS_EVENTS_DIR or the plugin's dir"
 
 
 def _user(uid: int) -> str:
