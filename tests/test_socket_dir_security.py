@@ -525,6 +525,14 @@ def test_client_refuses_a_folder_owned_by_another_user(users: LocalUsers, arena:
             make()
         assert str(taken) in str(caught.value) and users.attacker in str(caught.value)
         assert "this client refuses it" in str(caught.value)
+    status = subprocess.run(
+        [sys.executable, "-m", "circus_events", "status", "--dir", str(taken)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert status.returncode == 2 and "this client refuses it" in status.stderr
     # A non-root client refuses it too.
     result = users.run(users.member, OPEN_BUS, str(taken))
     assert result["error"] == "UnsafePathError" and str(taken) in result["message"]
