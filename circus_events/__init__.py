@@ -16,6 +16,7 @@ from ._exceptions import (
     MessageTooLarge,
     ProtocolError,
     PublishTimeout,
+    UnsafePathError,
 )
 from ._version import __version__
 from .aio import AsyncBus, AsyncSubscription
@@ -39,5 +40,6 @@ __all__ = [
     "ProtocolError",
     "PublishTimeout",
     "Subscription",
+    "UnsafePathError",
     "__version__",
 ]

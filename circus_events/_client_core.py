@@ -31,6 +31,7 @@ from ._config import (
 )
 from ._event import Event, Gap, RawEvent
 from ._exceptions import BridgeError, ChannelError, ConfigError, MessageTooLarge, ProtocolError
+from ._sockdir import check_client_dir
 from .protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
@@ -195,7 +196,7 @@ class ClientOptions:
         env = environ_options(environ)
         bridge = BridgeConfig.from_options(
             {
-                "dir": dir or env.get("dir") or default_dir(),
+                "dir": dir or env.get("dir") or default_dir(environ),
                 "namespace": namespace or env.get("namespace") or DEFAULT_NAMESPACE,
                 "host": host or env.get("host") or default_host(),
                 "max_message_bytes": max_message_bytes
@@ -216,8 +217,11 @@ class ClientOptions:
             raise ConfigError("publish_timeout", "must not be negative")
         if send_queue < 1 or queue_size < 1:
             raise ConfigError("queue_size", "queue sizes must be at least 1")
+        paths = socket_paths(bridge.dir, bridge.namespace)
+        # Before any socket exists: one lstat chain per client, never per message.
+        check_client_dir(paths.directory)
         return cls(
-            paths=socket_paths(bridge.dir, bridge.namespace),
+            paths=paths,
             host=bridge.host,
             worker=worker_id or default_worker_id(bridge.host),
             worker_is_default=not worker_id,

@@ -92,9 +92,28 @@ MAX_REDIS_PREFIX_CHARS: Final = 128
 Mode = Literal["pubsub", "stream"]
 
 
-def default_dir() -> str:
-    """The socket directory both sides use when none is configured."""
-    return f"/tmp/circus-events-{os.getuid()}"
+#: root's default socket folder: only root can create it in ``/run``.
+ROOT_DEFAULT_DIR: Final = "/run/circus-events"
+
+
+def default_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The socket folder both sides use when none is configured.
+
+    A folder no other user can create first: ``/run/circus-events`` for
+    root, ``$XDG_RUNTIME_DIR/circus-events`` for other users (a per-user
+    ``0700`` folder). Without ``XDG_RUNTIME_DIR``: ``/tmp/circus-events-<uid>``,
+    which another user *can* create first; the bridge then refuses it (see
+    ``_sockdir``) rather than use it. Workers of another uid than the bridge
+    must be given ``CIRCUS_EVENTS_DIR``.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return ROOT_DEFAULT_DIR
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        return os.path.join(runtime, "circus-events")
+    return f"/tmp/circus-events-{uid}"
 
 
 def default_host() -> str:

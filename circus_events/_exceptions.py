@@ -4,6 +4,7 @@ Every error is a :class:`CircusEventsError`; catch that to catch them all::
 
     CircusEventsError
     ├── ConfigError            an option or variable has a bad value (names the key)
+    │   └── UnsafePathError    the socket folder or a file in it fails its safety check
     ├── ProtocolError          bytes from a peer are not a valid message
     ├── ChannelError           (also ValueError) a channel or pattern name is invalid
     ├── EncodeError            (also ValueError) the codec cannot encode a payload
@@ -27,6 +28,7 @@ __all__ = [
     "MessageTooLarge",
     "ProtocolError",
     "PublishTimeout",
+    "UnsafePathError",
 ]
 
 
@@ -42,6 +44,18 @@ class ConfigError(CircusEventsError):
         self.key = key
         #: The message without the key (to name the key another way: a flag, a variable).
         self.reason = message
+
+
+class UnsafePathError(ConfigError):
+    """A socket folder, or a file in it, could be controlled by another user.
+
+    ``path`` is the level or file that failed; the message says why and how
+    to fix it. A ``ConfigError``: the bridge refuses to start (exit 2).
+    """
+
+    def __init__(self, key: str, path: str, message: str) -> None:
+        super().__init__(key, message)
+        self.path = path
 
 
 class ProtocolError(CircusEventsError):

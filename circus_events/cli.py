@@ -30,6 +30,7 @@ from ._config import (
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
 from ._redis_url import read_redis_url_file, refuse_visible_password
+from ._sockdir import check_client_dir
 from ._version import __version__
 
 __all__ = ["main"]
@@ -93,7 +94,10 @@ def _range(option: str) -> str:
 
 _common = [
     click.option(
-        "--dir", "dir_", help="Socket directory [CIRCUS_EVENTS_DIR; /tmp/circus-events-<uid>]."
+        "--dir",
+        "dir_",
+        help="Socket directory [CIRCUS_EVENTS_DIR; /run/circus-events for root, "
+        "else $XDG_RUNTIME_DIR/circus-events or /tmp/circus-events-<uid>].",
     ),
     click.option("--namespace", help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default]."),
     click.option("--host", help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."),
@@ -154,7 +158,9 @@ def cli(verbose: int) -> None:
     "--stats-interval",
     help=f"Seconds between presence updates in Redis [5; {_range('stats_interval')}].",
 )
-@click.option("--group", help="Unix group allowed to use the sockets (directory 0770).")
+@click.option(
+    "--group", help="Unix group whose members may use the sockets (sockets 0660, folder 0750)."
+)
 @click.option(
     "--subscriber-hwm",
     help="Frames (a message, or a batch of up to 16 KiB) queued per local subscriber "
@@ -219,7 +225,7 @@ def bridge(
         logging.getLogger("circus_events").setLevel(logging.INFO)
     try:
         run_bridge(config)
-    except ConfigError as exc:
+    except ConfigError as exc:  # an unsafe socket folder, an unknown group: fix and retry
         _fail(str(exc), EXIT_USAGE)
     except CircusEventsError as exc:
         _fail(str(exc))
@@ -405,6 +411,10 @@ def _wait_sent(bus: Any, timeout: float) -> bool:
 
 def _query_bridge(dir_: str | None, namespace: str | None) -> dict[str, Any] | None:
     config = _bridge_config(dir=dir_, namespace=namespace)
+    try:  # whoever owns the folder could answer in the bridge's place
+        check_client_dir(config.paths.directory)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

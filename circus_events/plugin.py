@@ -46,6 +46,7 @@ from ._config import (
 )
 from ._exceptions import CircusEventsError, ConfigError
 from ._redis_url import read_redis_url_file, refuse_visible_password
+from ._sockdir import open_private_file, prepare_dir
 from .bridge.core import Bridge, settle_heap
 
 __all__ = ["EventsPlugin", "PluginSettings", "parse_plugin_options"]
@@ -149,21 +150,47 @@ def _fallback_log_file(options: Mapping[str, str]) -> str:
     """Where to log when the options themselves are broken."""
     if options.get("log_file"):
         return options["log_file"]
+    return os.path.join(_fallback_dir(options), LOG_FILE_NAME)
+
+
+def _fallback_dir(options: Mapping[str, str]) -> str:
     directory = os.environ.get("CIRCUS_EVENTS_DIR") or options.get("dir") or default_dir()
-    return os.path.join(directory, LOG_FILE_NAME)
+    return os.path.abspath(directory)
 
 
-def _log_to_file(path: str) -> None:
-    """Log to a file the user can find, as well as to circus' own logger."""
-    with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        to_file = logging.FileHandler(path)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logging.getLogger("circus_events").addHandler(to_file)
+class _PrivateLogFile(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on a descriptor we opened and checked; never reopened by path."""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.flush()
+            self.stream.close()
+        super().close()
+
+
+def _log_to_file(path: str, socket_dir: str | None = None) -> None:
+    """Log to a file the user can find, as well as to circus' own logger.
+
+    The file is opened without following a link and must be our own plain
+    file with one link (``_sockdir.open_private_file``). Its folder, when it
+    is the socket folder or does not exist yet, is created or checked as the
+    bridge does its own. A file that fails is not used; circus' log says why.
+    """
     package = logging.getLogger("circus_events")
     package.setLevel(logging.INFO)
     for handler in logging.getLogger("circus").handlers:
         package.addHandler(handler)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if folder == socket_dir or not os.path.lexists(folder):
+            prepare_dir(folder)
+        fd = open_private_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, key="log_file")
+    except CircusEventsError as exc:
+        log.error("[plugin:events] not logging to a file: %s", exc)
+        return
+    to_file = _PrivateLogFile(os.fdopen(fd, "a", encoding="utf-8"))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    package.addHandler(to_file)
 
 
 class CircusWatch:
@@ -302,7 +329,7 @@ class EventsPlugin(CircusPlugin):  # type: ignore[misc]
         try:
             config, settings = parse_plugin_options(self.options)
         except ConfigError as exc:
-            _log_to_file(_fallback_log_file(self.options))
+            _log_to_file(_fallback_log_file(self.options), _fallback_dir(self.options))
             log.error(
                 "[plugin:events] configuration error: %s. Fix the plugin section, then "
                 "`circusctl restart %s`. The bus is not running.",
@@ -311,7 +338,7 @@ class EventsPlugin(CircusPlugin):  # type: ignore[misc]
             )
             self._wait_for_stop()
             return
-        _log_to_file(settings.log_file)
+        _log_to_file(settings.log_file, config.dir)
         settle_heap()
         asyncio.run(self._serve(config, settings))
 

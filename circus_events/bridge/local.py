@@ -1,17 +1,19 @@
 """The bridge's local endpoints: the namespace directory, its lock and ipc sockets.
 
-The directory is created ``0700`` (``0770`` with a group) so no other local
-user can read or inject events. A ``flock`` on ``bridge.lock`` makes one
-bridge per namespace: the kernel releases it when a bridge dies, however it
-dies, so a successor knows that socket files it finds are stale and may
-unlink them before binding.
+The socket folder and the namespace folder are created or checked level by
+level before anything is bound (:mod:`circus_events._sockdir`): the
+namespace folder is ``0700``, or ``0750`` with group ``group``, and the
+sockets ``0600``, or ``0660`` with group ``group``, so members of that group
+(and nobody else) can publish and subscribe. A ``flock`` on ``bridge.lock``
+(opened without following links) makes one bridge per namespace: the kernel
+releases it when a bridge dies, however it dies, so a successor knows that
+socket files it finds are stale and may unlink them before binding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import grp
 import os
 from typing import Final
 
@@ -19,6 +21,7 @@ import zmq
 
 from .._config import SocketPaths
 from .._exceptions import BridgeError
+from .._sockdir import open_private_file, prepare_bridge_dir
 
 __all__ = [
     "PULL_HWM",
@@ -46,7 +49,8 @@ class LocalSockets:
         group: str | None = None,
     ) -> None:
         self.paths = paths
-        self._lock_fd = _lock(paths, group)
+        gid = prepare_bridge_dir(os.path.dirname(paths.directory), paths.directory, group)
+        self._lock_fd = _lock(paths)
         try:
             for path in (paths.pull, paths.pub, paths.control):
                 with contextlib.suppress(FileNotFoundError):
@@ -67,10 +71,14 @@ class LocalSockets:
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, 65536)
             self.control.bind("ipc://" + paths.control)
-            mode = 0o660 if group else 0o600
+            # Only this user can write the namespace folder (checked above), so
+            # these paths are the sockets just bound, not links planted since.
+            mode = 0o600 if gid is None else 0o660
             for path in (paths.pull, paths.pub, paths.control):
+                if gid is not None:
+                    os.chown(path, -1, gid, follow_symlinks=False)
                 os.chmod(path, mode)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError) as exc:
             self._release()
             raise BridgeError(
                 f"cannot bind the bridge sockets in {paths.directory}: {exc}"
@@ -91,22 +99,9 @@ class LocalSockets:
             self._lock_fd = -1
 
 
-def _lock(paths: SocketPaths, group: str | None) -> int:
-    """Create the namespace directory with safe permissions and take its lock."""
-    mode = 0o770 if group else 0o700
-    try:
-        os.makedirs(paths.directory, mode=mode, exist_ok=True)
-        gid = -1
-        if group:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise BridgeError(f"group {group!r} does not exist") from None
-        os.chown(paths.directory, -1, gid)
-        os.chmod(paths.directory, mode)
-        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise BridgeError(f"cannot prepare the socket directory {paths.directory}: {exc}") from exc
+def _lock(paths: SocketPaths) -> int:
+    """Take the namespace's lock in its checked folder; never through a link."""
+    fd = open_private_file(paths.lock, os.O_RDWR | os.O_CREAT, key="dir")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
