@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import zmq
 
+from circus_events.bench.infra import wait_for_bridge
 from circus_events.bench.workers import (
     IDLE_SECONDS,
     PAYLOAD_BYTES,
@@ -48,7 +49,6 @@ from circus_events.bench.workers import (
     process_cpu_ns,
     stamp_of,
     thread_cpu_ns,
-    wait_for_bridge,
 )
 
 __all__ = [

@@ -114,7 +114,8 @@ from _common import (
 
 from circus_events._config import DEFAULT_RETENTION
 from circus_events.bench import baselines
-from circus_events.bench.infra import RedisServer, bridge_counters, redis_server_version
+from circus_events.bench.infra import bridge_counters
+from circus_events.bench.servers import RedisServer, redis_server_version
 from circus_events.bench.spec import CaseSpec
 
 #: Subscriber processes on host B (``--subscribers``).

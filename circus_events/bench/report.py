@@ -13,8 +13,8 @@ from typing import Any
 import redis
 import zmq
 
-from .harness import RATIOS, SYSTEMS, Options, RunResult
-from .infra import redis_server_version
+from .cases import RATIOS, SYSTEMS, Options, RunResult
+from .servers import redis_server_version
 
 PEAK_TARGET_CONNECTIONS = 2
 
