@@ -27,6 +27,12 @@ class System:
     label: str
     kind: str  # "circus-events", "baseline" or "peer"
     bridges: tuple[str, str]  # publisher's and subscribers' bridge ("" for none)
+    codec: str = "raw"
+    #: Subscribers take events in a ``Bus.on`` handler instead of iterating ``get()``.
+    handler: bool = False
+    #: Measured by a plain ``circus-events bench``; the others only when named
+    #: (``Options.systems``, the scripts in ``benchmarks/``).
+    default: bool = True
 
 
 SYSTEMS: Final = {
@@ -40,8 +46,17 @@ SYSTEMS: Final = {
         System("ce-stream", "circus-events stream", "circus-events", ("sa", "sb")),
         System("broadcaster", "broadcaster (Redis)", "peer", ("", "")),
         System("channels-redis", "channels_redis PubSub layer", "peer", ("", "")),
+        # Variants for benchmarks/local_fanout.py and cross_host.py.
+        System("ce-local-json", "circus-events local, JSON", "circus-events",
+               ("local", "local"), codec="json", default=False),
+        System("ce-local-handler", "circus-events local, handler", "circus-events",
+               ("local", "local"), handler=True, default=False),
+        System("ce-pubsub-handler", "circus-events pub/sub, handler", "circus-events",
+               ("a", "b"), handler=True, default=False),
+        System("ce-stream-handler", "circus-events stream, handler", "circus-events",
+               ("sa", "sb"), handler=True, default=False),
     )
-}
+}  # fmt: skip
 #: (system, baseline, target ratio, what) for the throughput ratios printed.
 RATIOS: Final = (
     ("ce-local", "zmq-proxy", 0.7, "local fan-out"),
@@ -77,6 +92,19 @@ class Options:
     quick: bool = False
     smoke: bool = False
     keep: bool = False
+    #: The systems to measure, by name; empty: every ``default`` one.
+    systems: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.systems if name not in SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown system {unknown[0]!r} (known: {', '.join(SYSTEMS)})")
+
+    def selected(self) -> list[System]:
+        """The systems this run measures, in table order."""
+        if not self.systems:
+            return [s for s in SYSTEMS.values() if s.default]
+        return [s for s in SYSTEMS.values() if s.name in self.systems]
 
     @classmethod
     def preset(cls, quick: bool = False, smoke: bool = False) -> Options:

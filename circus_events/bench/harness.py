@@ -49,6 +49,7 @@ from .workers import (
     PublisherResult,
     SubscriberResult,
     Workers,
+    ce_handler_subscriber_main,
     ce_publisher_main,
     ce_subscriber_main,
     ce_timeline_subscriber_main,
@@ -87,7 +88,9 @@ def run_case(
     timeline = spec.mode == "timeline"
     hubs = stack.hub_pids(system)
     rss_pids = {k: v for k, v in hubs.items() if k.startswith("bridge-")}
-    redis_port = None if system.name in ("zmq-proxy", "ce-local") else stack.redis.port
+    redis_port = (
+        None if system.name == "zmq-proxy" or system.bridges[0] == "local" else stack.redis.port
+    )
 
     def start_sub(index: int) -> Any:
         if system.kind == "peer":
@@ -100,7 +103,13 @@ def run_case(
         elif system.kind == "baseline":
             main = baselines.redis_subscriber_main
         else:
-            main = ce_timeline_subscriber_main if timeline else ce_subscriber_main
+            main = (
+                ce_timeline_subscriber_main
+                if timeline
+                else ce_handler_subscriber_main
+                if system.handler
+                else ce_subscriber_main
+            )
         conn = workers.start(main, spec, index)
         subscriber_pids.append(workers.processes[-1].pid)
         return conn
@@ -274,7 +283,9 @@ def run(options: Options) -> dict[str, Any]:
     peer_versions: dict[str, str] = {}
     unavailable: dict[str, str] = {}
     peer_python = ""
-    if options.peers:
+    selected = options.selected()
+    measure_peers = any(s.kind == "peer" for s in selected)
+    if options.peers and measure_peers:
         try:
             peer_python, peer_versions = peers.ensure_env(progress.note)
             progress.note(
@@ -286,20 +297,22 @@ def run(options: Options) -> dict[str, Any]:
             for name in ("broadcaster", "channels-redis"):
                 unavailable[name] = f"peers' environment unavailable: {exc}"
             progress.note(f"peers unavailable: {exc}")
-    else:
+    elif measure_peers:
         for name in ("broadcaster", "channels-redis"):
             unavailable[name] = "not measured (--no-peers)"
     runs: list[RunResult] = []
     faults: dict[str, Any] = {}
     serial = 0
     try:
-        with running_stack(workdir, context, tuple(BRIDGES), proxy=True) as stack:
+        bridges = tuple(b for b in BRIDGES if any(b in s.bridges for s in selected))
+        proxy = any(s.name == "zmq-proxy" for s in selected)
+        with running_stack(workdir, context, bridges, proxy=proxy) as stack:
             stack.peer_python = peer_python
             for bridge, reason in stack.unavailable.items():
-                for system in SYSTEMS.values():
+                for system in selected:
                     if bridge in system.bridges:
                         unavailable[system.name] = reason
-            systems = [s for s in SYSTEMS.values() if s.name not in unavailable]
+            systems = [s for s in selected if s.name not in unavailable]
             for name, reason in unavailable.items():
                 progress.note(f"{name}: unavailable ({reason})")
             progress.total = len(options.workers) * len(systems) * (options.repeats + 1)
@@ -322,6 +335,7 @@ def run(options: Options) -> dict[str, Any]:
                     redis_port=stack.redis.port,
                     proxy_in=stack.proxy_endpoints[0],
                     proxy_out=stack.proxy_endpoints[1],
+                    codec=system.codec,
                 )
 
             count = max(1, int(options.rate * options.latency_seconds))

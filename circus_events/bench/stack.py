@@ -92,7 +92,7 @@ class Stack:
         if system.name == "zmq-proxy":
             return {"proxy": int(self.proxy.pid)}
         pids = {f"bridge-{b}": self.bridges[b].pid for b in dict.fromkeys(system.bridges) if b}
-        if system.name != "ce-local":
+        if system.bridges[0] != "local":
             pids["redis"] = self.redis.pid
         return pids
 

@@ -1,4 +1,4 @@
-"""Pieces shared by every benchmark (``circus-events bench``, ``benchmarks/*.py``).
+"""The circus-events workers and figures of ``circus-events bench`` (and ``benchmarks/``).
 
 * The circus-events worker processes (publisher, iterator subscriber,
   handler subscriber) and what they report.
@@ -9,8 +9,7 @@
   worker-process launcher.
 
 The worker functions run in ``multiprocessing`` children (forkserver), so
-they live in an importable module: ``benchmarks/_common.py`` re-exports them
-for the scripts there.
+they live in an importable module.
 """
 
 from __future__ import annotations
