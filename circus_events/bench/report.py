@@ -161,7 +161,8 @@ def print_report(report: dict[str, Any], json_path: str, charts: list[str], note
     if env["peers"]:
         out("peers (own venv): " + ", ".join(f"{k} {v}" for k, v in env["peers"].items()))
     if config["quick"]:
-        out("--quick: 32 workers skipped, 1 repeat, fewer messages")
+        repeats = config["repeats"]
+        out(f"--quick: {repeats} repeat{'s' if repeats > 1 else ''}, fewer messages")
     out()
     out(
         f"  {'system':<31} {'workers':>7} {'delivered/s':>12} {'lost':>7} {'p50 us':>8} "
