@@ -12,20 +12,26 @@ Every error is a :class:`CircusEventsError`; catch that to catch them all::
     ├── MessageTooLarge        (also ValueError) over ``max_message_bytes``
     ├── PublishTimeout         (also TimeoutError) the local bridge took nothing in time
     ├── BusClosed              the bus was closed
-    └── BridgeError            the bridge cannot start or run (socket in use, ...)
+    ├── BridgeError            the bridge cannot start or run (socket in use, ...)
+    └── ControlError           a control request (``circus-events status``) got no usable answer
+        ├── NoBridgeAnswers    (also TimeoutError) nothing answered at ``ctl.sock`` in time
+        └── BadReply           the answer is not a JSON object, or says ``error``
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BadReply",
     "BridgeError",
     "BusClosed",
     "ChannelError",
     "CircusEventsError",
     "ConfigError",
+    "ControlError",
     "DecodeError",
     "EncodeError",
     "MessageTooLarge",
+    "NoBridgeAnswers",
     "ProtocolError",
     "PublishTimeout",
     "UnsafePathError",
@@ -88,3 +94,15 @@ class BusClosed(CircusEventsError):
 
 class BridgeError(CircusEventsError):
     """The bridge cannot start or keep running (for example: already running)."""
+
+
+class ControlError(CircusEventsError):
+    """A request to a bridge's control socket did not get a usable answer."""
+
+
+class NoBridgeAnswers(ControlError, TimeoutError):
+    """No bridge answered at the control socket in time (is it running?)."""
+
+
+class BadReply(ControlError):
+    """The bridge answered with something that is not a JSON object, or an error."""

@@ -17,7 +17,6 @@ import time
 from typing import Any, Final, NoReturn
 
 import click
-import zmq
 
 from ._config import (
     DEFAULT_SUBSCRIBER_HWM,
@@ -28,18 +27,17 @@ from ._config import (
     relabel,
 )
 from ._event import Event
-from ._exceptions import CircusEventsError, ConfigError
+from ._exceptions import CircusEventsError, ConfigError, ControlError
 from ._redis_url import read_redis_url_file, refuse_visible_password
-from ._sockdir import check_client_dir
 from ._version import __version__
 
 __all__ = ["main"]
 
-EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
-STATUS_TIMEOUT_MS: Final = 2000
+#: Seconds `circus-events status` waits for the bridge to answer.
+STATUS_TIMEOUT: Final = 2.0
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -409,27 +407,6 @@ def _wait_sent(bus: Any, timeout: float) -> bool:
     return bus.flush(timeout)
 
 
-def _query_bridge(dir_: str | None, namespace: str | None) -> dict[str, Any] | None:
-    config = _bridge_config(dir=dir_, namespace=namespace)
-    try:  # whoever owns the folder could answer in the bridge's place
-        check_client_dir(config.paths.directory)
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect("ipc://" + config.paths.control)
-        sock.send(b'{"cmd": "status"}')
-        if not sock.poll(STATUS_TIMEOUT_MS):
-            return None
-        reply: dict[str, Any] = json.loads(sock.recv())
-        return reply
-    finally:
-        sock.close()
-        context.term()
-
-
 @cli.command()
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
@@ -450,10 +427,15 @@ def status(
     if all_hosts:
         _status_all(dir_, namespace, as_json)
         return
-    report = _query_bridge(dir_, namespace)
-    if report is None:
-        config = _bridge_config(dir=dir_, namespace=namespace)
-        _fail(f"no bridge answers at {config.paths.control} (is it running?)")
+    from .control import query  # noqa: PLC0415
+
+    config = _bridge_config(dir=dir_, namespace=namespace)
+    try:
+        report = query(config.dir, config.namespace, "status", STATUS_TIMEOUT)
+    except ConfigError as exc:  # the socket folder is not safe to trust
+        _fail(str(exc), EXIT_USAGE)
+    except ControlError as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -481,10 +463,8 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
     config = _bridge_config(dir=dir_, namespace=namespace)
     if not config.redis_url:
         _fail("--all needs a Redis: set CIRCUS_EVENTS_REDIS_URL", EXIT_USAGE)
-    try:
-        from .bridge.redis_side import read_cluster_status  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        _fail("this build has no Redis support")
+    from .bridge.redis_side import read_cluster_status  # noqa: PLC0415
+
     try:
         hosts = read_cluster_status(config)
     except CircusEventsError as exc:  # the URL in it has its password masked
@@ -569,8 +549,9 @@ def bench(
     """
     import dataclasses  # noqa: PLC0415
 
-    from .bench import Options  # noqa: PLC0415
-    from .bench import bench as run_bench  # noqa: PLC0415
+    # The harness is not part of the runtime: loaded here, and only here.
+    from .bench.cases import Options  # noqa: PLC0415
+    from .bench.harness import bench as run_bench  # noqa: PLC0415
 
     options = Options.preset(quick=quick, smoke=smoke)
     changes: dict[str, Any] = {"keep": keep}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -66,24 +67,8 @@ PLUGIN_NUMERIC_OPTIONS: Final = {
 }
 CIRCUSD_TIMEOUT: Final = 5.0
 
-_BRIDGE_KEYS: Final = frozenset(
-    {
-        "dir",
-        "namespace",
-        "host",
-        "redis_url",
-        "mode",
-        "buffer_max_bytes",
-        "retention",
-        "stream_shards",
-        "signing_key",
-        "ignore_hosts",
-        "max_message_bytes",
-        "stats_interval",
-        "group",
-        "subscriber_hwm",
-    }
-)
+#: The bridge options a plugin section may set: every ``BridgeConfig`` field.
+_BRIDGE_KEYS: Final = frozenset(field.name for field in dataclasses.fields(BridgeConfig))
 _PLUGIN_KEYS: Final = frozenset({"redis_url_file", "reconcile_interval", "log_file"})
 #: Keys circus itself puts in (or reads from) a plugin section: not ours to refuse.
 _CIRCUS_KEYS: Final = frozenset(
@@ -321,7 +306,6 @@ class EventsPlugin(CircusPlugin):  # type: ignore[misc]
     ) -> None:
         super().__init__(endpoint, pubsub_endpoint, check_delay, ssh_server=ssh_server, **config)
         self.options = {k: str(v) for k, v in config.items()}
-        self._bridge: Bridge | None = None
         self._stopped = False
 
     def start(self) -> None:
@@ -344,7 +328,6 @@ class EventsPlugin(CircusPlugin):  # type: ignore[misc]
 
     async def _serve(self, config: BridgeConfig, settings: PluginSettings) -> None:
         bridge = Bridge(config)
-        self._bridge = bridge
         serving = asyncio.create_task(bridge.run())
         ready = asyncio.create_task(bridge.ready.wait())
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)

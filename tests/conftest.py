@@ -1,4 +1,9 @@
-"""Fixtures that start real servers: redis-server on free ports, short socket dirs."""
+"""Fixtures that start real servers: redis-server on free ports, short socket dirs.
+
+redis-server and free ports come from :mod:`circus_events.bench.servers` (the
+benchmarks start the same server); bridges are asked through
+:mod:`circus_events.control`, the client ``circus-events status`` uses.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from circus_events._exceptions import NoBridgeAnswers
+from circus_events.bench import servers
+from circus_events.bench.servers import RedisServer, free_port
+from circus_events.control import query
+
+__all__ = ["RedisServer", "free_port", "query_bridge", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -32,14 +43,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         delay = min(delay * 2, 0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def redis_server_binary() -> str:
-    binary = shutil.which("redis-server")
+    binary = servers.redis_server_binary()
     if binary is None:
         pytest.fail(
             "redis-server is not installed: `make test` installs it "
@@ -47,84 +52,6 @@ def redis_server_binary() -> str:
             pytrace=False,
         )
     return binary
-
-
-class RedisServer:
-    """A private redis-server on a free port that a test may kill, restart or pause."""
-
-    def __init__(self, directory: Path, *, password: str | None = None, aof: bool = False) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.password = password
-        self.aof = aof
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "always",
-            "--logfile", str(self.directory / "redis.log"),
-        ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, 10, f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                if self.password:
-                    s.sendall(f"AUTH {self.password}\r\n".encode())
-                    s.recv(100)
-                s.sendall(b"PING\r\n")
-                return s.recv(100).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def client(self) -> Any:
-        import redis  # noqa: PLC0415
-
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to clients, like a crashed machine."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
 
 
 @pytest.fixture
@@ -140,18 +67,19 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 def redis_factory(short_tmp: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start as many private redis-servers as a test needs; all are stopped after it."""
-    servers: list[RedisServer] = []
+    started: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
-        directory = short_tmp / f"redis{len(servers)}"
+        redis_server_binary()
+        directory = short_tmp / f"redis{len(started)}"
         directory.mkdir()
         server = RedisServer(directory, **kwargs)
+        started.append(server)
         server.start()
-        servers.append(server)
         return server
 
     yield make
-    for server in servers:
+    for server in started:
         server.stop()
 
 
@@ -172,23 +100,11 @@ WORKERS = Path(__file__).parent / "workers"
 
 
 def query_bridge(directory: Path | str, namespace: str = "default", timeout: float = 1.0) -> Any:
-    """Ask a bridge for its status over its control socket; None if it does not answer."""
-    import json  # noqa: PLC0415
-
-    import zmq  # noqa: PLC0415
-
-    context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
+    """A bridge's status over its control socket; None if it does not answer (yet)."""
     try:
-        sock.connect(f"ipc://{directory}/{namespace}/ctl.sock")
-        sock.send(b'{"cmd": "status"}')
-        if not sock.poll(int(timeout * 1000)):
-            return None
-        return json.loads(sock.recv())
-    finally:
-        sock.close()
-        context.term()
+        return query(str(directory), namespace, "status", timeout)
+    except NoBridgeAnswers:
+        return None
 
 
 class BridgeProcess:

@@ -39,3 +39,49 @@ def test_bench_smoke_writes_every_figure_and_ratio(tmp_path: str) -> None:
     assert ratios[("ce-pubsub", "broadcaster")]["ratio"] is None  # peers are off in smoke mode
     assert "local fan-out, 1 workers:" in done.stdout
     assert "x zmq-proxy (target >= 0.7x:" in done.stdout
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("script", "args", "systems"),
+    [
+        (
+            "local_fanout.py",
+            ["--cases", "zmq-proxy,ce-raw-handler"],
+            {"zmq-proxy", "ce-local-handler"},
+        ),
+        (
+            "cross_host.py",
+            ["--mode", "stream", "--cases", "redis-py,ce-raw"],
+            {"redis-stream", "ce-stream"},
+        ),
+    ],
+)
+def test_benchmark_scripts_run_the_harness(
+    tmp_path: str, script: str, args: list[str], systems: set[str]
+) -> None:
+    """The scripts in benchmarks/ are entry points into the harness: its report, its JSON."""
+    out = os.path.join(str(tmp_path), "out")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--quick", "--messages", "500",
+         "--latency-seconds", "0.2", "--subscribers", "2", "--no-charts", "--out", out, *args],
+        capture_output=True, text=True, timeout=110, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    with open(os.path.join(out, "bench.json")) as f:
+        report = json.load(f)
+    assert set(report["summary"]) == systems
+    for system in systems:
+        row = report["summary"][system]["by_workers"]["2"]
+        assert row["delivered_per_s"] > 0 and row["lost_per_run"] == [0]
+
+
+def test_an_unknown_system_is_refused() -> None:
+    from circus_events.bench.cases import Options  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="unknown system 'nope'"):
+        Options(systems=("ce-local", "nope"))

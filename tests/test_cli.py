@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import BridgeProcess
 
 from circus_events import Bus
+from circus_events._config import default_host
 
 CLI = [sys.executable, "-m", "circus_events"]
 
@@ -51,7 +52,9 @@ def test_publish_then_tail_json(bridge: BridgeProcess) -> None:
         ("orders.paid", {"id": 42}),
         ("orders.note", "plain text"),
     ]
-    assert all(e["host"] == "host-a" or e["host"] for e in lines)
+    # An event carries its publisher's host: `publish` was given no --host (and no
+    # CIRCUS_EVENTS_HOST), so it is this machine's name, not the bridge's "host-a".
+    assert [e["host"] for e in lines] == [default_host(), default_host()]
 
 
 def test_publish_each_stdin_line(bridge: BridgeProcess) -> None:

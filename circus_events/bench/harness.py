@@ -25,243 +25,42 @@ every system alike; every ratio is taken within the same run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import baselines, infra, peers
+from .cases import BIN_SECONDS, BRIDGES, SYSTEMS, Options, RunResult, System
+from .report import build_report, print_report, write_charts
 from .spec import CaseSpec
+from .stack import Stack, running_stack
 from .workers import (
     SETUP_TIMEOUT,
-    BusTarget,
     PublisherResult,
     SubscriberResult,
     Workers,
+    ce_handler_subscriber_main,
     ce_publisher_main,
     ce_subscriber_main,
     ce_timeline_subscriber_main,
     latency_figures,
     process_cpu_ns,
-    wait_for_bridge,
 )
-
-NAMESPACE: Final = "bench"
-STREAM_NAMESPACE: Final = "benchs"
-#: Bridges: name -> (host, namespace, mode); mode None: no Redis (single host).
-BRIDGES: Final = {
-    "local": ("bench-local", NAMESPACE, None),
-    "a": ("host-a", NAMESPACE, "pubsub"),
-    "b": ("host-b", NAMESPACE, "pubsub"),
-    "sa": ("stream-a", STREAM_NAMESPACE, "stream"),
-    "sb": ("stream-b", STREAM_NAMESPACE, "stream"),
-}
-
 
 #: Seconds of publishing after the stuck subscriber is continued.
 STUCK_AFTER: Final = 2.0
 #: Seconds a timeline run keeps listening after the publisher is done.
 TIMELINE_SETTLE: Final = 6.0
-
-
-@dataclasses.dataclass(frozen=True)
-class System:
-    name: str
-    label: str
-    kind: str  # "circus-events", "baseline" or "peer"
-    bridges: tuple[str, str]  # publisher's and subscribers' bridge ("" for none)
-
-
-SYSTEMS: Final = {
-    s.name: s
-    for s in (
-        System("zmq-proxy", "raw pyzmq XSUB/XPUB proxy", "baseline", ("", "")),
-        System("ce-local", "circus-events local", "circus-events", ("local", "local")),
-        System("redis-pubsub", "raw redis-py PUBLISH/SUBSCRIBE", "baseline", ("", "")),
-        System("ce-pubsub", "circus-events pub/sub", "circus-events", ("a", "b")),
-        System("redis-stream", "raw redis-py XADD/XREAD", "baseline", ("", "")),
-        System("ce-stream", "circus-events stream", "circus-events", ("sa", "sb")),
-        System("broadcaster", "broadcaster (Redis)", "peer", ("", "")),
-        System("channels-redis", "channels_redis PubSub layer", "peer", ("", "")),
-    )
-}
-#: (system, baseline, target ratio, what) for the throughput ratios printed.
-RATIOS: Final = (
-    ("ce-local", "zmq-proxy", 0.7, "local fan-out"),
-    ("ce-pubsub", "redis-pubsub", 1.0, "cross-host pub/sub"),
-    ("ce-stream", "redis-stream", 1.0, "cross-host stream"),
-    ("ce-stream", "redis-pubsub", 1.0, "cross-host stream vs raw pub/sub"),
-    ("ce-pubsub", "broadcaster", 10.0, "cross-host pub/sub vs broadcaster"),
-    ("ce-pubsub", "channels-redis", 10.0, "cross-host pub/sub vs channels_redis"),
-)
-#: Width of a fault timeline's bins, seconds.
-BIN_SECONDS: Final = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """What one ``circus-events bench`` run measures."""
-
-    workers: tuple[int, ...] = (1, 8, 32)
-    messages: int = 100_000  # per throughput run, circus-events and raw baselines
-    peer_messages: int = 10_000  # per throughput run, peers (a few thousand msg/s)
-    repeats: int = 3
-    rate: float = 1000.0  # latency runs, msg/s
-    latency_seconds: float = 4.0
-    warmup: int = 100
-    peers: bool = True
-    faults: bool = True
-    stuck_seconds: float = 6.0  # the stuck subscriber is stopped from 1 s to this
-    fault_seconds: float = 8.0  # outage run length
-    stuck_rate: float = 10_000.0
-    outage_rate: float = 2_000.0
-    outage_at: float = 1.5
-    outage_seconds: float = 3.0
-    quick: bool = False
-    smoke: bool = False
-    keep: bool = False
-
-    @classmethod
-    def preset(cls, quick: bool = False, smoke: bool = False) -> Options:
-        if smoke:
-            return cls(
-                workers=(1,), messages=300, peer_messages=100, repeats=1, rate=1000.0,
-                latency_seconds=0.3, warmup=10, peers=False, faults=False, smoke=True,
-            )  # fmt: skip
-        if quick:
-            return cls(
-                workers=(1, 8), messages=20_000, peer_messages=2_000, repeats=1,
-                latency_seconds=1.0, stuck_seconds=3.0, fault_seconds=7.0, outage_at=1.0,
-                quick=True,
-            )  # fmt: skip
-        return cls()
-
-
-@dataclasses.dataclass
-class RunResult:
-    system: str
-    mode: str
-    workers: int
-    published: int
-    expected: int
-    received: int
-    lost: int
-    reported_missed: int
-    seconds: float
-    delivered_per_s: float
-    latency_us: dict[str, float]
-    cpu_s_per_10k: float
-    cpu_s: dict[str, float]
-    redis_connections_sub_host: int | None
-    redis_connections: dict[str, int]
-    bridge_peak_rss_bytes: int | None
-    timeline: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-
-
-# -- infrastructure -----------------------------------------------------------------------
-
-
-class Stack:
-    """redis-server, the proxy and the bridges of one run."""
-
-    def __init__(self, workdir: str, context: Any, bridges: tuple[str, ...]) -> None:
-        self.workdir = workdir
-        self.context = context
-        self.redis = infra.RedisServer(self._dir("redis"))
-        self.bridge_names = bridges
-        self.bridges: dict[str, Any] = {}
-        self.dirs: dict[str, str] = {}
-        self.unavailable: dict[str, str] = {}
-        self.proxy: Any = None
-        self.proxy_endpoints = (f"ipc://{workdir}/proxy-in.sock", f"ipc://{workdir}/proxy-out.sock")
-        self.peer_python = ""
-
-    def _dir(self, name: str) -> str:
-        path = os.path.join(self.workdir, name)
-        os.makedirs(path, exist_ok=True)
-        return path
-
-    def start(self, proxy: bool) -> None:
-        self.redis.start()
-        logs: dict[str, str] = {}
-        for name in self.bridge_names:
-            host, namespace, mode = BRIDGES[name]
-            url = self.redis.url if mode else None
-            process, bus_dir, log = infra.start_bridge(
-                self.workdir, name, host, namespace, url, mode
-            )
-            self.bridges[name], self.dirs[name], logs[name] = process, bus_dir, log
-        for name in self.bridge_names:
-            host, namespace, mode = BRIDGES[name]
-            try:
-                wait_for_bridge(
-                    self.bridges[name],
-                    self.dirs[name],
-                    logs[name],
-                    namespace,
-                    ready=infra.redis_connected if mode else None,
-                )
-            except RuntimeError as exc:
-                reason = str(exc).strip().splitlines()
-                self.unavailable[name] = f"bridge {host} ({mode}): {' / '.join(reason[-3:])}"
-        if proxy:
-            parent, child = self.context.Pipe()
-            self.proxy = self.context.Process(
-                target=infra.zmq_proxy_main, args=(self.proxy_endpoints, child), daemon=True
-            )
-            self.proxy.start()
-            child.close()
-            if not parent.poll(SETUP_TIMEOUT):
-                raise RuntimeError("the zmq proxy did not start")
-            parent.recv()
-
-    def stop(self) -> None:
-        for process in self.bridges.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.bridges.values():
-            infra.stop_process(process)
-        if self.proxy is not None:
-            self.proxy.terminate()
-            self.proxy.join(5)
-        self.redis.stop()
-
-    def target(self, bridge: str) -> BusTarget:
-        if not bridge:
-            return BusTarget("", NAMESPACE, "")
-        host, namespace, _ = BRIDGES[bridge]
-        return BusTarget(self.dirs[bridge], namespace, host)
-
-    def hub_pids(self, system: System) -> dict[str, int]:
-        """The processes a system runs through besides its workers (for CPU)."""
-        if system.name == "zmq-proxy":
-            return {"proxy": int(self.proxy.pid)}
-        pids = {f"bridge-{b}": self.bridges[b].pid for b in dict.fromkeys(system.bridges) if b}
-        if system.name != "ce-local":
-            pids["redis"] = self.redis.pid
-        return pids
-
-
-@contextlib.contextmanager
-def running_stack(
-    workdir: str, context: Any, bridges: tuple[str, ...], proxy: bool
-) -> Iterator[Stack]:
-    stack = Stack(workdir, context, bridges)
-    try:
-        stack.start(proxy)
-        yield stack
-    finally:
-        stack.stop()
 
 
 # -- one measurement ------------------------------------------------------------------------
@@ -289,7 +88,9 @@ def run_case(
     timeline = spec.mode == "timeline"
     hubs = stack.hub_pids(system)
     rss_pids = {k: v for k, v in hubs.items() if k.startswith("bridge-")}
-    redis_port = None if system.name in ("zmq-proxy", "ce-local") else stack.redis.port
+    redis_port = (
+        None if system.name == "zmq-proxy" or system.bridges[0] == "local" else stack.redis.port
+    )
 
     def start_sub(index: int) -> Any:
         if system.kind == "peer":
@@ -302,7 +103,13 @@ def run_case(
         elif system.kind == "baseline":
             main = baselines.redis_subscriber_main
         else:
-            main = ce_timeline_subscriber_main if timeline else ce_subscriber_main
+            main = (
+                ce_timeline_subscriber_main
+                if timeline
+                else ce_handler_subscriber_main
+                if system.handler
+                else ce_subscriber_main
+            )
         conn = workers.start(main, spec, index)
         subscriber_pids.append(workers.processes[-1].pid)
         return conn
@@ -468,8 +275,6 @@ def describe(result: RunResult) -> str:
 
 def run(options: Options) -> dict[str, Any]:
     """Measure everything ``options`` asks for; the report (JSON-ready dict)."""
-    from .report import build_report  # noqa: PLC0415
-
     started = time.monotonic()
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["zmq", "redis", "circus_events", "circus_events.client"])
@@ -478,7 +283,9 @@ def run(options: Options) -> dict[str, Any]:
     peer_versions: dict[str, str] = {}
     unavailable: dict[str, str] = {}
     peer_python = ""
-    if options.peers:
+    selected = options.selected()
+    measure_peers = any(s.kind == "peer" for s in selected)
+    if options.peers and measure_peers:
         try:
             peer_python, peer_versions = peers.ensure_env(progress.note)
             progress.note(
@@ -490,20 +297,22 @@ def run(options: Options) -> dict[str, Any]:
             for name in ("broadcaster", "channels-redis"):
                 unavailable[name] = f"peers' environment unavailable: {exc}"
             progress.note(f"peers unavailable: {exc}")
-    else:
+    elif measure_peers:
         for name in ("broadcaster", "channels-redis"):
             unavailable[name] = "not measured (--no-peers)"
     runs: list[RunResult] = []
     faults: dict[str, Any] = {}
     serial = 0
     try:
-        with running_stack(workdir, context, tuple(BRIDGES), proxy=True) as stack:
+        bridges = tuple(b for b in BRIDGES if any(b in s.bridges for s in selected))
+        proxy = any(s.name == "zmq-proxy" for s in selected)
+        with running_stack(workdir, context, bridges, proxy=proxy) as stack:
             stack.peer_python = peer_python
             for bridge, reason in stack.unavailable.items():
-                for system in SYSTEMS.values():
+                for system in selected:
                     if bridge in system.bridges:
                         unavailable[system.name] = reason
-            systems = [s for s in SYSTEMS.values() if s.name not in unavailable]
+            systems = [s for s in selected if s.name not in unavailable]
             for name, reason in unavailable.items():
                 progress.note(f"{name}: unavailable ({reason})")
             progress.total = len(options.workers) * len(systems) * (options.repeats + 1)
@@ -526,6 +335,7 @@ def run(options: Options) -> dict[str, Any]:
                     redis_port=stack.redis.port,
                     proxy_in=stack.proxy_endpoints[0],
                     proxy_out=stack.proxy_endpoints[1],
+                    codec=system.codec,
                 )
 
             count = max(1, int(options.rate * options.latency_seconds))
@@ -652,5 +462,19 @@ def run_faults(
     return faults
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def bench(options: Options, out_dir: str, charts: bool = True) -> dict[str, Any]:
+    """Run, then write ``bench.json`` (and the charts) to ``out_dir`` and print the table."""
+    report = run(options)
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "bench.json")
+    paths: list[str] = []
+    note = "charts skipped (--no-charts)"
+    if charts:
+        paths, note = write_charts(report, out_dir)
+    report["charts"] = paths
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with open(json_path, "w") as out:
+        json.dump(report, out, indent=1, allow_nan=True)
+        out.write("\n")
+    print_report(report, json_path, paths, note)
+    return report

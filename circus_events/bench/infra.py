@@ -1,9 +1,9 @@
-"""The processes a benchmark runs against: redis-server, bridges, the zmq proxy.
+"""The processes a benchmark runs against besides redis-server (:mod:`.servers`):
+bridges, the zmq proxy, and what samples them.
 
-* :class:`RedisServer`: a private ``redis-server`` on a free port (never
-  6379), no persistence; ``restart`` on the same port simulates an outage.
-* :func:`start_bridge` / :func:`stop_process`: ``python -m circus_events
-  bridge`` as a simulated host, with its own socket directory.
+* :func:`start_bridge` / :func:`wait_for_bridge` / :func:`stop_process`:
+  ``python -m circus_events bridge`` as a simulated host, with its own
+  socket directory, asked through :func:`circus_events.control.query`.
 * :class:`Sampler`: a thread that samples ``CLIENT LIST`` (connections per
   client group) and the resident memory of the bridges every 100 ms.
 * :func:`zmq_proxy_main`: the raw pyzmq ``XSUB``/``XPUB`` proxy baseline.
@@ -13,122 +13,44 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import zmq
 
 from .._config import DEFAULT_SUBSCRIBER_HWM
+from .._exceptions import NoBridgeAnswers
 from ..bridge.local import PULL_HWM
-from .workers import SETUP_TIMEOUT, query_bridge
+from ..control import Command, query
+from .servers import RedisServer
+from .workers import SETUP_TIMEOUT
+
+# RedisServer is imported by name from here by the side benchmarks (benchmarks/_side_bench.py).
+__all__ = [
+    "RedisServer",
+    "Sampler",
+    "bridge_counters",
+    "redis_connected",
+    "start_bridge",
+    "stop_process",
+    "wait_for_bridge",
+    "zmq_proxy_main",
+]
 
 #: Seconds between samples of CLIENT LIST and of the bridges' memory.
 SAMPLE_INTERVAL: Final = 0.1
 #: Client names the baselines give their connections (CLIENT SETNAME).
 BASELINE_CLIENT_PREFIX: Final = "bench-"
-#: What redis-server logs when it closes a client for its output buffer.
-BUFFER_KILL_LOG: Final = "overcoming of output buffer limits"
 
 # The buffering circus-events uses on the same local path, for the proxy baseline.
 PROXY_IN_HWM: Final = PULL_HWM  # the same buffering as the bridge
 PROXY_OUT_HWM: Final = DEFAULT_SUBSCRIBER_HWM
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1, never Redis' default 6379."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != 6379:
-            return port
-
-
-class RedisServer:
-    """A private redis-server on a free port, logging to a file in ``directory``."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.log_path = os.path.join(directory, "redis.log")
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.process = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-                *("--dir", self.directory, "--logfile", self.log_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + SETUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(100).startswith(b"+PONG"):
-                    return
-            time.sleep(0.02)  # poll interval: the loop re-checks
-        raise RuntimeError("redis-server did not answer PING in time")
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("redis-server is not running")
-        return self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return log.read()[-2000:]
-        return ""
-
-    def buffer_kills(self) -> int:
-        """How many clients Redis closed for their output buffer so far."""
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
-            return log.read().count(BUFFER_KILL_LOG)
-        return 0
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
-
-def redis_server_version() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-        for part in out.split():
-            if part.startswith("v="):
-                return part[2:]
-    return "unknown"
 
 
 # -- bridges --------------------------------------------------------------------------
@@ -166,9 +88,43 @@ def redis_connected(status: Any) -> bool:
     return bool((status.get("redis") or {}).get("connected"))
 
 
+def ask_bridge(
+    bus_dir: str, namespace: str, command: Command = "ping", timeout: float = 0.2
+) -> dict[str, Any] | None:
+    """One control request to a bridge; None if it does not answer (yet)."""
+    try:
+        return query(bus_dir, namespace, command, timeout)
+    except NoBridgeAnswers:
+        return None
+
+
+def wait_for_bridge(
+    bridge: subprocess.Popen[bytes],
+    bus_dir: str,
+    log_path: str,
+    namespace: str,
+    ready: Callable[[Any], bool] | None = None,
+) -> None:
+    """Poll the bridge's control socket until it answers (and ``ready(status)`` holds)."""
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if bridge.poll() is not None:
+            with open(log_path, errors="replace") as log:
+                raise RuntimeError(f"the bridge exited:\n{log.read()[-2000:]}")
+        if ready is None:
+            if ask_bridge(bus_dir, namespace) is not None:
+                return
+        else:
+            status = ask_bridge(bus_dir, namespace, "status")
+            if status is not None and ready(status):
+                return
+            time.sleep(0.02)  # poll interval: the loop re-checks the bridge's state
+    raise RuntimeError("the bridge did not answer in time")
+
+
 def bridge_counters(bus_dir: str, namespace: str) -> dict[str, int]:
     """The numeric counters of a bridge and of its Redis side, flat."""
-    status = query_bridge(bus_dir, namespace, "status", timeout=2.0)
+    status = ask_bridge(bus_dir, namespace, "status", timeout=2.0)
     if status is None:
         return {}
     flat = {k: v for k, v in status.get("counters", {}).items() if isinstance(v, int)}

@@ -13,8 +13,8 @@ from typing import Any
 import redis
 import zmq
 
-from .harness import RATIOS, SYSTEMS, Options, RunResult
-from .infra import redis_server_version
+from .cases import RATIOS, Options, RunResult
+from .servers import redis_server_version
 
 PEAK_TARGET_CONNECTIONS = 2
 
@@ -32,7 +32,8 @@ def build_report(
     wall: float,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for name, system in SYSTEMS.items():
+    for system in options.selected():
+        name = system.name
         entry: dict[str, Any] = {"label": system.label, "kind": system.kind}
         if name in unavailable:
             entry["unavailable"] = unavailable[name]
@@ -63,6 +64,8 @@ def build_report(
         summary[name] = entry
     ratios: list[dict[str, Any]] = []
     for mine, base, target, what in RATIOS:
+        if mine not in summary or base not in summary:
+            continue
         for workers in options.workers:
             a = summary[mine]["by_workers"].get(str(workers), {}).get("delivered_per_s")
             b = summary[base]["by_workers"].get(str(workers), {}).get("delivered_per_s")
@@ -122,6 +125,8 @@ def connection_checks(options: Options, summary: dict[str, Any]) -> list[dict[st
     growing with the workers for the peers."""
     checks: list[dict[str, Any]] = []
     for name in ("ce-pubsub", "ce-stream", "redis-pubsub", "broadcaster", "channels-redis"):
+        if name not in summary:
+            continue
         by = {w: summary[name]["by_workers"].get(str(w), {}).get("redis_connections_sub_host")
               for w in options.workers}  # fmt: skip
         if any(v is None for v in by.values()):
@@ -156,7 +161,8 @@ def print_report(report: dict[str, Any], json_path: str, charts: list[str], note
     if env["peers"]:
         out("peers (own venv): " + ", ".join(f"{k} {v}" for k, v in env["peers"].items()))
     if config["quick"]:
-        out("--quick: 32 workers skipped, 1 repeat, fewer messages")
+        repeats = config["repeats"]
+        out(f"--quick: {repeats} repeat{'s' if repeats > 1 else ''}, fewer messages")
     out()
     out(
         f"  {'system':<31} {'workers':>7} {'delivered/s':>12} {'lost':>7} {'p50 us':>8} "

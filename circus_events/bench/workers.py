@@ -1,16 +1,15 @@
-"""Pieces shared by every benchmark (``circus-events bench``, ``benchmarks/*.py``).
+"""The circus-events workers and figures of ``circus-events bench`` (and ``benchmarks/``).
 
 * The circus-events worker processes (publisher, iterator subscriber,
   handler subscriber) and what they report.
 * Payload stamps and publish pacing: every payload starts with the
   ``time.monotonic_ns()`` of its send (CLOCK_MONOTONIC is system-wide on
   Linux, so one-way latencies need no clock sync).
-* Percentiles, per-process and per-thread CPU time from ``/proc``, the
-  worker-process launcher and the bridge readiness probe.
+* Percentiles, per-process and per-thread CPU time from ``/proc``, and the
+  worker-process launcher.
 
 The worker functions run in ``multiprocessing`` children (forkserver), so
-they live in an importable module: ``benchmarks/_common.py`` re-exports them
-for the scripts there.
+they live in an importable module.
 """
 
 from __future__ import annotations
@@ -22,15 +21,12 @@ import os
 import queue
 import statistics
 import struct
-import subprocess
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
-
-import zmq
 
 if TYPE_CHECKING:
     from circus_events import Bus
@@ -360,46 +356,6 @@ class Workers:
                 process.join(5)
         for conn in self.conns:
             conn.close()
-
-
-def query_bridge(bus_dir: str, namespace: str, command: str = "ping", timeout: float = 0.2) -> Any:
-    """One request to a bridge's control socket; the decoded answer, None if none."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"ipc://{bus_dir}/{namespace}/ctl.sock")
-        sock.send(json.dumps({"cmd": command}).encode())
-        if not sock.poll(int(timeout * 1000)):
-            return None
-        return json.loads(sock.recv())
-    finally:
-        sock.close()
-        context.term()
-
-
-def wait_for_bridge(
-    bridge: subprocess.Popen[bytes],
-    bus_dir: str,
-    log_path: str,
-    namespace: str,
-    ready: Callable[[Any], bool] | None = None,
-) -> None:
-    """Poll the bridge's control socket until it answers (and ``ready(status)`` holds)."""
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if bridge.poll() is not None:
-            with open(log_path, errors="replace") as log:
-                raise RuntimeError(f"the bridge exited:\n{log.read()[-2000:]}")
-        if ready is None:
-            if query_bridge(bus_dir, namespace) is not None:
-                return
-        else:
-            status = query_bridge(bus_dir, namespace, "status")
-            if status is not None and ready(status):
-                return
-            time.sleep(0.02)  # poll interval: the loop re-checks the bridge's state
-    raise RuntimeError("the bridge did not answer in time")
 
 
 # -- fault timelines ------------------------------------------------------------------
