@@ -4,8 +4,9 @@ Workers use :class:`Bus` (threads, pre-fork servers) or :class:`AsyncBus`
 (asyncio) to talk to their host's bridge; bridges relay through Redis.
 """
 
-from ._event import Event, Gap, MessageId
+from ._event import GAP_QUEUE_FULL, GAP_UPSTREAM, Event, Gap, GapReason, MessageId
 from ._exceptions import (
+    ArgumentError,
     BridgeError,
     BusClosed,
     ChannelError,
@@ -16,12 +17,17 @@ from ._exceptions import (
     MessageTooLarge,
     ProtocolError,
     PublishTimeout,
+    ReceiveTimeout,
+    UsageError,
 )
 from ._version import __version__
 from .aio import AsyncBus, AsyncSubscription
 from .client import Bus, Subscription
 
 __all__ = [
+    "GAP_QUEUE_FULL",
+    "GAP_UPSTREAM",
+    "ArgumentError",
     "AsyncBus",
     "AsyncSubscription",
     "BridgeError",
@@ -34,10 +40,13 @@ __all__ = [
     "EncodeError",
     "Event",
     "Gap",
+    "GapReason",
     "MessageId",
     "MessageTooLarge",
     "ProtocolError",
     "PublishTimeout",
+    "ReceiveTimeout",
     "Subscription",
+    "UsageError",
     "__version__",
 ]
