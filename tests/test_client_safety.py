@@ -37,6 +37,7 @@ from circus_events import (
     Subscription,
     UsageError,
 )
+from circus_events.client import MAX_PENDING_COMMANDS
 
 #: Messages per channel in the forgotten-subscription tests.
 TOTAL = 5_000
@@ -490,3 +491,43 @@ def test_odd_call_sequences_on_an_async_bus(bridge: BridgeProcess) -> None:
 
     with AsyncioThread() as loop:
         loop.run(scenario())
+
+
+def test_commands_wait_at_max_pending_commands_while_the_receiver_is_busy(
+    bridge: BridgeProcess,
+) -> None:
+    """A handler holds the receiver thread: subscribe() queues MAX_PENDING_COMMANDS
+    commands, then waits (no unbounded queue, no zmq.Again), and goes on once
+    the receiver is free."""
+    directory = str(bridge.directory)
+    entered, release = threading.Event(), threading.Event()
+    subscriptions: list[Subscription] = []
+    errors: list[BaseException | None] = []
+
+    def hold(event: Event) -> None:
+        entered.set()
+        release.wait(30)
+
+    def subscribe_many() -> None:
+        errors.append(
+            ours(lambda: subscriptions.extend(bus.subscribe("many") for _ in range(total)))
+        )
+
+    total = MAX_PENDING_COMMANDS + 10
+    with Bus(dir=directory, worker="busy") as bus, Bus(dir=directory) as publisher:
+        bus.on("hold")(hold)
+        assert bus.sync()
+        publisher.publish("hold", 1)
+        assert entered.wait(10)
+        subscriber = threading.Thread(target=subscribe_many)
+        subscriber.start()
+        try:
+            wait_until(lambda: bus._command_waiters == 1, 30, "subscribe() to wait")
+            assert bus._commands.qsize() == MAX_PENDING_COMMANDS
+            assert len(subscriptions) == MAX_PENDING_COMMANDS and subscriber.is_alive()
+        finally:
+            release.set()
+            subscriber.join(30)
+        assert errors == [None] and len(subscriptions) == total
+        assert bus.sync()
+        assert len(bus._core.subscribers) == total + 1  # and the handler
