@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_QUEUE_MAX_BYTES",
     "DEFAULT_QUEUE_SIZE",
+    "EVENT_OVERHEAD_BYTES",
     "HOT_GAP",
     "BusCore",
     "ClientOptions",
@@ -107,13 +108,20 @@ DEFAULT_SEND_QUEUE: Final = 20_000
 #: Events buffered per subscription iterator. Past it (or past
 #: DEFAULT_QUEUE_MAX_BYTES) that subscription alone drops what comes and is
 #: told (a ``queue_full`` gap): a forgotten iterator never stalls the
-#: handlers and the other subscriptions of its bus.
-DEFAULT_QUEUE_SIZE: Final = 10_000
-#: Bytes buffered per subscription iterator, counted as the frames the events
-#: came in (payloads plus a small header). A forgotten subscription costs at
-#: most this plus ~120 B of Python objects per event (10k events: ~1.2 MB).
+#: handlers and the other subscriptions of its bus. 100k events of 100 bytes
+#: are ~29 MB, under the byte bound: a reader that falls behind in a burst
+#: has room (10k, the old figure, lost events in the fan-out benchmark on a
+#: loaded machine once readers no longer held up the receiver).
+DEFAULT_QUEUE_SIZE: Final = 100_000
+#: Bytes buffered per subscription iterator: each event counts as its share
+#: of the frame it came in (payload and a small header) plus
+#: EVENT_OVERHEAD_BYTES, so this bounds what a forgotten subscription costs.
 #: An empty queue always takes one event, however large.
 DEFAULT_QUEUE_MAX_BYTES: Final = 32 * 1024 * 1024
+#: What a queued event costs besides its payload bytes (the Event, the
+#: payload's bytes object, the queue slot): tracemalloc measured 277 B an
+#: event for 100-byte payloads taken from a batch.
+EVENT_OVERHEAD_BYTES: Final = 176
 #: Channel names remembered as valid, so publish validates each once.
 _MAX_CACHED_CHANNELS: Final = 4096
 #: Seconds between repeats of an unanswered sync request.
@@ -403,14 +411,22 @@ class QueueBound:
         "max_bytes",
         "max_events",
         "pattern",
+        "per_event",
     )
 
     def __init__(
-        self, pattern: str, max_events: int, max_bytes: int, report_to: list[QueueBound]
+        self,
+        pattern: str,
+        max_events: int,
+        max_bytes: int,
+        report_to: list[QueueBound],
+        per_event: int = EVENT_OVERHEAD_BYTES,
     ) -> None:
         self.pattern = pattern
         self.max_events = max_events
         self.max_bytes = max_bytes
+        #: Bytes an event costs besides the frame bytes it came with.
+        self.per_event = per_event
         #: Events dropped, ever.
         self.dropped = 0
         self._report_to = report_to
@@ -432,12 +448,14 @@ class QueueBound:
         return self._bytes_in - self._floor
 
     def admit(self, count: int, nbytes: int, queued: int) -> int:
-        """How many of a frame's ``count`` events (``nbytes`` in all) go into a
+        """How many of a frame's ``count`` events (``nbytes`` in all, to which
+        ``per_event`` is added for each) go into a
         queue holding ``queued`` items now: all of them, unless the queue is
         full. The caller appends that many, from the first, and passes the
         rest to :meth:`drop`."""
         # The common case inline (once per frame on the receive path: calls
         # to queued_bytes and _record cost a tenth of a one-message frame).
+        nbytes += count * self.per_event
         marks = self._marks
         appended = self._appended
         consumed = appended - queued

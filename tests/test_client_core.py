@@ -28,6 +28,7 @@ from circus_events._client_core import (
     BATCH_MAX_WAIT,
     BURST_MEMORY,
     BURST_MIN,
+    EVENT_OVERHEAD_BYTES,
     HOT_GAP,
     BusCore,
     ClientOptions,
@@ -225,13 +226,13 @@ def frame_events(origin: str, first_seq: int, count: int, channel: str = "ch") -
 def test_a_queue_bound_admits_what_fits_by_events_and_bytes(
     max_events: int, max_bytes: int, queued: int, count: int, nbytes: int, taken: int
 ) -> None:
-    bound = QueueBound("p", max_events, max_bytes, [])
+    bound = QueueBound("p", max_events, max_bytes, [], per_event=0)
     bound._appended = queued  # ``queued`` events appended earlier, of no size
     assert bound.admit(count, nbytes, queued) == taken
 
 
 def test_a_queue_bound_learns_what_was_taken_from_the_queue_length() -> None:
-    bound = QueueBound("p", 100, 1000, [])
+    bound = QueueBound("p", 100, 1000, [], per_event=0)
     assert bound.admit(2, 400, 0) == 2
     assert bound.admit(2, 400, 2) == 2
     assert bound.queued_bytes(4) == 800
@@ -246,7 +247,7 @@ def test_a_queue_bound_learns_what_was_taken_from_the_queue_length() -> None:
 
 def test_a_queue_bound_reports_each_drop_once_per_origin_and_channel() -> None:
     report_to: list[QueueBound] = []
-    bound = QueueBound("c*", 3, 10**6, report_to)
+    bound = QueueBound("c*", 3, 10**6, report_to, per_event=0)
     a1, a2, b1 = frame_events("a", 1, 5), frame_events("a", 6, 5), frame_events("b", 1, 4, "cx")
     assert bound.admit(5, 50, 0) == 3
     bound.drop(a1[-1], 2)
@@ -261,6 +262,14 @@ def test_a_queue_bound_reports_each_drop_once_per_origin_and_channel() -> None:
     ]
     assert bound.take_gaps() == []
     assert bound.dropped == 11
+
+
+def test_each_event_costs_its_overhead_besides_its_bytes() -> None:
+    bound = QueueBound("p", 100, 1000, [], per_event=100)
+    assert bound.admit(5, 500, 0) == 5  # 500 + 5 x 100: exactly full
+    assert bound.queued_bytes(5) == 1000
+    assert bound.admit(1, 0, 5) == 0
+    assert QueueBound("p", 1, 1, []).per_event == EVENT_OVERHEAD_BYTES
 
 
 def test_the_bus_reports_drops_through_on_gap_and_stats() -> None:
@@ -291,7 +300,7 @@ def test_a_queue_bound_against_a_model(
     """Frames in, readers out, in any order: never past either bound (but for
     one event into an empty queue), a partly read frame counted whole, and
     every event offered either queued or counted as dropped."""
-    bound = QueueBound("p", max_events, max_bytes, [])
+    bound = QueueBound("p", max_events, max_bytes, [], per_event=0)
     frames: collections.deque[list[int]] = collections.deque()  # [events left, bytes]
     offered = queued = admitted = 0
     for count, nbytes, reads in steps:
@@ -310,7 +319,7 @@ def test_a_queue_bound_against_a_model(
             queued += taken
         total = sum(size for _, size in frames)
         assert bound.queued_bytes(queued) == total
-        if not (was_empty and taken == 1):
+        if taken and not (was_empty and taken == 1):
             assert queued <= max_events and total <= max_bytes
         if taken < count:
             bound.drop(frame_events("o", offered + count, 1)[-1], count - taken)
