@@ -531,3 +531,31 @@ def test_commands_wait_at_max_pending_commands_while_the_receiver_is_busy(
         assert errors == [None] and len(subscriptions) == total
         assert bus.sync()
         assert len(bus._core.subscribers) == total + 1  # and the handler
+
+
+def test_close_from_on_gap_on_a_reader_receiving_for_itself(bridge: BridgeProcess) -> None:
+    """on_gap runs on whichever thread holds the sockets: here the reader's.
+    Closing the bus there must neither wait for itself nor leak a zmq error."""
+    directory = str(bridge.directory)
+    gaps: list[Gap] = []
+
+    def close_on_gap(gap: Gap) -> None:
+        gaps.append(gap)
+        bus.close()
+
+    bus = Bus(dir=directory, worker="gap-closer", on_gap=close_on_gap)
+    bus.subscribe("full", queue_size=1)
+    reading = bus.subscribe("read")
+    assert bus.sync()
+    outcome: list[BaseException | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(ours(lambda: reading.get(10))))
+    reader.start()
+    wait_until(lambda: bus._reader_ident != 0, 10, "the reader to receive for itself")
+    with Bus(dir=directory) as publisher:
+        for n in range(3):
+            publisher.publish("full", n)
+        assert publisher.flush()
+    reader.join(15)
+    assert len(outcome) == 1 and isinstance(outcome[0], BusClosed)
+    wait_until(lambda: not bus._thread.is_alive(), 10, "the receiver thread to end")
+    assert bus.closed and sum(g.missed for g in gaps) == 2
