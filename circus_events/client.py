@@ -257,6 +257,13 @@ class Bus:
 
     ``Bus()`` with no arguments reads ``CIRCUS_EVENTS_DIR``, ``_NAMESPACE``,
     ``_HOST`` and ``_WORKER``, with the same defaults as the bridge.
+
+    ``queue_size`` and ``queue_max_bytes`` bound each subscription's queue
+    (defaults :data:`DEFAULT_QUEUE_SIZE` events and
+    :data:`DEFAULT_QUEUE_MAX_BYTES`; ``subscribe()`` can set its own): a full
+    one drops for itself alone and ``on_gap`` gets a ``queue_full``
+    :class:`Gap` with its pattern. Every error a method raises is a
+    :class:`CircusEventsError`.
     """
 
     def __init__(
