@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "EVENT_OVERHEAD_BYTES",
     "HOT_GAP",
+    "MAX_TIMEOUT",
     "BusCore",
     "ClientOptions",
     "Failure",
@@ -91,6 +92,7 @@ __all__ = [
     "check_timeout",
     "compile_pattern",
     "history_args",
+    "or_forever",
     "transport_error",
 ]
 
@@ -101,6 +103,9 @@ Scope = Literal["process", "host", "cluster"]
 _SCOPES: Final = ("process", "host", "cluster")
 #: How long ``publish`` waits for room in the queue to the bridge before raising.
 DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+#: The longest timeout a call accepts (seconds: a year); None waits forever.
+#: Past it, thread and timer waits overflow the platform's time types.
+MAX_TIMEOUT: Final = 365 * 86_400.0
 #: Messages queued towards the bridge (while it is down or slow) before
 #: ``publish`` waits. Frames, each one message or a batch of at most
 #: BATCH_MAX_BYTES: 20k x ~150 B is 3 MB, 20k full batches 320 MB.
@@ -207,9 +212,16 @@ def check_timeout(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ArgumentError(name, f"must be a number of seconds or None, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ArgumentError(name, f"must be a finite number of seconds >= 0, not {value!r}")
+    if not 0 <= value <= MAX_TIMEOUT:  # nan too
+        raise ArgumentError(
+            name, f"must be from 0 to {MAX_TIMEOUT:.0f} seconds (or None), not {value!r}"
+        )
     return float(value)
+
+
+def or_forever(seconds: float | None) -> float:
+    """A checked timeout where None (wait forever) means MAX_TIMEOUT."""
+    return MAX_TIMEOUT if seconds is None else seconds
 
 
 def _check_count(name: str, value: object, error: type[ConfigError | ArgumentError]) -> int:
@@ -313,12 +325,11 @@ class ClientOptions:
         if (
             isinstance(publish_timeout, bool)
             or not isinstance(publish_timeout, int | float)
-            or not math.isfinite(publish_timeout)
-            or publish_timeout < 0
+            or not 0 <= publish_timeout <= MAX_TIMEOUT
         ):
             raise ConfigError(
                 "publish_timeout",
-                f"must be a finite number of seconds >= 0, not {publish_timeout!r}",
+                f"must be from 0 to {MAX_TIMEOUT:.0f} seconds, not {publish_timeout!r}",
             )
         _check_count("send_queue", send_queue, ConfigError)
         _check_count("queue_size", queue_size, ConfigError)

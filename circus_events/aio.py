@@ -42,6 +42,7 @@ from ._client_core import (
     connect_push,
     connect_sub,
     history_args,
+    or_forever,
     transport_error,
 )
 from ._event import Event, Gap
@@ -315,7 +316,7 @@ class AsyncBus:
 
     async def sync(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has applied every subscription made so far."""
-        seconds = check_timeout("timeout", timeout) or 0.0
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
         token = os.urandom(8)
         request = self._core.sync_request(token)
@@ -336,7 +337,7 @@ class AsyncBus:
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has taken everything published so far."""
-        seconds = check_timeout("timeout", timeout) or 0.0
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
         deadline = time.monotonic() + seconds
         # The marker comes back on our inbox: make sure the bridge knows it first.

@@ -54,6 +54,7 @@ from ._client_core import (
     connect_push,
     connect_sub,
     history_args,
+    or_forever,
     transport_error,
 )
 from ._event import Event, Gap, RawEvent
@@ -484,7 +485,7 @@ class Bus:
         Events published on this host after ``sync()`` returns True reach
         them. Returns False if the bridge did not answer within ``timeout``.
         """
-        seconds = check_timeout("timeout", timeout) or 0.0
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
         token = os.urandom(8)
         done = threading.Event()
@@ -510,7 +511,7 @@ class Bus:
         Returns False if that did not happen within ``timeout`` seconds (the
         bridge is down or slow); the messages stay queued either way.
         """
-        seconds = check_timeout("timeout", timeout) or 0.0
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
         deadline = time.monotonic() + seconds
         # The marker comes back on our inbox: make sure the bridge knows it first.

@@ -30,6 +30,7 @@ from circus_events._client_core import (
     BURST_MIN,
     EVENT_OVERHEAD_BYTES,
     HOT_GAP,
+    MAX_TIMEOUT,
     BusCore,
     ClientOptions,
     QueueBound,
@@ -357,7 +358,8 @@ def test_a_subscribe_and_a_close_together_send_nothing() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(None, None), (0, 0.0), (1, 1.0), (0.5, 0.5), ("1", ArgumentError), (-1, ArgumentError),
-     (math.nan, ArgumentError), (math.inf, ArgumentError), (True, ArgumentError)],
+     (math.nan, ArgumentError), (math.inf, ArgumentError), (True, ArgumentError),
+     (MAX_TIMEOUT, MAX_TIMEOUT), (MAX_TIMEOUT + 1, ArgumentError), (1e30, ArgumentError)],
 )  # fmt: skip
 def test_check_timeout(value: Any, expected: Any) -> None:
     if expected is ArgumentError:

@@ -293,6 +293,7 @@ BAD_CALLS: list[tuple[str, Callable[[Bus, Subscription], Any]]] = [
     ("get(timeout=-1)", lambda bus, sub: sub.get(timeout=-1)),
     ("get(timeout=nan)", lambda bus, sub: sub.get(timeout=math.nan)),
     ("get(timeout=inf)", lambda bus, sub: sub.get(timeout=math.inf)),
+    ("get(timeout=1e30)", lambda bus, sub: sub.get(timeout=1e30)),
     ("publish(123)", lambda bus, sub: bus.publish(123, 1)),  # type: ignore[arg-type]
     ("publish('a*')", lambda bus, sub: bus.publish("a*", 1)),
     ("publish('@x')", lambda bus, sub: bus.publish("@x", 1)),
@@ -331,6 +332,7 @@ def test_bad_arguments_raise_only_circus_events_errors(
         {"publish_timeout": "x"},
         {"publish_timeout": math.inf},
         {"publish_timeout": -1},
+        {"publish_timeout": 1e30},
         {"codec": "nope"},
         {"worker": 123},
         {"namespace": "a/b"},
