@@ -374,7 +374,7 @@ class Subscriber:
     Without it (a handler), ``sink`` gets the events one by one.
     """
 
-    __slots__ = ("fail", "history", "pattern", "sink", "sink_many", "wake")
+    __slots__ = ("bound", "fail", "history", "pattern", "sink", "sink_many", "wake")
 
     def __init__(
         self,
@@ -383,12 +383,16 @@ class Subscriber:
         wake: Callable[[], None] | None = None,
         fail: Callable[[Exception], None] | None = None,
         sink_many: Callable[[list[Event], int], None] | None = None,
+        bound: QueueBound | None = None,
     ) -> None:
         self.pattern = pattern
         self.sink = sink
         self.wake = wake
         self.fail = fail
         self.sink_many = sink_many
+        #: A subscription's queue bound: it also bounds live events held
+        #: while history loads. None for a handler (DEFAULT_QUEUE_SIZE then).
+        self.bound = bound
         #: While its history loads, live events wait here instead of the sink.
         self.history: HistoryLoad | None = None
 
@@ -539,6 +543,7 @@ class HistoryLoad:
         "asked_at",
         "error",
         "held",
+        "held_bytes",
         "limit",
         "replays",
         "since_ms",
@@ -556,6 +561,8 @@ class HistoryLoad:
         self.since_ms = since_ms
         self.replays: dict[tuple[str, int, str, int], Event] = {}
         self.held: list[Event] = []
+        #: Payload bytes in ``held``.
+        self.held_bytes = 0
         self.asked_at = 0.0
         self.started = time.monotonic()
         self.error: Exception | None = None
@@ -1017,8 +1024,40 @@ class BusCore:
                 if subscriber.history is None:
                     ready.append(subscriber)
                 else:
-                    subscriber.history.held.extend(events)
+                    self._hold(subscriber, subscriber.history, events)
         return ready
+
+    def _hold(self, subscriber: Subscriber, load: HistoryLoad, events: list[Event]) -> None:
+        """Hold live events while history loads, within the subscriber's bounds
+        (a load lasts up to HISTORY_TIMEOUT: at full speed, millions of events)."""
+        bound = subscriber.bound
+        max_events = DEFAULT_QUEUE_SIZE if bound is None else bound.max_events
+        max_bytes = DEFAULT_QUEUE_MAX_BYTES if bound is None else bound.max_bytes
+        held = load.held
+        taken = 0
+        for event in events:
+            size = len(event.payload)
+            if len(held) >= max_events or load.held_bytes + size > max_bytes:
+                break
+            held.append(event)
+            load.held_bytes += size
+            taken += 1
+        if taken < len(events):
+            if bound is not None:
+                bound.drop(events[-1], len(events) - taken)
+            else:
+                self._gap(
+                    Gap(
+                        events[-1].origin,
+                        events[-1].host,
+                        events[-1].channel,
+                        len(events) - taken,
+                        events[-1].seq,
+                        subscriber.pattern.text,
+                        GAP_QUEUE_FULL,
+                    )
+                )
+                self.dropped += len(events) - taken
 
     # -- history ----------------------------------------------------------------------
 

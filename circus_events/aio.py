@@ -72,7 +72,9 @@ class AsyncSubscription:
         self._bound = bound
         # Unbounded as a Queue: the QueueBound decides what goes in.
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.subscriber = Subscriber(pattern, self._put, fail=self._fail, sink_many=self._put_many)
+        self.subscriber = Subscriber(
+            pattern, self._put, fail=self._fail, sink_many=self._put_many, bound=bound
+        )
         self.closed = False
 
     @property

@@ -114,7 +114,7 @@ class Subscription:
         #: Readers blocked in get(): waking nobody costs a lock round trip per batch.
         self._readers_waiting = 0
         self._subscriber = Subscriber(
-            pattern, self._put, self._wake, self._fail, sink_many=self._put_many
+            pattern, self._put, self._wake, self._fail, sink_many=self._put_many, bound=bound
         )
         self.closed = False
 

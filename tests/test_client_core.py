@@ -411,3 +411,20 @@ def test_transport_errors_become_bus_closed_or_bridge_error() -> None:
     assert isinstance(transport_error(zmq.ZMQError(errno.EINVAL), True), BusClosed)
     failed = transport_error(zmq.ZMQError(errno.EINVAL), False)
     assert isinstance(failed, BridgeError) and "Invalid argument" in str(failed)
+
+
+def test_live_events_held_while_history_loads_stay_within_the_bounds() -> None:
+    gaps: list[Gap] = []
+    receiver = core("sub", gaps=gaps)
+    bound = receiver.new_bound(Pattern("ch"), 3, None)
+    loading = Subscriber(Pattern("ch"), print, sink_many=lambda events, size: None, bound=bound)
+    handler = Subscriber(Pattern("ch"), print)
+    receiver.add(loading)
+    receiver.add(handler)
+    receiver.add_history(loading, 5, None)
+    receiver.add_history(handler, 5, None)
+    assert receiver.route(frame_events("pub", 1, 5)) == []
+    assert loading.history is not None and len(loading.history.held) == 3
+    receiver.report_drops()
+    assert gaps == [Gap("pub", "h", "ch", 2, 5, "ch", GAP_QUEUE_FULL)]
+    assert handler.history is not None and len(handler.history.held) == 5  # DEFAULT_QUEUE_SIZE
