@@ -38,6 +38,7 @@ from circus_events._client_core import (
     check_timeout,
     compile_pattern,
     history_args,
+    or_forever,
     transport_error,
 )
 from circus_events.protocol import Codec, Pattern, decode_frame, encode_batch
@@ -362,6 +363,7 @@ def test_a_subscribe_and_a_close_together_send_nothing() -> None:
      (MAX_TIMEOUT, MAX_TIMEOUT), (MAX_TIMEOUT + 1, ArgumentError), (1e30, ArgumentError)],
 )  # fmt: skip
 def test_check_timeout(value: Any, expected: Any) -> None:
+    assert or_forever(None) == MAX_TIMEOUT and or_forever(2.0) == 2.0
     if expected is ArgumentError:
         with pytest.raises(ArgumentError, match="timeout"):
             check_timeout("timeout", value)
