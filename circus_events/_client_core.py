@@ -8,13 +8,17 @@ reference-counted ZeroMQ topics behind the subscriptions.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import errno
+import functools
 import logging
+import math
 import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple
 
 import zmq
@@ -29,8 +33,17 @@ from ._config import (
     environ_options,
     socket_paths,
 )
-from ._event import Event, Gap, RawEvent
-from ._exceptions import BridgeError, ChannelError, ConfigError, MessageTooLarge, ProtocolError
+from ._event import GAP_QUEUE_FULL, Event, Gap, RawEvent
+from ._exceptions import (
+    ArgumentError,
+    BridgeError,
+    BusClosed,
+    ChannelError,
+    CircusEventsError,
+    ConfigError,
+    MessageTooLarge,
+    ProtocolError,
+)
 from ._sockdir import check_client_dir
 from .protocol import (
     DUPLICATE,
@@ -64,15 +77,24 @@ __all__ = [
     "BATCH_MAX_WAIT",
     "BURST_MIN",
     "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_QUEUE_MAX_BYTES",
     "DEFAULT_QUEUE_SIZE",
+    "EVENT_OVERHEAD_BYTES",
     "HOT_GAP",
+    "MAX_TIMEOUT",
     "BusCore",
     "ClientOptions",
     "Failure",
     "HistoryLoad",
     "OpenBatch",
     "Prepared",
+    "QueueBound",
     "Scope",
+    "check_timeout",
+    "compile_pattern",
+    "history_args",
+    "or_forever",
+    "transport_error",
 ]
 
 log = logging.getLogger("circus_events.client")
@@ -82,13 +104,30 @@ Scope = Literal["process", "host", "cluster"]
 _SCOPES: Final = ("process", "host", "cluster")
 #: How long ``publish`` waits for room in the queue to the bridge before raising.
 DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+#: The longest timeout a call accepts (seconds: a year); None waits forever.
+#: Past it, thread and timer waits overflow the platform's time types.
+MAX_TIMEOUT: Final = 365 * 86_400.0
 #: Messages queued towards the bridge (while it is down or slow) before
 #: ``publish`` waits. Frames, each one message or a batch of at most
 #: BATCH_MAX_BYTES: 20k x ~150 B is 3 MB, 20k full batches 320 MB.
 DEFAULT_SEND_QUEUE: Final = 20_000
-#: Events buffered per subscription iterator; past it the receiver waits
-#: (backpressure) and the bridge's per-worker limit applies.
-DEFAULT_QUEUE_SIZE: Final = 10_000
+#: Events buffered per subscription iterator. Past it (or past
+#: DEFAULT_QUEUE_MAX_BYTES) that subscription alone drops what comes and is
+#: told (a ``queue_full`` gap): a forgotten iterator never stalls the
+#: handlers and the other subscriptions of its bus. 100k events of 100 bytes
+#: are ~29 MB, under the byte bound: a reader that falls behind in a burst
+#: has room (10k, the old figure, lost events in the fan-out benchmark on a
+#: loaded machine once readers no longer held up the receiver).
+DEFAULT_QUEUE_SIZE: Final = 100_000
+#: Bytes buffered per subscription iterator: each event counts as its share
+#: of the frame it came in (payload and a small header) plus
+#: EVENT_OVERHEAD_BYTES, so this bounds what a forgotten subscription costs.
+#: An empty queue always takes one event, however large.
+DEFAULT_QUEUE_MAX_BYTES: Final = 32 * 1024 * 1024
+#: What a queued event costs besides its payload bytes (the Event, the
+#: payload's bytes object, the queue slot): tracemalloc measured 277 B an
+#: event for 100-byte payloads taken from a batch.
+EVENT_OVERHEAD_BYTES: Final = 176
 #: Channel names remembered as valid, so publish validates each once.
 _MAX_CACHED_CHANNELS: Final = 4096
 #: Seconds between repeats of an unanswered sync request.
@@ -155,6 +194,75 @@ def connect_sub(sock: zmq.Socket[Any], options: ClientOptions, topics: list[byte
     sock.connect(options.paths.endpoint(options.paths.pub))
 
 
+def transport_error(exc: Exception, closed: bool) -> CircusEventsError:
+    """What a ZeroMQ error means to a caller of the public API.
+
+    A socket closed or a context terminated under the call (a ``close()`` on
+    another thread) is :class:`BusClosed`; anything else is the transport
+    failing, a :class:`BridgeError` naming it.
+    """
+    code = getattr(exc, "errno", None)
+    if closed or code in (errno.ENOTSOCK, getattr(zmq, "ETERM", -1)):
+        return BusClosed("the bus is closed")
+    return BridgeError(f"the connection to the bridge failed: {exc}")
+
+
+def check_timeout(name: str, value: object) -> float | None:
+    """A timeout argument: None (wait forever) or a finite number of seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentError(name, f"must be a number of seconds or None, not {value!r}")
+    if not 0 <= value <= MAX_TIMEOUT:  # nan too
+        raise ArgumentError(
+            name, f"must be from 0 to {MAX_TIMEOUT:.0f} seconds (or None), not {value!r}"
+        )
+    return float(value)
+
+
+def or_forever(seconds: float | None) -> float:
+    """A checked timeout where None (wait forever) means MAX_TIMEOUT."""
+    return MAX_TIMEOUT if seconds is None else seconds
+
+
+def _check_count(name: str, value: object, error: type[ConfigError | ArgumentError]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(name, f"must be a whole number, not {value!r}")
+    if value < 1:
+        raise error(name, f"must be at least 1, not {value!r}")
+    return value
+
+
+def history_args(history: object, since: object) -> tuple[int | None, int | None] | None:
+    """``subscribe(history=, since=)`` checked: (limit, since in ms), or None for neither."""
+    if history is None and since is None:
+        return None
+    if history is not None and (
+        isinstance(history, bool) or not isinstance(history, int) or history < 0
+    ):
+        raise ArgumentError("history", f"must be a number of events, 0 or more, not {history!r}")
+    since_ms = None
+    if since is not None:
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            raise ArgumentError("since", f"must be a Unix time in seconds, not {since!r}")
+        if not math.isfinite(since):
+            raise ArgumentError("since", f"must be a Unix time in seconds, not {since!r}")
+        since_ms = max(int(since * 1000), 0)
+    return history, since_ms
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_pattern(text: str) -> Pattern:
+    return Pattern(text)
+
+
+def compile_pattern(text: object) -> Pattern:
+    """A checked :class:`Pattern`; the same text compiles once (subscribe/close loops)."""
+    if type(text) is str:
+        return _cached_pattern(text)
+    return Pattern(text)  # type: ignore[arg-type]  # raises ChannelError
+
+
 def default_worker_id(host: str) -> str:
     """``<host>/<program>/<pid>``: a circus wid is a reused slot, not an identity."""
     program = os.environ.get("SUPERVISOR_PROCESS_NAME") or os.path.basename(sys.argv[0] or "")
@@ -176,6 +284,7 @@ class ClientOptions:
     publish_timeout: float
     send_queue: int
     queue_size: int
+    queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
 
     @classmethod
     def resolve(
@@ -191,6 +300,7 @@ class ClientOptions:
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         send_queue: int = DEFAULT_SEND_QUEUE,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         environ: Mapping[str, str] | None = None,
     ) -> ClientOptions:
         env = environ_options(environ)
@@ -213,10 +323,18 @@ class ClientOptions:
             parsed_codec = parse_codec(codec)
         except ValueError as exc:
             raise ConfigError("codec", str(exc)) from None
-        if publish_timeout < 0:
-            raise ConfigError("publish_timeout", "must not be negative")
-        if send_queue < 1 or queue_size < 1:
-            raise ConfigError("queue_size", "queue sizes must be at least 1")
+        if (
+            isinstance(publish_timeout, bool)
+            or not isinstance(publish_timeout, int | float)
+            or not 0 <= publish_timeout <= MAX_TIMEOUT
+        ):
+            raise ConfigError(
+                "publish_timeout",
+                f"must be from 0 to {MAX_TIMEOUT:.0f} seconds, not {publish_timeout!r}",
+            )
+        _check_count("send_queue", send_queue, ConfigError)
+        _check_count("queue_size", queue_size, ConfigError)
+        _check_count("queue_max_bytes", queue_max_bytes, ConfigError)
         paths = socket_paths(bridge.dir, bridge.namespace)
         # Before any socket exists: one lstat chain per client, never per message.
         check_client_dir(paths.directory)
@@ -231,6 +349,16 @@ class ClientOptions:
             publish_timeout=publish_timeout,
             send_queue=send_queue,
             queue_size=queue_size,
+            queue_max_bytes=queue_max_bytes,
+        )
+
+    def queue_limits(self, size: object, max_bytes: object) -> tuple[int, int]:
+        """One subscription's limits: its own arguments, else the bus's."""
+        return (
+            self.queue_size if size is None else _check_count("queue_size", size, ArgumentError),
+            self.queue_max_bytes
+            if max_bytes is None
+            else _check_count("queue_max_bytes", max_bytes, ArgumentError),
         )
 
     def after_fork(self) -> ClientOptions:
@@ -244,13 +372,13 @@ class Subscriber:
     """One registered interest: a pattern, where its events go, and an optional
     ``wake`` called once after each batch that gave it events.
 
-    ``sink_many`` takes the events of one frame at once (cheaper than one
-    ``sink`` call each); without it, ``sink`` gets them one by one. An
-    asyncio subscriber's ``sink_many`` returns an awaitable when its queue is
-    full, for the reader to wait on.
+    ``sink_many(events, nbytes)`` takes the events of one frame at once
+    (cheaper than one ``sink`` call each), ``nbytes`` being the frame's size;
+    a subscription's never waits: past its :class:`QueueBound` it drops.
+    Without it (a handler), ``sink`` gets the events one by one.
     """
 
-    __slots__ = ("fail", "history", "pattern", "sink", "sink_many", "wake")
+    __slots__ = ("bound", "fail", "history", "pattern", "sink", "sink_many", "wake")
 
     def __init__(
         self,
@@ -258,15 +386,145 @@ class Subscriber:
         sink: Callable[[Event], Any],
         wake: Callable[[], None] | None = None,
         fail: Callable[[Exception], None] | None = None,
-        sink_many: Callable[[list[Event]], Awaitable[None] | None] | None = None,
+        sink_many: Callable[[list[Event], int], None] | None = None,
+        bound: QueueBound | None = None,
     ) -> None:
         self.pattern = pattern
         self.sink = sink
         self.wake = wake
         self.fail = fail
         self.sink_many = sink_many
+        #: A subscription's queue bound: it also bounds live events held
+        #: while history loads. None for a handler (DEFAULT_QUEUE_SIZE then).
+        self.bound = bound
         #: While its history loads, live events wait here instead of the sink.
         self.history: HistoryLoad | None = None
+
+
+class QueueBound:
+    """How much one subscription's queue may take, and the exact count of what
+    it dropped.
+
+    Theory of operation: the queue itself (a deque, an ``asyncio.Queue``)
+    belongs to the client. Whoever fills it (one party at a time: the thread
+    holding the sockets, or the event loop) asks :meth:`admit` how many of a
+    frame's events fit, appends that many, and hands the rest to
+    :meth:`drop`. Readers only pop: what they took is worked out from the
+    queue's length (events appended so far less events still queued), so
+    ``get()`` does no accounting, and two reading threads cannot make the
+    counts drift. Bytes are known per frame, not per event: a frame still
+    partly queued counts whole, so the byte count errs high by at most one
+    frame. Drops are kept per (origin, host, channel) until the bus reports
+    them (:meth:`BusCore.report_drops`), one :class:`Gap` each, with this
+    subscription's pattern: the sum of ``missed`` is what it lost.
+    """
+
+    __slots__ = (
+        "_appended",
+        "_bytes_in",
+        "_floor",
+        "_marks",
+        "_pending",
+        "_report_to",
+        "dropped",
+        "max_bytes",
+        "max_events",
+        "pattern",
+        "per_event",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        max_events: int,
+        max_bytes: int,
+        report_to: list[QueueBound],
+        per_event: int = EVENT_OVERHEAD_BYTES,
+    ) -> None:
+        self.pattern = pattern
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        #: Bytes an event costs besides the frame bytes it came with.
+        self.per_event = per_event
+        #: Events dropped, ever.
+        self.dropped = 0
+        self._report_to = report_to
+        self._appended = 0
+        self._bytes_in = 0
+        #: Bytes of the frames known to be taken out of the queue.
+        self._floor = 0
+        #: (events appended, bytes appended) after each frame still (partly) queued.
+        self._marks: collections.deque[tuple[int, int]] = collections.deque()
+        #: Drops not reported yet: (origin, host, channel) -> [missed, last seq].
+        self._pending: dict[tuple[str, str, str], list[int]] = {}
+
+    def queued_bytes(self, queued: int) -> int:
+        """Bytes in a queue holding ``queued`` items (at most one frame too many)."""
+        consumed = self._appended - queued
+        marks = self._marks
+        while marks and marks[0][0] <= consumed:
+            self._floor = marks.popleft()[1]
+        return self._bytes_in - self._floor
+
+    def admit(self, count: int, nbytes: int, queued: int) -> int:
+        """How many of a frame's ``count`` events (``nbytes`` in all, to which
+        ``per_event`` is added for each) go into a
+        queue holding ``queued`` items now: all of them, unless the queue is
+        full. The caller appends that many, from the first, and passes the
+        rest to :meth:`drop`."""
+        # The common case inline (once per frame on the receive path: calls
+        # to queued_bytes and _record cost a tenth of a one-message frame).
+        nbytes += count * self.per_event
+        marks = self._marks
+        appended = self._appended
+        consumed = appended - queued
+        while marks and marks[0][0] <= consumed:
+            self._floor = marks.popleft()[1]
+        bytes_in = self._bytes_in + nbytes
+        if queued + count <= self.max_events and bytes_in - self._floor <= self.max_bytes:
+            self._appended = appended = appended + count
+            self._bytes_in = bytes_in
+            marks.append((appended, bytes_in))
+            return count
+        room = self.max_events - queued
+        if room <= 0:
+            return 0
+        room_bytes = self.max_bytes - (self._bytes_in - self._floor)
+        # Bytes per event as the frame's average: a batch's events are alike.
+        take = min(count, room, max(room_bytes, 0) * count // nbytes if nbytes else count)
+        if take == 0 and queued == 0:
+            take = 1  # an empty queue takes one event, however large
+        if take:
+            self._record(take, -(-nbytes * take // count))
+        return take
+
+    def _record(self, count: int, nbytes: int) -> None:
+        self._appended += count
+        self._bytes_in += nbytes
+        self._marks.append((self._appended, self._bytes_in))
+
+    def drop(self, last: Event, count: int) -> None:
+        """``count`` events of ``last``'s frame, up to ``last``, were not queued."""
+        self.dropped += count
+        key = (last.origin, last.host, last.channel)
+        pending = self._pending
+        entry = pending.get(key)
+        if entry is None:
+            if not pending:
+                self._report_to.append(self)
+            pending[key] = [count, last.seq]
+        else:
+            entry[0] += count
+            entry[1] = last.seq
+
+    def take_gaps(self) -> list[Gap]:
+        """The drops since the last call, one gap per (origin, host, channel)."""
+        gaps = [
+            Gap(origin, host, channel, missed, seq, self.pattern, GAP_QUEUE_FULL)
+            for (origin, host, channel), (missed, seq) in self._pending.items()
+        ]
+        self._pending = {}
+        return gaps
 
 
 class Failure:
@@ -289,6 +547,7 @@ class HistoryLoad:
         "asked_at",
         "error",
         "held",
+        "held_bytes",
         "limit",
         "replays",
         "since_ms",
@@ -306,6 +565,8 @@ class HistoryLoad:
         self.since_ms = since_ms
         self.replays: dict[tuple[str, int, str, int], Event] = {}
         self.held: list[Event] = []
+        #: Payload bytes in ``held``.
+        self.held_bytes = 0
         self.asked_at = 0.0
         self.started = time.monotonic()
         self.error: Exception | None = None
@@ -324,6 +585,7 @@ class Prepared(NamedTuple):
 
 
 _RAW: Final = int(Codec.RAW)
+_ABSENT: Final = object()
 
 #: Builds a Prepared without its Python-level ``__new__`` (half the cost).
 _new_tuple: Callable[[type[Prepared], tuple[Any, ...]], Prepared] = tuple.__new__
@@ -412,8 +674,16 @@ class BusCore:
     def __init__(self, options: ClientOptions, on_gap: Callable[[Gap], Any] | None) -> None:
         self.options = options
         self.on_gap = on_gap
-        self.subscribers: list[Subscriber] = []
+        #: Registered subscribers, in order (a dict: removing one is O(1)).
+        self.subscribers: dict[Subscriber, None] = {}
         self.topic_refs: dict[bytes, int] = {}
+        #: Topics added or removed since the outbox was last taken, each with
+        #: whether it was subscribed before: a subscribe and a close in
+        #: between send nothing (see :meth:`take_outbox`).
+        self._topic_was: dict[bytes, bool] = {}
+        #: Subscriptions that dropped events not reported yet, and all drops reported.
+        self.dropping: list[QueueBound] = []
+        self.dropped = 0
         self.tracker = SequenceTracker()
         self.received = 0
         self.published = 0
@@ -445,6 +715,8 @@ class BusCore:
         self._origin = self.options.worker.encode("utf-8")
         self._host = self.options.host.encode("utf-8")
         self.inbox = inbox_topic(self.options.worker)
+        # A new socket is subscribed to topic_refs as they are: nothing to change.
+        self._topic_was = {}
 
     # -- publishing ---------------------------------------------------------------
 
@@ -475,7 +747,7 @@ class BusCore:
                 )
         encoded = validate_channel(channel, allow_system=system)
         if scope not in _SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, not {scope!r}")
+            raise ArgumentError("scope", f"must be one of {', '.join(_SCOPES)}, not {scope!r}")
         overhead = len(encoded) + 1 + HEADER.size + len(self._origin) + len(self._host)
         if target is None and codec is None and not system:
             if len(self._known_channels) >= _MAX_CACHED_CHANNELS:
@@ -487,6 +759,10 @@ class BusCore:
         if target is None:
             seq_key = channel
         else:
+            try:
+                validate_worker_id(target)
+            except ChannelError as exc:
+                raise ArgumentError("worker", str(exc)) from None
             seq_key = inbox_channel(target)
             # The topic is the inbox; the channel rides after the names.
             overhead += len(seq_key.encode("utf-8")) + 1
@@ -717,10 +993,30 @@ class BusCore:
 
     def _report_gap(self, env: Envelope, missed: int, seq: int) -> None:
         if self.on_gap is not None:
+            self._gap(Gap(env.origin, env.host, env.channel, missed, seq))
+
+    def _gap(self, gap: Gap) -> None:
+        if self.on_gap is not None:
             try:
-                self.on_gap(Gap(env.origin, env.host, env.channel, missed, seq))
+                self.on_gap(gap)
             except Exception:
                 log.exception("on_gap callback failed")
+
+    def new_bound(
+        self, pattern: Pattern, size: object = None, max_bytes: object = None
+    ) -> QueueBound:
+        """The :class:`QueueBound` of a new subscription (its own limits, else the bus's)."""
+        max_events, limit = self.options.queue_limits(size, max_bytes)
+        return QueueBound(pattern.text, max_events, limit, self.dropping)
+
+    def report_drops(self) -> None:
+        """Tell ``on_gap`` what full subscription queues dropped (call after each
+        round of frames: one gap per subscription and channel, not per event)."""
+        dropping, self.dropping[:] = list(self.dropping), []
+        for bound in dropping:
+            for gap in bound.take_gaps():
+                self.dropped += gap.missed
+                self._gap(gap)
 
     def route(self, events: list[Event]) -> list[Subscriber]:
         """The subscribers to hand ``events`` (one channel) to now; those
@@ -732,15 +1028,47 @@ class BusCore:
                 if subscriber.history is None:
                     ready.append(subscriber)
                 else:
-                    subscriber.history.held.extend(events)
+                    self._hold(subscriber, subscriber.history, events)
         return ready
+
+    def _hold(self, subscriber: Subscriber, load: HistoryLoad, events: list[Event]) -> None:
+        """Hold live events while history loads, within the subscriber's bounds
+        (a load lasts up to HISTORY_TIMEOUT: at full speed, millions of events)."""
+        bound = subscriber.bound
+        max_events = DEFAULT_QUEUE_SIZE if bound is None else bound.max_events
+        max_bytes = DEFAULT_QUEUE_MAX_BYTES if bound is None else bound.max_bytes
+        held = load.held
+        taken = 0
+        for event in events:
+            size = len(event.payload)
+            if len(held) >= max_events or load.held_bytes + size > max_bytes:
+                break
+            held.append(event)
+            load.held_bytes += size
+            taken += 1
+        if taken < len(events):
+            if bound is not None:
+                bound.drop(events[-1], len(events) - taken)
+            else:
+                self._gap(
+                    Gap(
+                        events[-1].origin,
+                        events[-1].host,
+                        events[-1].channel,
+                        len(events) - taken,
+                        events[-1].seq,
+                        subscriber.pattern.text,
+                        GAP_QUEUE_FULL,
+                    )
+                )
+                self.dropped += len(events) - taken
 
     # -- history ----------------------------------------------------------------------
 
     def add_history(self, subscriber: Subscriber, limit: int | None, since_ms: int | None) -> None:
         """Ask the bridge for ``subscriber``'s history (after its subscription was sent)."""
         if limit is not None and limit < 0:
-            raise ValueError("history must be a number of events, 0 or more")
+            raise ArgumentError("history", "must be a number of events, 0 or more")
         token = secrets.token_hex(REPLAY_TOKEN_BYTES // 2).encode()
         load = HistoryLoad(subscriber, token, limit, since_ms)
         subscriber.history = load
@@ -818,33 +1146,52 @@ class BusCore:
         return done
 
     def take_outbox(self) -> list[bytes]:
-        frames, self.outbox = self.outbox, []
+        """Frames to send up the subscription socket, in order: the net
+        subscription changes first (a request may depend on them), then the
+        requests (history, sync)."""
+        frames = []
+        if self._topic_was:
+            topic_refs = self.topic_refs
+            for topic, was in self._topic_was.items():
+                now = topic in topic_refs
+                if now != was:
+                    frames.append((b"\x01" if now else b"\x00") + topic)
+            self._topic_was = {}
+        if self.outbox:
+            frames += self.outbox
+            self.outbox = []
         return frames
+
+    @property
+    def outbox_pending(self) -> bool:
+        return bool(self._topic_was or self.outbox)
 
     # -- subscriptions --------------------------------------------------------------
 
-    def add(self, subscriber: Subscriber) -> bytes | None:
-        """Register; return the ZeroMQ topic to subscribe to if it is new."""
-        self.subscribers.append(subscriber)
+    def add(self, subscriber: Subscriber) -> None:
+        """Register; the ZeroMQ subscription it may need leaves with the outbox."""
+        self.subscribers[subscriber] = None
         topic = subscriber.pattern.topic
         count = self.topic_refs.get(topic, 0)
         self.topic_refs[topic] = count + 1
-        return topic if count == 0 else None
+        if count == 0 and topic not in self._topic_was:
+            self._topic_was[topic] = False
 
-    def remove(self, subscriber: Subscriber) -> bytes | None:
-        """Unregister; return the ZeroMQ topic to unsubscribe from if unused now."""
-        if subscriber not in self.subscribers:
-            return None
+    def remove(self, subscriber: Subscriber) -> bool:
+        """Unregister (False if it was not registered); forget every reference."""
+        if self.subscribers.pop(subscriber, _ABSENT) is _ABSENT:
+            return False
         if subscriber.history is not None:
             self._finish(subscriber.history, None)
-        self.subscribers.remove(subscriber)
         topic = subscriber.pattern.topic
         count = self.topic_refs.get(topic, 0) - 1
         if count > 0:
             self.topic_refs[topic] = count
-            return None
-        self.topic_refs.pop(topic, None)
-        return topic
+        else:
+            self.topic_refs.pop(topic, None)
+            if topic not in self._topic_was:
+                self._topic_was[topic] = True
+        return True
 
     def stats(self) -> dict[str, int]:
         return {
@@ -854,4 +1201,5 @@ class BusCore:
             "missed": self.tracker.missed,
             "duplicates": self.tracker.duplicates,
             "undecodable": self.undecodable,
+            "dropped": self.dropped,
         }

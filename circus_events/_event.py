@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from .protocol import Envelope, decode_payload
 
-__all__ = ["Event", "Gap", "MessageId"]
+__all__ = ["GAP_QUEUE_FULL", "GAP_UPSTREAM", "Event", "Gap", "GapReason", "MessageId"]
+
+GapReason = Literal["upstream", "queue_full"]
+#: Lost before this worker had them: the bridge's per-worker limit, Redis, a restart.
+GAP_UPSTREAM: Final = "upstream"
+#: Received by this worker but dropped for one subscription, whose queue was
+#: full (nobody read it): the others got them.
+GAP_QUEUE_FULL: Final = "queue_full"
 
 
 class MessageId(NamedTuple):
@@ -106,11 +113,23 @@ class RawEvent(Event):
 
 
 class Gap(NamedTuple):
-    """Messages from ``origin`` on ``channel`` that never arrived."""
+    """Messages from ``origin`` on ``channel`` that never arrived.
+
+    ``reason`` says where they were lost. ``"upstream"``: before this worker
+    (every subscription of the bus missed them); ``seq`` is the message that
+    revealed the gap and ``pattern`` is None. ``"queue_full"``: this worker
+    had them, but the queue of the subscription to ``pattern`` was full, so
+    that subscription alone lost them; ``seq`` is the last one it lost.
+    Either way ``missed`` counts each lost message once.
+    """
 
     origin: str
     host: str
     channel: str
     missed: int
-    #: The sequence number of the message that revealed the gap.
+    #: The sequence number of the message that revealed the gap (upstream),
+    #: or of the last message dropped (queue_full).
     seq: int
+    #: The pattern of the subscription that dropped them (queue_full only).
+    pattern: str | None = None
+    reason: GapReason = "upstream"

@@ -10,17 +10,27 @@ Every error is a :class:`CircusEventsError`; catch that to catch them all::
     ├── EncodeError            (also ValueError) the codec cannot encode a payload
     ├── DecodeError            a payload cannot be decoded with its codec
     ├── MessageTooLarge        (also ValueError) over ``max_message_bytes``
+    ├── ArgumentError          (also ValueError) a bad argument to a public call (names it)
+    ├── UsageError             (also RuntimeError) a call where it cannot work (no event loop)
     ├── PublishTimeout         (also TimeoutError) the local bridge took nothing in time
+    ├── ReceiveTimeout         (also TimeoutError, queue.Empty) ``get(timeout)`` got nothing
     ├── BusClosed              the bus was closed
     ├── BridgeError            the bridge cannot start or run (socket in use, ...)
     └── ControlError           a control request (``circus-events status``) got no usable answer
         ├── NoBridgeAnswers    (also TimeoutError) nothing answered at ``ctl.sock`` in time
         └── BadReply           the answer is not a JSON object, or says ``error``
+
+The clients translate what their transport raises at their public boundary
+(``raise BusClosed(...) from exc``): no ``zmq`` or ``asyncio`` exception
+leaves :class:`~circus_events.Bus` or :class:`~circus_events.AsyncBus`.
 """
 
 from __future__ import annotations
 
+import queue
+
 __all__ = [
+    "ArgumentError",
     "BadReply",
     "BridgeError",
     "BusClosed",
@@ -34,7 +44,9 @@ __all__ = [
     "NoBridgeAnswers",
     "ProtocolError",
     "PublishTimeout",
+    "ReceiveTimeout",
     "UnsafePathError",
+    "UsageError",
 ]
 
 
@@ -86,6 +98,27 @@ class MessageTooLarge(CircusEventsError, ValueError):
 
 class PublishTimeout(CircusEventsError, TimeoutError):
     """The local bridge did not take the message before the publish timeout."""
+
+
+class ArgumentError(CircusEventsError, ValueError):
+    """An argument to a public call has a bad value or type; ``name`` names it."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+
+
+class UsageError(CircusEventsError, RuntimeError):
+    """A call made where it cannot work (an ``AsyncBus`` outside its event loop)."""
+
+
+class ReceiveTimeout(CircusEventsError, TimeoutError, queue.Empty):
+    """``Subscription.get(timeout)`` / ``AsyncSubscription.get(timeout)`` got no event in time.
+
+    The same class in both clients. It is also a ``queue.Empty``, which is
+    what ``Bus`` raised before (code catching that keeps working), and a
+    ``TimeoutError``, which is what ``AsyncBus`` raised before.
+    """
 
 
 class BusClosed(CircusEventsError):

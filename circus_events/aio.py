@@ -2,8 +2,9 @@
 
 One reader task per bus drains the SUB socket and feeds handlers (awaited in
 order, so one channel's events are handled in the order sent) and bounded
-subscription queues (a full queue pauses the reader: backpressure, and the
-bridge's per-worker limit turns sustained overload into reported gaps).
+subscription queues. A full queue drops for its subscription alone and
+``on_gap`` is told (a ``queue_full`` gap): the reader never waits for a
+subscription, so a forgotten one cannot stall the handlers or the others.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import zmq
 import zmq.asyncio
 
 from ._client_core import (
+    DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_QUEUE_MAX_BYTES,
+    DEFAULT_QUEUE_SIZE,
     DEFAULT_SEND_QUEUE,
     FLUSH_RETRY,
     PUBLISH_LINGER_MS,
@@ -30,13 +34,19 @@ from ._client_core import (
     ClientOptions,
     Failure,
     Prepared,
+    QueueBound,
     Scope,
     Subscriber,
+    check_timeout,
+    compile_pattern,
     connect_push,
     connect_sub,
+    history_args,
+    or_forever,
+    transport_error,
 )
 from ._event import Event, Gap
-from ._exceptions import BusClosed, PublishTimeout
+from ._exceptions import BridgeError, BusClosed, PublishTimeout, ReceiveTimeout, UsageError
 from .protocol import Codec, Pattern
 
 __all__ = ["AsyncBus", "AsyncSubscription"]
@@ -49,26 +59,49 @@ _END: Final = object()
 
 
 class AsyncSubscription:
-    """An async iterator over the events matching one pattern."""
+    """An async iterator over the events matching one pattern.
 
-    def __init__(self, bus: AsyncBus, pattern: Pattern, size: int) -> None:
+    Its queue is bounded (:class:`QueueBound`, as :class:`Subscription`'s):
+    when full, this subscription alone drops what comes, and ``on_gap`` is
+    told (a ``queue_full`` gap).
+    """
+
+    def __init__(self, bus: AsyncBus, pattern: Pattern, bound: QueueBound) -> None:
         self.pattern = pattern
         self._bus = bus
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        self._bound = bound
+        # Unbounded as a Queue: the QueueBound decides what goes in.
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self.subscriber = Subscriber(
-            pattern, self._queue.put, fail=self._fail, sink_many=self._put_many
+            pattern, self._put, fail=self._fail, sink_many=self._put_many, bound=bound
         )
         self.closed = False
 
+    @property
+    def dropped(self) -> int:
+        """Events this subscription dropped because its queue was full."""
+        return self._bound.dropped
+
     async def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises ``TimeoutError`` after ``timeout`` seconds."""
-        if self.closed and self._queue.empty():
-            raise BusClosed("subscription closed")
-        item = await asyncio.wait_for(self._queue.get(), timeout)
+        """The next event; raises :class:`ReceiveTimeout` (also a ``TimeoutError``)
+        after ``timeout`` seconds, :class:`BusClosed` once closed and drained."""
+        queue = self._queue
+        try:
+            item = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if self.closed:
+                raise BusClosed("subscription closed") from None
+            seconds = check_timeout("timeout", timeout)
+            try:
+                item = await asyncio.wait_for(queue.get(), seconds)
+            except TimeoutError:
+                raise ReceiveTimeout(
+                    f"no event for {self.pattern.text!r} within {seconds}s"
+                ) from None
         if isinstance(item, Failure):
             raise item.error
         if item is _END:
-            self._queue.put_nowait(_END)
+            queue.put_nowait(_END)
             raise BusClosed("subscription closed")
         event: Event = item
         return event
@@ -82,34 +115,38 @@ class AsyncSubscription:
         except BusClosed:
             raise StopAsyncIteration from None
 
-    def _put_many(self, events: list[Event]) -> Awaitable[None] | None:
-        """Queue a frame's events without a coroutine each; the rest waits for room."""
-        put = self._queue.put_nowait
-        for index, event in enumerate(events):
-            try:
+    def _put_many(self, events: list[Event], nbytes: int) -> None:
+        """Queue what fits of a frame's events; the rest is dropped and counted."""
+        if self.closed:
+            return
+        queue = self._queue
+        count = len(events)
+        taken = self._bound.admit(count, nbytes, queue.qsize())
+        put = queue.put_nowait
+        if taken == count:
+            for event in events:
                 put(event)
-            except asyncio.QueueFull:
-                return self._put_rest(events[index:])
-        return None
+            return
+        for event in events[:taken]:
+            put(event)
+        self._bound.drop(events[-1], count - taken)
 
-    async def _put_rest(self, events: list[Event]) -> None:
-        for event in events:
-            await self._queue.put(event)
+    def _put(self, event: Event) -> None:
+        self._put_many([event], len(event.payload))
 
     def _fail(self, error: Exception) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(Failure(error))
+        self._queue.put_nowait(Failure(error))
 
     def close(self) -> None:
-        """Stop receiving; iteration ends after what is already queued."""
+        """Stop receiving; iteration ends after what is already queued. Safe
+        twice and after the bus is closed."""
         if not self.closed:
-            self.closed = True
-            self._bus._unsubscribe(self.subscriber)
             self._end()
+            self._bus._unsubscribe(self)
 
     def _end(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_END)
+        self.closed = True
+        self._queue.put_nowait(_END)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
@@ -131,8 +168,9 @@ class AsyncBus:
         codec: str | Codec = Codec.JSON,
         echo: bool = False,
         on_gap: Callable[[Gap], Any] | None = None,
-        publish_timeout: float = 5.0,
-        queue_size: int = 10_000,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         send_queue: int = DEFAULT_SEND_QUEUE,
         max_message_bytes: int | None = None,
     ) -> None:
@@ -145,21 +183,34 @@ class AsyncBus:
             echo=echo,
             publish_timeout=publish_timeout,
             queue_size=queue_size,
+            queue_max_bytes=queue_max_bytes,
             send_queue=send_queue,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap)
         self.closed = False
-        self._subscriptions: list[AsyncSubscription] = []
-        self._context = zmq.asyncio.Context()
-        self._push = self._context.socket(zmq.PUSH)
-        self._sub = self._context.socket(zmq.XSUB)
-        # Synchronous views of the same sockets for the non-blocking fast paths:
-        # an asyncio socket returns a future even for NOBLOCK calls.
-        self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
-        self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
-        connect_push(self._push_now, options)
-        connect_sub(self._sub_now, options, [self._core.inbox])
+        #: Open subscriptions (a dict: closing one forgets it in O(1)).
+        self._subscriptions: dict[AsyncSubscription, None] = {}
+        try:
+            self._context = zmq.asyncio.Context()
+            self._push = self._context.socket(zmq.PUSH)
+            self._sub = self._context.socket(zmq.XSUB)
+            # Synchronous views of the same sockets for the non-blocking fast paths:
+            # an asyncio socket returns a future even for NOBLOCK calls.
+            self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
+            self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+            connect_push(self._push_now, options)
+            connect_sub(self._sub_now, options, [self._core.inbox])
+        except zmq.ZMQError as exc:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self._context.destroy(linger=0)
+            raise BridgeError(
+                f"cannot open the sockets to the bridge in {options.paths.directory}: {exc}"
+            ) from exc
+        #: The subscription changes wait for the loop's next turn (a subscribe
+        #: and a close within one turn send nothing).
+        self._outbox_scheduled = False
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self._core.on_flush = self._flushed
         self._reader: asyncio.Task[None] | None = None
@@ -183,42 +234,66 @@ class AsyncBus:
     def _ensure_reader(self) -> None:
         if self.closed:
             raise BusClosed("the bus is closed")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise UsageError(
+                "an AsyncBus is used from a coroutine in its event loop (no loop runs here)"
+            ) from None
         if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read_loop(), name=f"circus-events-{self.worker}"
-            )
+            self._reader = loop.create_task(self._read_loop(), name=f"circus-events-{self.worker}")
+        elif self._reader.get_loop() is not loop:
+            raise UsageError("this AsyncBus belongs to another event loop")
 
     async def publish(self, channel: str, data: Any, *, scope: Scope = "cluster") -> None:
         """Publish ``data`` on ``channel`` to the process, the host or the cluster."""
         if self.closed:
             raise BusClosed("the bus is closed")
-        if scope == "process":
-            event = self._core.local_event(channel, data)
-            for subscriber in self._core.route([event]):
-                await _call(subscriber.sink, event)
-            return
-        await self._publish(self._core.prepare(channel, data, scope))
+        try:
+            if scope == "process":
+                core = self._core
+                event = core.local_event(channel, data)
+                for subscriber in core.route([event]):
+                    await _call(subscriber.sink, event)
+                if core.dropping:
+                    core.report_drops()
+                return
+            await self._publish(self._core.prepare(channel, data, scope))
+        except zmq.ZMQError as exc:  # the sockets were closed under us
+            raise transport_error(exc, self.closed) from exc
 
     async def send_to(self, worker: str, channel: str, data: Any) -> None:
         """Send ``data`` on ``channel`` to one worker, on any host."""
         if self.closed:
             raise BusClosed("the bus is closed")
-        await self._publish(self._core.prepare(channel, data, "cluster", target=worker))
+        try:
+            await self._publish(self._core.prepare(channel, data, "cluster", target=worker))
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, self.closed) from exc
 
     def subscribe(
-        self, pattern: str, *, history: int | None = None, since: float | None = None
+        self,
+        pattern: str,
+        *,
+        history: int | None = None,
+        since: float | None = None,
+        queue_size: int | None = None,
+        queue_max_bytes: int | None = None,
     ) -> AsyncSubscription:
         """Async-iterate over events whose channel matches ``pattern``.
 
-        ``history=N`` / ``since=<Unix time>``: as for :meth:`Bus.subscribe`.
+        ``history=N`` / ``since=<Unix time>``, ``queue_size`` and
+        ``queue_max_bytes``: as for :meth:`Bus.subscribe`.
         """
         self._ensure_reader()
-        subscription = AsyncSubscription(self, Pattern(pattern), self._core.options.queue_size)
-        self._subscriptions.append(subscription)
+        compiled = compile_pattern(pattern)
+        bound = self._core.new_bound(compiled, queue_size, queue_max_bytes)
+        wanted = history_args(history, since)
+        subscription = AsyncSubscription(self, compiled, bound)
+        self._subscriptions[subscription] = None
         self._add(subscription.subscriber)
-        if history is not None or since is not None:
-            since_ms = None if since is None else max(int(since * 1000), 0)
-            self._core.add_history(subscription.subscriber, history, since_ms)
+        if wanted is not None:
+            self._core.add_history(subscription.subscriber, *wanted)
             self._send_outbox()
         return subscription
 
@@ -227,14 +302,15 @@ class AsyncBus:
 
         ``history=N``: first the newest N events Redis kept (stream mode).
         """
-        compiled = Pattern(pattern)
+        compiled = compile_pattern(pattern)
+        wanted = history_args(history, None)
 
         def register(handler: Handler) -> Handler:
             self._ensure_reader()
             subscriber = Subscriber(compiled, _guarded(handler))
             self._add(subscriber)
-            if history is not None:
-                self._core.add_history(subscriber, history, None)
+            if wanted is not None:
+                self._core.add_history(subscriber, *wanted)
                 self._send_outbox()
             return handler
 
@@ -242,6 +318,7 @@ class AsyncBus:
 
     async def sync(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has applied every subscription made so far."""
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
         token = os.urandom(8)
         request = self._core.sync_request(token)
@@ -249,22 +326,24 @@ class AsyncBus:
         async def keep_asking() -> None:
             # Repeated: a request sent while the socket is reconnecting is dropped.
             while True:
-                with contextlib.suppress(zmq.Again):
+                self._send_outbox()  # the subscriptions first: the request covers them
+                with contextlib.suppress(zmq.ZMQError):
                     self._sub_now.send(request, zmq.NOBLOCK)
                 await asyncio.sleep(SYNC_RETRY)
 
         asking = asyncio.create_task(keep_asking())
         try:
-            return await self._wait_marker(token, timeout)
+            return await self._wait_marker(token, seconds)
         finally:
             asking.cancel()
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the bridge has taken everything published so far."""
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         # The marker comes back on our inbox: make sure the bridge knows it first.
-        if not await self.sync(timeout):
+        if not await self.sync(seconds):
             return False
         token = os.urandom(8)
         while True:  # repeated: a marker can be lost if the bridge restarts meanwhile
@@ -273,6 +352,8 @@ class AsyncBus:
                 await self._send(self._core.flush_frame(token), max(remaining, 0))
             except PublishTimeout:
                 return False
+            except zmq.ZMQError as exc:
+                raise transport_error(exc, self.closed) from exc
             if await self._wait_marker(token, min(FLUSH_RETRY, max(remaining, 0))):
                 return True
             if remaining <= FLUSH_RETRY:
@@ -295,33 +376,46 @@ class AsyncBus:
             waiter.set_result(None)
 
     def stats(self) -> dict[str, int]:
+        """Counters, as :meth:`Bus.stats`."""
         return self._core.stats()
 
     async def close(self) -> None:
-        """Stop the reader, end iterators, let queued messages leave (1 s at most)."""
+        """Stop the reader, end iterators, let queued messages leave (1 s at most).
+
+        Safe twice, and from a handler or an ``on_gap`` callback.
+        """
         if self.closed:
             return
         self.closed = True
-        if self._reader is not None:
-            self._reader.cancel()
+        reader, self._reader = self._reader, None
+        # close() from a handler runs in the reader itself: it cannot wait for itself.
+        in_reader = reader is not None and reader is asyncio.current_task()
+        if reader is not None and not in_reader:
+            reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        for subscription in self._subscriptions:
-            subscription.closed = True
+                await reader
+        for subscription in list(self._subscriptions):
             subscription._end()
-        if self._core.batch is not None:
-            try:
-                await self._send_locked(self._core.batch_frame(), PUBLISH_LINGER_MS / 1000)
-                self._core.batch_sent()
-            except PublishTimeout:
-                log.warning(
-                    "closing: %d held messages could not reach the bridge",
-                    len(self._core.batch.payloads),
-                )
-        self._sub.close(linger=0)
-        self._push.close()
-        # term() waits for the PUSH linger; keep the loop free meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, self._context.term)
+        self._subscriptions.clear()
+        try:
+            if self._core.batch is not None:
+                try:
+                    await self._send_locked(self._core.batch_frame(), PUBLISH_LINGER_MS / 1000)
+                    self._core.batch_sent()
+                except PublishTimeout:
+                    log.warning(
+                        "closing: %d held messages could not reach the bridge",
+                        len(self._core.batch.payloads),
+                    )
+            self._sub.close(linger=0)
+            self._push.close()
+            # term() waits for the PUSH linger; keep the loop free meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, self._context.term)
+        except zmq.ZMQError:  # closing anyway: nothing left to tell the caller
+            log.debug("closing the bus", exc_info=True)
+        finally:
+            if reader is not None and in_reader:
+                reader.cancel()  # it ends once the handler returns
 
     async def __aenter__(self) -> AsyncBus:
         return await self.start()
@@ -337,14 +431,18 @@ class AsyncBus:
     # -- internals ------------------------------------------------------------------
 
     def _add(self, subscriber: Subscriber) -> None:
-        topic = self._core.add(subscriber)
-        if topic is not None:
-            self._sub_now.send(b"\x01" + topic)
+        self._core.add(subscriber)
+        self._schedule_outbox()
 
-    def _unsubscribe(self, subscriber: Subscriber) -> None:
-        topic = self._core.remove(subscriber)
-        if topic is not None and not self.closed:
-            self._sub_now.send(b"\x00" + topic)
+    def _unsubscribe(self, subscription: AsyncSubscription) -> None:
+        self._subscriptions.pop(subscription, None)
+        if self._core.remove(subscription.subscriber) and not self.closed:
+            self._schedule_outbox()
+
+    def _schedule_outbox(self) -> None:
+        if not self._outbox_scheduled and self._reader is not None:
+            self._outbox_scheduled = True
+            self._reader.get_loop().call_soon(self._send_outbox)
 
     async def _publish(self, prepared: Prepared) -> None:
         """Send one message now, or hold it in a batch when publishes come in a
@@ -426,6 +524,19 @@ class AsyncBus:
             ) from None
 
     async def _read_loop(self) -> None:
+        try:
+            await self._read_frames()
+        except zmq.ZMQError as exc:
+            if self.closed:  # closed from a handler: the sockets went first
+                return
+            # The transport failed: end the iterators with the error, not silence.
+            log.error("the bus stopped receiving: %s", exc)
+            error = transport_error(exc, False)
+            for subscription in list(self._subscriptions):
+                subscription._fail(error)
+                subscription._end()
+
+    async def _read_frames(self) -> None:
         sub = self._sub
         sub_now = self._sub_now
         core = self._core
@@ -447,18 +558,22 @@ class AsyncBus:
                 if events is not None:
                     for subscriber in core.route(events):
                         if subscriber.sink_many is not None:
-                            waiting = subscriber.sink_many(events)
-                            if waiting is not None:  # a full queue: backpressure
-                                await waiting
+                            subscriber.sink_many(events, len(frame))
                         else:
                             for event in events:
                                 await _call(subscriber.sink, event)
             if core.loads or core.finished:
                 core.check_history()
                 await self._deliver_completed()
-            self._send_outbox()
+            if core.dropping:
+                core.report_drops()
+            if core.outbox_pending:
+                self._send_outbox()
 
     def _send_outbox(self) -> None:
+        self._outbox_scheduled = False
+        if self.closed:
+            return
         for request in self._core.take_outbox():
             with contextlib.suppress(zmq.Again):
                 self._sub_now.send(request, zmq.NOBLOCK)

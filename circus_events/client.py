@@ -34,6 +34,9 @@ from typing import Any, Final, TypeVar
 import zmq
 
 from ._client_core import (
+    DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_QUEUE_MAX_BYTES,
+    DEFAULT_QUEUE_SIZE,
     DEFAULT_SEND_QUEUE,
     FLUSH_RETRY,
     HOT_GAP,
@@ -43,13 +46,19 @@ from ._client_core import (
     ClientOptions,
     Failure,
     Prepared,
+    QueueBound,
     Scope,
     Subscriber,
+    check_timeout,
+    compile_pattern,
     connect_push,
     connect_sub,
+    history_args,
+    or_forever,
+    transport_error,
 )
 from ._event import Event, Gap, RawEvent
-from ._exceptions import BusClosed, PublishTimeout
+from ._exceptions import BridgeError, BusClosed, PublishTimeout, ReceiveTimeout
 from .protocol import Codec, Pattern
 
 __all__ = ["Bus", "Subscription"]
@@ -71,10 +80,15 @@ _READER_POLL: Final = 0.1
 #: this often (ms) instead of being woken for each one: one wake-up per batch
 #: cost the publisher more than the batching saved.
 _HELD_WATCH_MS: Final = 1
+#: Commands (subscribe, close, sync...) waiting for the receiver thread before
+#: the caller waits too: a subscribe/close loop in one thread costs at most
+#: this many pending Subscription objects (~1 KB each: 10 MB).
+MAX_PENDING_COMMANDS: Final = 10_000
 _END: Final = object()
 
 
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
+_CONDITIONS_MADE: Final = threading.Lock()
 _EVENT_KINDS: Final = frozenset((Event, RawEvent))
 _getpid = os.getpid
 _monotonic = time.monotonic
@@ -85,40 +99,47 @@ class Subscription:
 
     The receiver thread appends to a deque and wakes the reader once per
     batch, not once per event: a ``queue.Queue`` hand-off cost ~4 us an event.
+    The queue is bounded (:class:`QueueBound`); when full, this subscription
+    alone drops what comes, and ``on_gap`` is told (a ``queue_full`` gap).
     """
 
-    def __init__(self, bus: Bus, pattern: Pattern, size: int) -> None:
+    def __init__(self, bus: Bus, pattern: Pattern, bound: QueueBound) -> None:
         self.pattern = pattern
         self._bus = bus
         self._items: collections.deque[Any] = collections.deque()
-        self._size = size
-        self._changed = threading.Condition(threading.Lock())
-        self._want_room = False
+        self._bound = bound
+        #: Made when a reader first waits (a third of what a subscribe/close
+        #: pair cost); only ever replaced from None under _CONDITIONS_MADE.
+        self._changed: threading.Condition | None = None
         #: Readers blocked in get(): waking nobody costs a lock round trip per batch.
         self._readers_waiting = 0
         self._subscriber = Subscriber(
-            pattern, self._put, self._wake, self._fail, sink_many=self._put_many
+            pattern, self._put, self._wake, self._fail, sink_many=self._put_many, bound=bound
         )
         self.closed = False
 
-    def _put(self, event: Any) -> None:
-        # Waiting here is backpressure: the receiver stops reading, ZeroMQ queues,
-        # and past its limit the bridge drops for this worker only (a gap).
-        if len(self._items) >= self._size and not self._bus._receiving_here():
-            self._notify()
-            with self._changed:
-                self._want_room = True
-                while len(self._items) >= self._size and not (self.closed or self._bus.closed):
-                    self._changed.wait(0.1)
-                self._want_room = False
-        self._items.append(event)
+    @property
+    def dropped(self) -> int:
+        """Events this subscription dropped because its queue was full."""
+        return self._bound.dropped
 
-    def _put_many(self, events: list[Event]) -> None:
-        if len(self._items) + len(events) <= self._size:
-            self._items.extend(events)
-        else:
-            for event in events:
-                self._put(event)
+    def _put_many(self, events: list[Event], nbytes: int) -> None:
+        # Never waits: a full queue drops for this subscription alone (the
+        # receiver thread also serves the handlers and the other subscriptions).
+        if self.closed:
+            return
+        items = self._items
+        count = len(events)
+        taken = self._bound.admit(count, nbytes, len(items))
+        if taken == count:
+            items.extend(events)
+            return
+        if taken:
+            items.extend(events[:taken])
+        self._bound.drop(events[-1], count - taken)
+
+    def _put(self, event: Any) -> None:
+        self._put_many([event], len(event.payload))
 
     def _wake(self) -> None:
         """New items are in (the receiver appended them before it calls this)."""
@@ -126,24 +147,33 @@ class Subscription:
             self._notify()
 
     def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        changed = self._changed
+        if changed is not None:  # else no reader ever waited: nobody to wake
+            with changed:
+                changed.notify_all()
+
+    def _condition(self) -> threading.Condition:
+        changed = self._changed
+        if changed is None:
+            with _CONDITIONS_MADE:
+                changed = self._changed
+                if changed is None:
+                    changed = self._changed = threading.Condition(threading.Lock())
+        return changed
 
     def _fail(self, error: Exception) -> None:
         self._items.append(Failure(error))
 
     def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises ``queue.Empty`` after ``timeout`` seconds."""
+        """The next event; raises :class:`ReceiveTimeout` after ``timeout`` seconds
+        (also a ``queue.Empty`` and a ``TimeoutError``), :class:`BusClosed` once
+        closed and drained."""
         try:
             item = self._items.popleft()
         except IndexError:
             item = self._wait(timeout)
-        if item.__class__ in _EVENT_KINDS and not self._want_room:
+        if item.__class__ in _EVENT_KINDS:
             return item
-        if self._want_room and len(self._items) <= self._size >> 1:
-            # The receiver waits for room: wake it once half the queue is free,
-            # not at every event (a lock round trip each).
-            self._notify()
         if isinstance(item, Failure):
             raise item.error
         if item is _END:
@@ -155,23 +185,32 @@ class Subscription:
     def _wait(self, timeout: float | None) -> Any:
         """Block until an item arrives; take it. Safe with several reading threads:
         another may take the item first, and then this one waits again."""
+        seconds = check_timeout("timeout", timeout)
         items = self._items
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if not self._bus._receive_for(items, deadline):
-                self._wait_for_receiver(deadline)
-            try:
-                return items.popleft()
-            except IndexError:
-                if self.closed:
-                    raise BusClosed("subscription closed") from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise queue.Empty from None
+        deadline = None if seconds is None else time.monotonic() + seconds
+        bus = self._bus
+        try:
+            while True:
+                if not bus._receive_for(items, deadline):
+                    self._wait_for_receiver(deadline)
+                try:
+                    return items.popleft()
+                except IndexError:
+                    if self.closed:
+                        raise BusClosed("subscription closed") from None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise self._timeout(seconds) from None
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, bus.closed) from exc
+
+    def _timeout(self, seconds: float | None) -> ReceiveTimeout:
+        return ReceiveTimeout(f"no event for {self.pattern.text!r} within {seconds}s")
 
     def _wait_for_receiver(self, deadline: float | None) -> None:
         """Wait until the receiver thread has given this subscription something."""
         items = self._items
-        with self._changed:
+        changed = self._condition()
+        with changed:
             # Counted before items is checked again: a receiver that appended
             # and then saw no reader waiting is seen here by that check.
             self._readers_waiting += 1
@@ -181,8 +220,8 @@ class Subscription:
                         raise BusClosed("subscription closed")
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise queue.Empty
-                    self._changed.wait(remaining)
+                        return  # the caller raises ReceiveTimeout
+                    changed.wait(remaining)
             finally:
                 self._readers_waiting -= 1
 
@@ -196,14 +235,15 @@ class Subscription:
             raise StopIteration from None
 
     def close(self) -> None:
-        """Stop receiving; iteration ends after what is already queued."""
+        """Stop receiving; iteration ends after what is already queued. Safe
+        twice, from any thread, and after the bus is closed."""
         if not self.closed:
-            self._bus._unsubscribe(self._subscriber)
             self._end()
+            self._bus._unsubscribe(self)
 
     def _end(self) -> None:
-        self._items.append(_END)
         self.closed = True
+        self._items.append(_END)
         self._notify()
 
     def __enter__(self) -> Subscription:
@@ -218,6 +258,13 @@ class Bus:
 
     ``Bus()`` with no arguments reads ``CIRCUS_EVENTS_DIR``, ``_NAMESPACE``,
     ``_HOST`` and ``_WORKER``, with the same defaults as the bridge.
+
+    ``queue_size`` and ``queue_max_bytes`` bound each subscription's queue
+    (defaults :data:`DEFAULT_QUEUE_SIZE` events and
+    :data:`DEFAULT_QUEUE_MAX_BYTES`; ``subscribe()`` can set its own): a full
+    one drops for itself alone and ``on_gap`` gets a ``queue_full``
+    :class:`Gap` with its pattern. Every error a method raises is a
+    :class:`CircusEventsError`.
     """
 
     def __init__(
@@ -230,8 +277,9 @@ class Bus:
         codec: str | Codec = Codec.JSON,
         echo: bool = False,
         on_gap: Callable[[Gap], Any] | None = None,
-        publish_timeout: float = 5.0,
-        queue_size: int = 10_000,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         send_queue: int = DEFAULT_SEND_QUEUE,
         max_message_bytes: int | None = None,
     ) -> None:
@@ -244,15 +292,25 @@ class Bus:
             echo=echo,
             publish_timeout=publish_timeout,
             queue_size=queue_size,
+            queue_max_bytes=queue_max_bytes,
             send_queue=send_queue,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap)
         self.closed = False
-        self._subscriptions: list[Subscription] = []
+        #: Open subscriptions (a dict: closing one forgets it in O(1)).
+        self._subscriptions: dict[Subscription, None] = {}
         self._flush_waiters: dict[bytes, threading.Event] = {}
         self._core.on_flush = self._flushed
-        self._open_io()
+        try:
+            self._open_io()
+        except zmq.ZMQError as exc:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self._context.destroy(linger=0)
+            raise BridgeError(
+                f"cannot open the sockets to the bridge in {options.paths.directory}: {exc}"
+            ) from exc
         _LIVE_BUSES.add(self)
 
     @property
@@ -273,7 +331,15 @@ class Bus:
         #: The receiver thread is asked to send the open batch (see _hold).
         self._flush_requested = False
         self._wake_lock = threading.Lock()  # guards the wake-up socket
+        #: A wake-up is on its way to whoever holds the sockets: others need not send one.
+        self._poked = False
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: Callers waiting for the receiver to take commands (MAX_PENDING_COMMANDS).
+        self._commands_taken = threading.Condition(threading.Lock())
+        self._command_waiters = 0
+        #: close() ran on the thread that holds the sockets: the receiver
+        #: thread ends the context once it has closed them.
+        self._term_on_exit = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._push = self._context.socket(zmq.PUSH)
         connect_push(self._push, options)
@@ -327,39 +393,51 @@ class Bus:
         """Publish ``data`` on ``channel`` to the process, the host or the cluster.
 
         Raises ``ValueError`` subclasses for a bad channel, scope, payload or
-        size, and :class:`PublishTimeout` if the bridge takes nothing in time.
+        size, :class:`PublishTimeout` if the bridge takes nothing in time, and
+        :class:`BusClosed` once closed: only :class:`CircusEventsError` s.
         """
         if self.closed:
             raise BusClosed("the bus is closed")
-        with self._lock:  # the hot path of a burst: the message joins the open batch
-            now = _monotonic()
-            # Within HOT_GAP of a publish in this process: no fork can have come
-            # between (the at-fork hook covers os.fork anyway), so no getpid().
-            if now - self._core.last_publish < HOT_GAP:
-                joined = self._core.join(channel, data, scope, now)
-                if joined:
-                    self._core.last_publish = now
-                    if joined == 2:
-                        self._send_batch(wait=False)
-                        # The gap to the next publish starts after this send
-                        # (waking ZeroMQ's I/O thread can take longer than HOT_GAP).
-                        self._core.last_publish = _monotonic()
-                    return
-        if self._pid != _getpid():
-            self._check_process()
-        if scope == "process":
-            self._commands.put(("local", self._core.local_event(channel, data)))
-            self._poke()
-            return
-        self._publish(self._core.prepare(channel, data, scope))
+        try:
+            with self._lock:  # the hot path of a burst: the message joins the open batch
+                now = _monotonic()
+                # Within HOT_GAP of a publish in this process: no fork can have come
+                # between (the at-fork hook covers os.fork anyway), so no getpid().
+                if now - self._core.last_publish < HOT_GAP:
+                    joined = self._core.join(channel, data, scope, now)
+                    if joined:
+                        self._core.last_publish = now
+                        if joined == 2:
+                            self._send_batch(wait=False)
+                            # The gap to the next publish starts after this send
+                            # (waking ZeroMQ's I/O thread can take longer than HOT_GAP).
+                            self._core.last_publish = _monotonic()
+                        return
+            if self._pid != _getpid():
+                self._check_process()
+            if scope == "process":
+                self._command("local", self._core.local_event(channel, data))
+                return
+            self._publish(self._core.prepare(channel, data, scope))
+        except zmq.ZMQError as exc:  # the sockets were closed under us
+            raise transport_error(exc, self.closed) from exc
 
     def send_to(self, worker: str, channel: str, data: Any) -> None:
         """Send ``data`` on ``channel`` to one worker, on any host."""
         self._check_process()
-        self._publish(self._core.prepare(channel, data, "cluster", target=worker))
+        try:
+            self._publish(self._core.prepare(channel, data, "cluster", target=worker))
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, self.closed) from exc
 
     def subscribe(
-        self, pattern: str, *, history: int | None = None, since: float | None = None
+        self,
+        pattern: str,
+        *,
+        history: int | None = None,
+        since: float | None = None,
+        queue_size: int | None = None,
+        queue_max_bytes: int | None = None,
     ) -> Subscription:
         """Iterate over events whose channel matches ``pattern`` (glob, like PSUBSCRIBE).
 
@@ -368,16 +446,21 @@ class Bus:
         ones, with no duplicate and no hole between them. If the bridge cannot
         give history, the first ``get()`` raises :class:`BridgeError`; live
         events follow.
+
+        The subscription queues at most ``queue_size`` events and
+        ``queue_max_bytes`` bytes (default: the bus's); past that it drops
+        what comes, for itself alone, and ``on_gap`` gets a ``queue_full``
+        :class:`Gap` with its pattern. History counts too: ask for no more
+        than the queue holds. :meth:`Subscription.close` frees it.
         """
         self._check_process()
-        subscription = Subscription(self, Pattern(pattern), self._core.options.queue_size)
-        self._subscriptions.append(subscription)
-        wants_history = history is not None or since is not None
-        since_ms = None if since is None else max(int(since * 1000), 0)
+        compiled = compile_pattern(pattern)
+        bound = self._core.new_bound(compiled, queue_size, queue_max_bytes)
+        wanted = history_args(history, since)
+        subscription = Subscription(self, compiled, bound)
         # One command: no live event may reach it between subscribing and holding.
-        self._command(
-            "sub", (subscription._subscriber, (history, since_ms) if wants_history else None)
-        )
+        self._command("sub", (subscription._subscriber, wanted))
+        self._subscriptions[subscription] = None
         return subscription
 
     def on(self, pattern: str, *, history: int | None = None) -> Callable[[Handler], Handler]:
@@ -385,12 +468,13 @@ class Bus:
 
         ``history=N``: first the newest N events Redis kept (stream mode).
         """
-        compiled = Pattern(pattern)
+        compiled = compile_pattern(pattern)
+        wanted = history_args(history, None)
 
         def register(handler: Handler) -> Handler:
             self._check_process()
             subscriber = Subscriber(compiled, _guarded(handler))
-            self._command("sub", (subscriber, (history, None) if history is not None else None))
+            self._command("sub", (subscriber, wanted))
             return handler
 
         return register
@@ -401,11 +485,12 @@ class Bus:
         Events published on this host after ``sync()`` returns True reach
         them. Returns False if the bridge did not answer within ``timeout``.
         """
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
         token = os.urandom(8)
         done = threading.Event()
         self._flush_waiters[token] = done
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         try:
             # Repeated: a request sent while the socket is reconnecting is dropped.
             while True:
@@ -415,6 +500,8 @@ class Bus:
                     return True
                 if remaining <= SYNC_RETRY:
                     return False
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, self.closed) from exc
         finally:
             self._flush_waiters.pop(token, None)
 
@@ -424,10 +511,11 @@ class Bus:
         Returns False if that did not happen within ``timeout`` seconds (the
         bridge is down or slow); the messages stay queued either way.
         """
+        seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         # The marker comes back on our inbox: make sure the bridge knows it first.
-        if not self.sync(timeout):
+        if not self.sync(seconds):
             return False
         token = os.urandom(8)
         done = threading.Event()
@@ -442,6 +530,8 @@ class Bus:
                     return False
         except PublishTimeout:
             return False
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, self.closed) from exc
         finally:
             self._flush_waiters.pop(token, None)
 
@@ -451,37 +541,51 @@ class Bus:
             waiter.set()
 
     def stats(self) -> dict[str, int]:
-        """Counters: published, received, gaps, missed, duplicates."""
+        """Counters: published, received, gaps, missed (upstream), duplicates,
+        undecodable, and dropped (by full subscription queues in this worker)."""
         return self._core.stats()
 
     def close(self) -> None:
-        """Stop the receiver, end iterators, let queued messages leave (1 s at most)."""
+        """Stop the receiver, end iterators, let queued messages leave (1 s at most).
+
+        Safe twice, from any thread, from a handler or an ``on_gap`` callback.
+        """
         if self.closed:
             return
         self.closed = True
+        _LIVE_BUSES.discard(self)
         if self._pid != os.getpid():
             return
-        self._commands.put(("stop", None))
-        self._poke()
-        self._receiver_wakeup.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(5)
-        for subscription in self._subscriptions:
-            subscription._end()
-        with self._lock:
-            if self._core.batch is not None:
-                try:
-                    self._send_batch(wait=True, timeout=PUBLISH_LINGER_MS / 1000)
-                except PublishTimeout:
-                    log.warning(
-                        "closing: %d held messages could not reach the bridge",
-                        len(self._core.batch.payloads),
-                    )
-            self._push.close()
-        with self._wake_lock:
-            self._wake.close(linger=0)
-        self._context.term()
-        _LIVE_BUSES.discard(self)
+        # On the thread that holds the sockets (a handler, on_gap), waiting for
+        # the receiver thread would wait for ourselves: it ends the context.
+        on_io = self._on_io_thread()
+        try:
+            self._commands.put(("stop", None))
+            self._poke()
+            self._receiver_wakeup.set()
+            if not on_io:
+                self._thread.join(5)
+            for subscription in list(self._subscriptions):
+                subscription._end()
+            self._subscriptions.clear()
+            with self._lock:
+                if self._core.batch is not None:
+                    try:
+                        self._send_batch(wait=True, timeout=PUBLISH_LINGER_MS / 1000)
+                    except PublishTimeout:
+                        log.warning(
+                            "closing: %d held messages could not reach the bridge",
+                            len(self._core.batch.payloads),
+                        )
+                self._push.close()
+            with self._wake_lock:
+                self._wake.close(linger=0)
+            if on_io:
+                self._term_on_exit = True
+            else:
+                self._context.term()
+        except zmq.ZMQError:  # closing anyway: nothing left to tell the caller
+            log.debug("closing the bus", exc_info=True)
 
     def __enter__(self) -> Bus:
         return self
@@ -589,17 +693,53 @@ class Bus:
         finally:
             self._lock.release()
 
-    def _unsubscribe(self, subscriber: Subscriber) -> None:
-        if not self.closed:
-            self._command("unsub", subscriber)
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.pop(subscription, None)
+        if self.closed:
+            return
+        # The bus may close meanwhile: then there is nothing left to unsubscribe from.
+        with contextlib.suppress(BusClosed, BridgeError):
+            self._command("unsub", subscription._subscriber)
 
     def _command(self, kind: str, argument: Any) -> None:
-        self._commands.put((kind, argument))
+        """Hand a command to whoever holds the sockets; past MAX_PENDING_COMMANDS
+        wait for it to take some (never on that thread itself)."""
+        commands = self._commands
+        if commands.qsize() >= MAX_PENDING_COMMANDS and not self._on_io_thread():
+            self._wait_for_commands()
+        commands.put((kind, argument))
         self._poke()
 
+    def _wait_for_commands(self) -> None:
+        with self._commands_taken:
+            self._command_waiters += 1
+            try:
+                while self._commands.qsize() >= MAX_PENDING_COMMANDS // 2:
+                    if self.closed or self._stop_seen or not self._thread.is_alive():
+                        raise BusClosed("the bus is closed")
+                    self._commands_taken.wait(0.1)
+            finally:
+                self._command_waiters -= 1
+
     def _poke(self) -> None:
-        with self._wake_lock:
-            self._wake.send(b"", zmq.NOBLOCK)
+        """Wake whoever holds the sockets; one wake-up in flight serves everyone."""
+        if self._poked:
+            return
+        self._poked = True
+        try:
+            with self._wake_lock:
+                self._wake.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # wake-ups are queued already: one is enough
+        except zmq.ZMQError as exc:
+            raise transport_error(exc, self.closed) from exc
+
+    def _on_io_thread(self) -> bool:
+        """True on the receiver thread and on a reader that holds the sockets."""
+        return (
+            threading.current_thread() is self._thread
+            or self._reader_ident == threading.get_ident()
+        )
 
     def _receive_loop(self) -> None:
         """The receiver thread: serve the sockets unless a reader does."""
@@ -626,6 +766,8 @@ class Bus:
             with self._io:
                 self._sub.close(linger=0)
                 self._woken.close(linger=0)
+            if self._term_on_exit:  # close() ran on the thread that held the sockets
+                self._context.term()
 
     def _receive_for(self, items: collections.deque[Any], deadline: float | None) -> bool:
         """Receive on the calling thread until ``items`` has something or the deadline passes.
@@ -682,10 +824,6 @@ class Bus:
             with self._io_free:
                 self._io_free.notify_all()
 
-    def _receiving_here(self) -> bool:
-        """True on a reader thread that holds the sockets (it must never wait for itself)."""
-        return self._reader_ident == threading.get_ident()
-
     def _serve(
         self,
         *,
@@ -712,6 +850,10 @@ class Bus:
                     woken.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+            # Cleared after draining (a wake-up drained after the clear would be
+            # lost: pokers would see the flag and send none) and before the
+            # commands run (so any command a poker saw the flag for runs now).
+            self._poked = False
             if not self._run_commands(sub):
                 self._stop_seen = True
                 self._receiver_wakeup.set()
@@ -731,7 +873,7 @@ class Bus:
                 if events is not None:
                     for subscriber in core.route(events):
                         if subscriber.sink_many is not None:
-                            subscriber.sink_many(events)
+                            subscriber.sink_many(events, len(frame))
                         else:
                             for event in events:
                                 subscriber.sink(event)
@@ -746,40 +888,54 @@ class Bus:
         if core.loads or core.finished:
             core.check_history()
             _deliver_completed(core)
-        for request in core.take_outbox():
-            with contextlib.suppress(zmq.Again):
-                sub.send(request, zmq.NOBLOCK)
+        if core.dropping:
+            core.report_drops()
+        if core.outbox_pending:
+            _send_outbox(core, sub)
 
     def _run_commands(self, sub: zmq.Socket[bytes]) -> bool:
         core = self._core
-        while True:
-            try:
-                kind, argument = self._commands.get_nowait()
-            except queue.Empty:
-                return True
-            if kind == "stop":
-                return False
-            if kind == "sub":
-                subscriber, history = argument
-                if subscriber.wake is None:
-                    self._handlers += 1
-                topic = core.add(subscriber)
-                if topic is not None:
-                    sub.send(b"\x01" + topic)
-                if history is not None:
-                    core.add_history(subscriber, *history)
-            elif kind == "unsub":
-                topic = core.remove(argument)
-                if topic is not None:
-                    sub.send(b"\x00" + topic)
-            elif kind == "sync":
-                with contextlib.suppress(zmq.Again):
-                    sub.send(core.sync_request(argument), zmq.NOBLOCK)
-            elif kind == "local":
-                for subscriber in core.route([argument]):
-                    subscriber.sink(argument)
-                    if subscriber.wake is not None:
-                        subscriber.wake()
+        commands = self._commands
+        try:
+            while True:
+                try:
+                    kind, argument = commands.get_nowait()
+                except queue.Empty:
+                    return True
+                if kind == "stop":
+                    return False
+                if kind == "sub":
+                    subscriber, history = argument
+                    if subscriber.wake is None:
+                        self._handlers += 1
+                    core.add(subscriber)
+                    if history is not None:
+                        core.add_history(subscriber, *history)
+                elif kind == "unsub":
+                    core.remove(argument)
+                elif kind == "sync":
+                    core.outbox.append(core.sync_request(argument))
+                elif kind == "local":
+                    for subscriber in core.route([argument]):
+                        subscriber.sink(argument)
+                        if subscriber.wake is not None:
+                            subscriber.wake()
+        finally:
+            # Subscriptions leave as their net change: a subscribe and a close
+            # taken together send nothing up the socket.
+            if core.outbox_pending:
+                _send_outbox(core, sub)
+            if self._command_waiters:
+                with self._commands_taken:
+                    self._commands_taken.notify_all()
+
+
+def _send_outbox(core: BusCore, sub: zmq.Socket[bytes]) -> None:
+    for frame in core.take_outbox():
+        # SNDHWM 0 on XSUB: subscriptions never meet a full pipe; a request
+        # sent while the bridge is away is lost and asked again.
+        with contextlib.suppress(zmq.Again):
+            sub.send(frame, zmq.NOBLOCK)
 
 
 def _deliver_completed(core: BusCore) -> None:

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import collections
+import errno
+import math
 import time
 from typing import Any
 
 import pytest
+import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
-from circus_events import Gap, MessageTooLarge
+from circus_events import (
+    GAP_QUEUE_FULL,
+    ArgumentError,
+    BridgeError,
+    BusClosed,
+    ChannelError,
+    ConfigError,
+    Gap,
+    MessageTooLarge,
+)
 from circus_events._client_core import (
     BATCH_MAX_COUNT,
     BATCH_MAX_WAIT,
     BURST_MEMORY,
     BURST_MIN,
+    EVENT_OVERHEAD_BYTES,
     HOT_GAP,
+    MAX_TIMEOUT,
     BusCore,
     ClientOptions,
+    QueueBound,
     Subscriber,
+    check_timeout,
+    compile_pattern,
+    history_args,
+    or_forever,
+    transport_error,
 )
 from circus_events.protocol import Codec, Pattern, decode_frame, encode_batch
 
@@ -174,3 +197,236 @@ def test_batched_messages_carry_their_own_publish_times() -> None:
     times = [event.time for event in events]
     assert [event.payload for event in events] == [b"a", b"b", b"c"]
     assert before - 0.001 <= times[0] <= times[1] <= times[2] <= after + 0.001
+
+
+# -- subscription queues: QueueBound ---------------------------------------------------
+
+
+def frame_events(origin: str, first_seq: int, count: int, channel: str = "ch") -> list[Any]:
+    """``count`` events of one frame (one envelope), as BusCore.accept makes them."""
+    frame = encode_batch(
+        channel, origin=origin.encode(), host=b"h", epoch=1, first_seq=first_seq,
+        times=[1.0] * count, codec=Codec.RAW, payloads=[b"p"] * count,
+    )  # fmt: skip
+    return core("reader").accept(frame) or []
+
+
+@pytest.mark.parametrize(
+    ("max_events", "max_bytes", "queued", "count", "nbytes", "taken"),
+    [
+        (10, 1000, 0, 5, 100, 5),  # fits
+        (10, 1000, 5, 5, 100, 5),  # exactly at the event limit
+        (10, 1000, 6, 5, 100, 4),  # past it: the first four
+        (10, 1000, 10, 5, 100, 0),  # full
+        (100, 1000, 0, 10, 1000, 10),  # exactly at the byte limit
+        (100, 1000, 0, 10, 1001, 9),  # past it by one byte: nine of 100.1 each
+        (100, 1000, 0, 1, 5000, 1),  # an empty queue takes one event, however large
+        (100, 1000, 0, 4, 5000, 1),  # ... but only one
+        (100, 1000, 0, 3, 0, 3),  # empty payloads cost events only
+    ],
+)
+def test_a_queue_bound_admits_what_fits_by_events_and_bytes(
+    max_events: int, max_bytes: int, queued: int, count: int, nbytes: int, taken: int
+) -> None:
+    bound = QueueBound("p", max_events, max_bytes, [], per_event=0)
+    bound._appended = queued  # ``queued`` events appended earlier, of no size
+    assert bound.admit(count, nbytes, queued) == taken
+
+
+def test_a_queue_bound_learns_what_was_taken_from_the_queue_length() -> None:
+    bound = QueueBound("p", 100, 1000, [], per_event=0)
+    assert bound.admit(2, 400, 0) == 2
+    assert bound.admit(2, 400, 2) == 2
+    assert bound.queued_bytes(4) == 800
+    assert bound.admit(2, 400, 4) == 1  # 200 bytes of room: one of 200
+    assert bound.queued_bytes(5) == 1000
+    # The reader took three: the first frame is gone, the second is half taken
+    # and still counts whole (at most one frame too many).
+    assert bound.queued_bytes(2) == 600
+    assert bound.admit(1, 400, 2) == 1
+    assert bound.queued_bytes(0) == 0
+
+
+def test_a_queue_bound_reports_each_drop_once_per_origin_and_channel() -> None:
+    report_to: list[QueueBound] = []
+    bound = QueueBound("c*", 3, 10**6, report_to, per_event=0)
+    a1, a2, b1 = frame_events("a", 1, 5), frame_events("a", 6, 5), frame_events("b", 1, 4, "cx")
+    assert bound.admit(5, 50, 0) == 3
+    bound.drop(a1[-1], 2)
+    assert report_to == [bound]
+    assert bound.admit(5, 50, 3) == 0
+    bound.drop(a2[-1], 5)
+    bound.drop(b1[-1], 4)
+    assert report_to == [bound], "listed once until reported"
+    assert bound.take_gaps() == [
+        Gap("a", "h", "ch", 7, 10, "c*", GAP_QUEUE_FULL),
+        Gap("b", "h", "cx", 4, 4, "c*", GAP_QUEUE_FULL),
+    ]
+    assert bound.take_gaps() == []
+    assert bound.dropped == 11
+
+
+def test_each_event_costs_its_overhead_besides_its_bytes() -> None:
+    bound = QueueBound("p", 100, 1000, [], per_event=100)
+    assert bound.admit(5, 500, 0) == 5  # 500 + 5 x 100: exactly full
+    assert bound.queued_bytes(5) == 1000
+    assert bound.admit(1, 0, 5) == 0
+    assert QueueBound("p", 1, 1, []).per_event == EVENT_OVERHEAD_BYTES
+
+
+def test_the_bus_reports_drops_through_on_gap_and_stats() -> None:
+    gaps: list[Gap] = []
+    receiver = core("sub", gaps=gaps)
+    bound = receiver.new_bound(Pattern("ch"), 2, None)
+    assert (bound.max_events, bound.max_bytes) == (2, receiver.options.queue_max_bytes)
+    events = frame_events("pub", 1, 5)
+    taken = bound.admit(5, 100, 0)
+    bound.drop(events[-1], 5 - taken)
+    receiver.report_drops()
+    assert gaps == [Gap("pub", "h", "ch", 3, 5, "ch", "queue_full")]
+    assert receiver.stats()["dropped"] == 3
+    receiver.report_drops()
+    assert len(gaps) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 300), st.integers(0, 5000), st.integers(0, 400)), max_size=60
+    ),
+    st.integers(1, 500),
+    st.integers(1, 20_000),
+)
+def test_a_queue_bound_against_a_model(
+    steps: list[tuple[int, int, int]], max_events: int, max_bytes: int
+) -> None:
+    """Frames in, readers out, in any order: never past either bound (but for
+    one event into an empty queue), a partly read frame counted whole, and
+    every event offered either queued or counted as dropped."""
+    bound = QueueBound("p", max_events, max_bytes, [], per_event=0)
+    frames: collections.deque[list[int]] = collections.deque()  # [events left, bytes]
+    offered = queued = admitted = 0
+    for count, nbytes, reads in steps:
+        for _ in range(min(reads, queued)):  # a reader takes events, oldest first
+            frames[0][0] -= 1
+            queued -= 1
+            if not frames[0][0]:
+                frames.popleft()
+        assert bound.queued_bytes(queued) == sum(size for _, size in frames)
+        was_empty = queued == 0
+        taken = bound.admit(count, nbytes, queued)
+        assert 0 <= taken <= count
+        assert taken >= 1 or not was_empty
+        if taken:
+            frames.append([taken, -(-nbytes * taken // count)])
+            queued += taken
+        total = sum(size for _, size in frames)
+        assert bound.queued_bytes(queued) == total
+        if taken and not (was_empty and taken == 1):
+            assert queued <= max_events and total <= max_bytes
+        if taken < count:
+            bound.drop(frame_events("o", offered + count, 1)[-1], count - taken)
+        offered += count
+        admitted += taken
+    assert admitted + bound.dropped == offered
+
+
+# -- subscription changes leave as their net change -----------------------------------
+
+
+def test_a_subscribe_and_a_close_together_send_nothing() -> None:
+    bus = core("w")
+    first = Subscriber(Pattern("a"), print)
+    bus.add(first)
+    bus.remove(first)
+    assert bus.take_outbox() == []
+    bus.add(first)
+    bus.outbox.append(b"request")
+    assert bus.take_outbox() == [b"\x01a\x00", b"request"], "subscriptions before requests"
+    second = Subscriber(Pattern("a"), print)
+    bus.add(second)
+    bus.remove(first)
+    assert bus.take_outbox() == [], "still wanted by the second"
+    assert not bus.remove(first), "removing twice"
+    bus.remove(second)
+    bus.add(Subscriber(Pattern("b*"), print))
+    assert bus.take_outbox() == [b"\x00a\x00", b"\x01b"]
+    assert list(bus.subscribers) != [] and not bus.outbox_pending
+
+
+# -- arguments checked at the boundary ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), (0, 0.0), (1, 1.0), (0.5, 0.5), ("1", ArgumentError), (-1, ArgumentError),
+     (math.nan, ArgumentError), (math.inf, ArgumentError), (True, ArgumentError),
+     (MAX_TIMEOUT, MAX_TIMEOUT), (MAX_TIMEOUT + 1, ArgumentError), (1e30, ArgumentError)],
+)  # fmt: skip
+def test_check_timeout(value: Any, expected: Any) -> None:
+    assert or_forever(None) == MAX_TIMEOUT and or_forever(2.0) == 2.0
+    if expected is ArgumentError:
+        with pytest.raises(ArgumentError, match="timeout"):
+            check_timeout("timeout", value)
+    else:
+        assert check_timeout("timeout", value) == expected
+
+
+@pytest.mark.parametrize(
+    ("history", "since", "expected"),
+    [(None, None, None), (0, None, (0, None)), (5, 1.5, (5, 1500)), (None, -3, (None, 0)),
+     (-1, None, "history"), ("5", None, "history"), (True, None, "history"),
+     (None, "x", "since"), (None, math.nan, "since"), (None, math.inf, "since")],
+)  # fmt: skip
+def test_history_args(history: Any, since: Any, expected: Any) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(ArgumentError, match=expected):
+            history_args(history, since)
+    else:
+        assert history_args(history, since) == expected
+
+
+def test_patterns_compile_once_and_bad_ones_raise_channel_errors() -> None:
+    assert compile_pattern("orders.*") is compile_pattern("orders.*")
+    for bad in (123, None, "", "a[", "@system"):
+        with pytest.raises(ChannelError):
+            compile_pattern(bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [({"queue_size": 0}, "queue_size"), ({"queue_max_bytes": 1.5}, "queue_max_bytes"),
+     ({"send_queue": True}, "send_queue"), ({"publish_timeout": math.nan}, "publish_timeout")],
+)  # fmt: skip
+def test_bus_options_name_the_bad_key(options: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        core("w", **options)
+    assert error.value.key == key
+    with pytest.raises(ArgumentError) as bad:
+        core("w").options.queue_limits(0, None)  # subscribe(queue_size=0)
+    assert bad.value.name == "queue_size"
+
+
+def test_transport_errors_become_bus_closed_or_bridge_error() -> None:
+    closed = zmq.ZMQError(errno.ENOTSOCK)
+    assert isinstance(transport_error(closed, False), BusClosed)
+    assert isinstance(transport_error(zmq.ZMQError(zmq.ETERM), False), BusClosed)
+    assert isinstance(transport_error(zmq.ZMQError(errno.EINVAL), True), BusClosed)
+    failed = transport_error(zmq.ZMQError(errno.EINVAL), False)
+    assert isinstance(failed, BridgeError) and "Invalid argument" in str(failed)
+
+
+def test_live_events_held_while_history_loads_stay_within_the_bounds() -> None:
+    gaps: list[Gap] = []
+    receiver = core("sub", gaps=gaps)
+    bound = receiver.new_bound(Pattern("ch"), 3, None)
+    loading = Subscriber(Pattern("ch"), print, sink_many=lambda events, size: None, bound=bound)
+    handler = Subscriber(Pattern("ch"), print)
+    receiver.add(loading)
+    receiver.add(handler)
+    receiver.add_history(loading, 5, None)
+    receiver.add_history(handler, 5, None)
+    assert receiver.route(frame_events("pub", 1, 5)) == []
+    assert loading.history is not None and len(loading.history.held) == 3
+    receiver.report_drops()
+    assert gaps == [Gap("pub", "h", "ch", 2, 5, "ch", GAP_QUEUE_FULL)]
+    assert handler.history is not None and len(handler.history.held) == 5  # DEFAULT_QUEUE_SIZE
