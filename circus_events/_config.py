@@ -23,7 +23,11 @@ from .protocol.topics import validate_worker_id
 __all__ = [
     "DEFAULT_BUFFER_MAX_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_PATTERNS",
+    "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_PUBLISHER_MAX_BYTES",
+    "DEFAULT_SUBSCRIBER_MAX_BYTES",
     "ENV_PREFIX",
     "BridgeConfig",
     "SocketPaths",
@@ -46,6 +50,20 @@ DEFAULT_STATS_INTERVAL: Final = 5.0
 #: Frames (one message, or a batch of at most 16 KiB): 20k x ~150 B is 3 MB
 #: per stuck worker, 20k full batches 320 MB.
 DEFAULT_SUBSCRIBER_HWM: Final = 20_000
+#: Per local subscriber, in bytes: what the bridge may hold for one worker that
+#: does not read, the frame being written out included (the kernel's socket
+#: buffer, ~208 KiB, comes on top). 64 MiB keeps the full 20k frames of small
+#: events and ~22 frames of 1 MiB.
+DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 64 * 1024 * 1024
+#: Per publishing worker, in bytes: frames read from its connection but not
+#: yet handled (past this the worker waits: backpressure, no loss).
+DEFAULT_PUBLISHER_MAX_BYTES: Final = 32 * 1024 * 1024
+#: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
+#: worker) per bridge; each is a Redis SUBSCRIBE or PSUBSCRIBE.
+DEFAULT_MAX_SUBSCRIPTIONS: Final = 10_000
+#: Distinct pattern prefixes among them: every Redis PUBLISH is matched against
+#: every PSUBSCRIBE pattern (5,000 of them took Redis from 211k to 12k PUBLISH/s).
+DEFAULT_MAX_PATTERNS: Final = 256
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -170,9 +188,20 @@ class BridgeConfig:
     redis_prefix: str = "circus-events"
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
+    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``).
+    subscriber_max_bytes: int = DEFAULT_SUBSCRIBER_MAX_BYTES
+    #: Bytes read from one publishing worker and not yet handled.
+    publisher_max_bytes: int = DEFAULT_PUBLISHER_MAX_BYTES
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_patterns: int = DEFAULT_MAX_PATTERNS
 
     def __post_init__(self) -> None:
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
+        for key in ("subscriber_max_bytes", "publisher_max_bytes"):
+            if getattr(self, key) < 4 * self.max_message_bytes:
+                raise ConfigError(
+                    key, f"must be at least 4 x max_message_bytes ({4 * self.max_message_bytes})"
+                )
 
     @property
     def paths(self) -> SocketPaths:
@@ -231,6 +260,10 @@ _PARSERS: Final[dict[str, Any]] = {
     "group": lambda v: str(v) or None,
     "redis_prefix": lambda v: str(v),
     "subscriber_hwm": lambda v: _parse_int("subscriber_hwm", v, 1),
+    "subscriber_max_bytes": lambda v: _parse_int("subscriber_max_bytes", v, 4096),
+    "publisher_max_bytes": lambda v: _parse_int("publisher_max_bytes", v, 4096),
+    "max_subscriptions": lambda v: _parse_int("max_subscriptions", v, 1),
+    "max_patterns": lambda v: _parse_int("max_patterns", v, 0),
 }
 
 #: Variables read by both the bridge and the clients, and the option each sets.

@@ -17,7 +17,13 @@ from typing import Any, Final, NoReturn
 import click
 import zmq
 
-from ._config import DEFAULT_SUBSCRIBER_HWM, BridgeConfig, environ_options
+from ._config import (
+    DEFAULT_MAX_PATTERNS,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_SUBSCRIBER_HWM,
+    BridgeConfig,
+    environ_options,
+)
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
 from ._version import __version__
@@ -101,6 +107,22 @@ def cli(verbose: int) -> None:
     help="Frames (a message, or a batch of up to 16 KiB) queued per local subscriber "
     f"before it loses some [{DEFAULT_SUBSCRIBER_HWM}].",
 )
+@click.option(
+    "--subscriber-max-bytes",
+    help="Bytes the bridge may hold per local subscriber that does not read [64 MiB].",
+)
+@click.option(
+    "--publisher-max-bytes",
+    help="Bytes read from one publishing worker and not yet handled [32 MiB].",
+)
+@click.option(
+    "--max-subscriptions",
+    help=f"Distinct subscriptions per bridge (Redis SUBSCRIBEs) [{DEFAULT_MAX_SUBSCRIPTIONS}].",
+)
+@click.option(
+    "--max-patterns",
+    help=f"Distinct pattern prefixes among them (Redis PSUBSCRIBEs) [{DEFAULT_MAX_PATTERNS}].",
+)
 @click.option("--retention", help="Stream mode: entries kept per stream, XADD MAXLEN ~ [100000].")
 @click.option("--stream-shards", help="Stream mode: streams per namespace, by channel hash [1].")
 def bridge(
@@ -115,6 +137,10 @@ def bridge(
     stats_interval: str | None,
     group: str | None,
     subscriber_hwm: str | None,
+    subscriber_max_bytes: str | None,
+    publisher_max_bytes: str | None,
+    max_subscriptions: str | None,
+    max_patterns: str | None,
     retention: str | None,
     stream_shards: str | None,
 ) -> None:
@@ -143,6 +169,10 @@ def bridge(
         stats_interval=stats_interval,
         group=group,
         subscriber_hwm=subscriber_hwm,
+        subscriber_max_bytes=subscriber_max_bytes,
+        publisher_max_bytes=publisher_max_bytes,
+        max_subscriptions=max_subscriptions,
+        max_patterns=max_patterns,
         retention=retention,
         stream_shards=stream_shards,
     )

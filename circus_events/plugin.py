@@ -65,6 +65,10 @@ _BRIDGE_KEYS: Final = frozenset(
         "stats_interval",
         "group",
         "subscriber_hwm",
+        "subscriber_max_bytes",
+        "publisher_max_bytes",
+        "max_subscriptions",
+        "max_patterns",
     }
 )
 _PLUGIN_KEYS: Final = frozenset({"redis_url_file", "reconcile_interval", "log_file"})

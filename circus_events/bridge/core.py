@@ -16,12 +16,22 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+
+Memory is bounded in bytes (see the README's "Memory" section): per
+subscriber by switching XPUB's high-water mark with the size class of the
+frame about to be sent (``protocol.budget``); per publisher by PULL's
+high-water mark; subscription and control frames by ``MAXMSGSIZE``; the
+subscriptions by :class:`InterestTable`'s caps. What libzmq frees (a stuck
+subscriber's queue, a departed worker's subscriptions) is handed back to
+the system now and then (:func:`trim_heap`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import logging
@@ -39,9 +49,11 @@ from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
+    FLAG_NOTICE,
     FLAG_REPLAY,
     HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
+    MAX_CONTROL_PARTS,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
@@ -50,18 +62,22 @@ from ..protocol import (
     InterestTable,
     Pattern,
     SequenceTracker,
+    SubscriptionRefused,
     SubscriptionTopic,
     check_frame,
     decode_frame,
     encode_frame,
     inbox_channel,
+    parse_control_request,
     parse_history_request,
     parse_sync_request,
     single_envelopes,
+    size_classes,
+    worst_case,
 )
-from .local import LocalSockets
+from .local import FRAME_SLACK, LocalSockets
 
-__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap"]
+__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 
 log = logging.getLogger("circus_events.bridge")
 
@@ -72,6 +88,14 @@ SETTLE_WAIT: Final = 5.0
 #: Longest a history request waits for Redis to be connected (a bridge that
 #: has just started, or is reconnecting).
 HISTORY_CONNECT_WAIT: Final = 5.0
+#: How often memory that libzmq and Python freed is handed back to the system
+#: (glibc keeps it otherwise: 100k subscriptions left 745 MiB resident after
+#: their socket went away, 17 MiB once trimmed). Only after something big was
+#: freed; a trim of a quiet heap takes well under a millisecond.
+TRIM_INTERVAL: Final = 5.0
+#: Control messages answered per loop turn, and frames of one that are read
+#: before the rest of it waits for the next turn.
+CONTROL_BATCH: Final = 100
 
 
 class _RedisPort(Protocol):
@@ -94,7 +118,7 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
-        self.interest = InterestTable()
+        self.interest = InterestTable(config.max_subscriptions, config.max_patterns)
         self.tracker = SequenceTracker()
         self.counters: dict[str, int] = {
             "accepted": 0,
@@ -105,6 +129,8 @@ class Bridge:
             "rejected_malformed": 0,
             "rejected_oversized": 0,
             "rejected_subscriptions": 0,
+            "refused_subscriptions": 0,
+            "rejected_control": 0,
             "duplicates": 0,
             "foreign_host": 0,
             "history_replayed": 0,
@@ -126,6 +152,17 @@ class Bridge:
         self._deferred_syncs: list[tuple[str, bytes]] = []
         self._settle_task: asyncio.Task[None] | None = None
         self._bridge_origin = config.host.encode("utf-8")
+        #: XPUB's high-water mark per frame size class, and the class in force:
+        #: frames in (``_class_low``, ``_class_high``] need no change.
+        self._classes = size_classes(
+            config.subscriber_max_bytes,
+            config.subscriber_hwm,
+            config.max_message_bytes + FRAME_SLACK,
+        )
+        self._xpub_hwm = config.subscriber_hwm
+        self._class_low = self._class_high = 0
+        self._control_parts = 0
+        self._trim_due = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -139,8 +176,10 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
+                publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
+            self._fit_xpub(1)
         except BaseException:
             self._context.term()
             raise
@@ -148,6 +187,7 @@ class Bridge:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self.stop)
         redis_task: asyncio.Task[None] | None = None
+        trim_task = asyncio.create_task(self._trim_now_and_then(), name="circus-events-trim")
         if self.config.redis_url:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
@@ -168,6 +208,7 @@ class Bridge:
         try:
             await self._stopping.wait()
         finally:
+            trim_task.cancel()
             await self._shutdown(redis_task)
 
     def stop(self) -> None:
@@ -269,6 +310,7 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
+        low, high = self._class_low, self._class_high
         accepted = frames = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -282,7 +324,8 @@ class Bridge:
             except zmq.Again:
                 more = False
                 break
-            if len(frame) > limit:
+            size = len(frame)
+            if size > limit:
                 counters["rejected_oversized"] += 1
                 self._discard_rest(pull)
                 continue
@@ -300,6 +343,10 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
+            if not low < size <= high:
+                # Another size class: its high-water mark first (a setsockopt
+                # that visits every pipe, so only on a change).
+                low, high = self._fit_xpub(size)
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -321,7 +368,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        self._sockets.xpub.send(frame, zmq.NOBLOCK)
+        self._send_xpub(frame)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -333,8 +380,10 @@ class Bridge:
         if self._sockets is None:
             return
         xpub_send = self._sockets.xpub.send
+        low, high = self._class_low, self._class_high
         for frame in frames:
-            if len(frame) > self.config.max_message_bytes:
+            size = len(frame)
+            if size > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
                 continue
             try:
@@ -361,6 +410,8 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
+            if not low < size <= high:
+                low, high = self._fit_xpub(size)
             xpub_send(frame, zmq.NOBLOCK)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
@@ -386,12 +437,17 @@ class Bridge:
                 continue
             try:
                 change = self.interest.feed(frame)
+            except SubscriptionRefused as exc:
+                self._refuse(exc)
+                continue
             except ProtocolError as exc:
                 self.counters["rejected_subscriptions"] += 1
                 self._note_bad_frame(exc)
                 continue
             if change is None:
                 continue
+            if not change.added:
+                self._trim_due = True
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
@@ -401,6 +457,34 @@ class Bridge:
                 else:
                     self._redis.remove_interest(change.topic)
         return True
+
+    def _refuse(self, exc: SubscriptionRefused) -> None:
+        """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
+        Redis; counted, logged once in a while, and told to its subscribers.
+
+        The bridge cannot tell which socket sent a subscription, so the notice
+        goes where only that subscription's sockets (and broader prefixes) get
+        it: a frame on the refused topic itself, flagged ``FLAG_NOTICE``; a
+        client that holds that topic reports the error (its payload).
+        """
+        self.counters["refused_subscriptions"] += 1
+        if self.counters["refused_subscriptions"] & 1023 == 1:
+            log.warning("%s (%d refused so far)", exc, self.counters["refused_subscriptions"])
+        self.last_error = str(exc)
+        topic = exc.topic
+        self._sync_seq += 1
+        notice = encode_frame(
+            topic.name,
+            origin=self._bridge_origin,
+            host=self._bridge_origin,
+            epoch=self._epoch,
+            seq=self._sync_seq,
+            time=time.time(),
+            codec=Codec.RAW,
+            payload=(b"\x01" if topic.exact else b"\x00") + str(exc).encode(),
+            flags=FLAG_NOTICE | FLAG_HOST_ONLY,
+        )
+        self._send_xpub(notice)
 
     def _answer_sync(self, frame: bytes) -> None:
         """Tell a worker that every subscription it sent before this is applied."""
@@ -458,7 +542,7 @@ class Bridge:
             payload=payload,
             target=worker,
         )
-        self._sockets.xpub.send(reply, zmq.NOBLOCK)
+        self._send_xpub(reply)
 
     def _start_history(self, frame: bytes) -> None:
         """A worker subscribed with ``history=``: replay what Redis kept."""
@@ -492,7 +576,7 @@ class Bridge:
                 error = f"history is not available: {exc}"
         if self._sockets is None or self._stopping.is_set():
             return
-        send = self._sockets.xpub.send
+        send = self._send_xpub
         replayed: list[Envelope] = []
         for frame in frames:
             try:
@@ -518,38 +602,91 @@ class Bridge:
                     payload=request.token + env.payload,
                     flags=FLAG_REPLAY,
                     target=request.worker,
-                ),
-                zmq.NOBLOCK,
+                )
             )
         self._send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
         self.counters["history_replayed"] += len(replayed)
 
     def _drain_control(self) -> bool:
+        """Answer up to CONTROL_BATCH requests; True if more may be waiting.
+
+        Frames are read one at a time: a message of more than
+        MAX_CONTROL_PARTS frames is read to its end and dropped (counted),
+        however long, without holding its frames.
+        """
         assert self._sockets is not None
         control = self._sockets.control
-        for _ in range(100):
+        parts: list[bytes] = []
+        for _ in range(CONTROL_BATCH * MAX_CONTROL_PARTS):
             try:
-                parts = control.recv_multipart(zmq.NOBLOCK)
+                frame = control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            if len(parts) < 2:
+            more = control.getsockopt(zmq.RCVMORE)
+            self._control_parts += 1
+            if self._control_parts <= MAX_CONTROL_PARTS:
+                parts.append(frame)
+            if more:
                 continue
-            reply = self._answer(parts[-1])
-            with contextlib.suppress(zmq.ZMQError):
-                control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
+            whole, self._control_parts = self._control_parts, 0
+            if whole > MAX_CONTROL_PARTS or len(parts) < 2:
+                # Too long to answer, or no routing id to answer to.
+                self.counters["rejected_control"] += 1
+            else:
+                reply = self._answer(parts[-1])
+                with contextlib.suppress(zmq.ZMQError):
+                    control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
+            parts = []
         return True
 
     def _answer(self, request: bytes) -> bytes:
         """Answer one control request (JSON ``{"cmd": ...}``)."""
         try:
-            command = json.loads(request).get("cmd")
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            command = None
+            command = parse_control_request(request)
+        except ProtocolError as exc:
+            self.counters["rejected_control"] += 1
+            return json.dumps({"error": f"bad request: {exc}"}).encode()
         if command == "status":
             return json.dumps(self.status()).encode()
         if command == "ping":
             return b'{"ok": true}'
-        return json.dumps({"error": f"unknown request {request[:60]!r}"}).encode()
+        return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
+
+    # -- memory ---------------------------------------------------------------
+
+    def _fit_xpub(self, size: int) -> tuple[int, int]:
+        """Set XPUB's high-water mark for the size class of a ``size``-byte frame;
+        return the class's bounds (low, high]."""
+        assert self._sockets is not None
+        classes = self._classes
+        last = len(classes) - 1
+        low = i = 0
+        while i < last and size > classes[i].top:
+            low = classes[i].top
+            i += 1
+        # The largest class takes anything larger (a replayed entry's token).
+        high = classes[i].top if i < last else 1 << 62
+        hwm = classes[i].hwm
+        if hwm != self._xpub_hwm:
+            self._sockets.xpub.setsockopt(zmq.SNDHWM, hwm)
+            self._xpub_hwm = hwm
+            self._trim_due |= i == last  # large frames come and go
+        self._class_low, self._class_high = low, high
+        return low, high
+
+    def _send_xpub(self, frame: bytes) -> None:
+        """Send a frame to the local subscribers under its size class's mark."""
+        assert self._sockets is not None
+        if not self._class_low < len(frame) <= self._class_high:
+            self._fit_xpub(len(frame))
+        self._sockets.xpub.send(frame, zmq.NOBLOCK)
+
+    async def _trim_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL)
+            if self._trim_due:
+                self._trim_due = False
+                trim_heap()
 
     @staticmethod
     def _discard_rest(sock: zmq.Socket[bytes]) -> None:
@@ -586,6 +723,15 @@ class Bridge:
             "uptime": round(time.time() - self.started_at, 3),
             "workers": self.interest.workers(),
             "subscriptions": len(self.interest),
+            "patterns": self.interest.patterns,
+            "limits": {
+                "max_subscriptions": self.config.max_subscriptions,
+                "max_patterns": self.config.max_patterns,
+                "subscriber_max_bytes": self.config.subscriber_max_bytes,
+                # What one subscriber that never reads may cost this process.
+                "subscriber_bound_bytes": worst_case(self._classes),
+                "subscriber_hwm_by_size": [list(c) for c in self._classes],
+            },
             "counters": {
                 **self.counters,
                 "gaps": self.tracker.gaps,
@@ -626,6 +772,20 @@ def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None)
 
     settle_heap()
     asyncio.run(main())
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere)."""
+    global _LIBC  # noqa: PLW0603 - loaded once, on first use
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def settle_heap() -> None:

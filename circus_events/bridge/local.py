@@ -19,16 +19,21 @@ import zmq
 
 from .._config import SocketPaths
 from .._exceptions import BridgeError
+from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME
 
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
+    "pull_hwm",
 ]
 
-#: Messages queued from all workers before the bridge reads them. Workers
-#: block (backpressure) past this. Frames: 20k x ~150 B is 3 MB, 20k full
-#: batches (16 KiB) 320 MB.
+#: Most frames queued from one worker before the bridge reads them. Workers
+#: block (backpressure) past this, or past ``publisher_max_bytes``, whichever
+#: comes first (:func:`pull_hwm`).
 PULL_HWM: Final = 20_000
+#: A received frame may exceed max_message_bytes by this much before libzmq
+#: drops its sender (the bridge then refuses it by the exact limit).
+FRAME_SLACK: Final = 4096
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -43,6 +48,7 @@ class LocalSockets:
         *,
         max_message_bytes: int,
         subscriber_hwm: int,
+        publisher_max_bytes: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
@@ -52,20 +58,24 @@ class LocalSockets:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self.pull = context.socket(zmq.PULL)
-            self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+            self.pull.setsockopt(zmq.RCVHWM, pull_hwm(publisher_max_bytes, max_message_bytes))
             # A frame far over the limit is refused by libzmq before it is
             # allocated; the per-message check below still applies.
-            self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 4096)
+            self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + FRAME_SLACK)
             self.pull.setsockopt(zmq.LINGER, 0)
             self.pull.bind("ipc://" + paths.pull)
             self.xpub = context.socket(zmq.XPUB)
+            # The bridge lowers this per frame size class (protocol.budget).
             self.xpub.setsockopt(zmq.SNDHWM, subscriber_hwm)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            # Subscription frames: a longer one makes libzmq drop its sender
+            # before storing it.
+            self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
             self.xpub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             self.xpub.bind("ipc://" + paths.pub)
             self.control = context.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
-            self.control.setsockopt(zmq.MAXMSGSIZE, 65536)
+            self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_REQUEST)
             self.control.bind("ipc://" + paths.control)
             mode = 0o660 if group else 0o600
             for path in (paths.pull, paths.pub, paths.control):
@@ -89,6 +99,13 @@ class LocalSockets:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def pull_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:
+    """PULL's RCVHWM (per worker): frames of the largest size within the byte
+    budget, one kept aside for the frame libzmq is reading in."""
+    frames = publisher_max_bytes // (max_message_bytes + FRAME_SLACK) - 1
+    return max(1, min(PULL_HWM, frames))
 
 
 def _lock(paths: SocketPaths, group: str | None) -> int:

@@ -5,11 +5,19 @@ numbers come in, values and bytes go out. The bridge and the clients are thin
 I/O layers over these modules.
 """
 
+from .budget import CLASS_TOPS, SizeClass, size_classes, worst_case
 from .codec import Codec, decode_payload, encode_payload, parse_codec
+from .control import (
+    MAX_CONTROL_DEPTH,
+    MAX_CONTROL_PARTS,
+    MAX_CONTROL_REQUEST,
+    parse_control_request,
+)
 from .envelope import (
     FLAG_BATCH,
     FLAG_DIRECT,
     FLAG_HOST_ONLY,
+    FLAG_NOTICE,
     FLAG_REPLAY,
     HEADER,
     MAX_BATCH_COUNT,
@@ -31,11 +39,13 @@ from .interest import (
     FLUSH_CHANNEL,
     HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
+    MAX_SUBSCRIPTION_FRAME,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     HistoryRequest,
     InterestChange,
     InterestTable,
+    SubscriptionRefused,
     build_history_request,
     parse_history_request,
     parse_sync_request,
@@ -54,10 +64,12 @@ from .topics import (
 )
 
 __all__ = [
+    "CLASS_TOPS",
     "DUPLICATE",
     "FLAG_BATCH",
     "FLAG_DIRECT",
     "FLAG_HOST_ONLY",
+    "FLAG_NOTICE",
     "FLAG_REPLAY",
     "FLUSH_CHANNEL",
     "HEADER",
@@ -65,6 +77,10 @@ __all__ = [
     "HISTORY_REQUEST",
     "MAX_BATCH_COUNT",
     "MAX_CHANNEL_BYTES",
+    "MAX_CONTROL_DEPTH",
+    "MAX_CONTROL_PARTS",
+    "MAX_CONTROL_REQUEST",
+    "MAX_SUBSCRIPTION_FRAME",
     "NODE_ID_BYTES",
     "REPLAY_TOKEN_BYTES",
     "SYNC_CHANNEL",
@@ -76,6 +92,8 @@ __all__ = [
     "InterestTable",
     "Pattern",
     "SequenceTracker",
+    "SizeClass",
+    "SubscriptionRefused",
     "SubscriptionTopic",
     "batch_items",
     "build_history_request",
@@ -92,11 +110,14 @@ __all__ = [
     "inbox_channel",
     "inbox_topic",
     "parse_codec",
+    "parse_control_request",
     "parse_history_request",
     "parse_subscription_topic",
     "parse_sync_request",
     "single_envelopes",
+    "size_classes",
     "split_topic",
     "validate_channel",
     "validate_worker_id",
+    "worst_case",
 ]
