@@ -11,58 +11,51 @@ from hypothesis import strategies as st
 
 from circus_events._exceptions import ProtocolError
 from circus_events.protocol import (
-    CLASS_TOPS,
     MAX_CONTROL_DEPTH,
     MAX_CONTROL_REQUEST,
     InterestChange,
     InterestTable,
-    SizeClass,
     SubscriptionRefused,
     SubscriptionTopic,
+    hwm_for_bytes,
     parse_control_request,
-    size_classes,
     worst_case,
 )
 
 MiB = 1024 * 1024
 
-# -- size classes ---------------------------------------------------------------
+# -- byte budgets ------------------------------------------------------------------
 
 
-def test_defaults_keep_the_frame_limit_for_small_events_and_bound_bytes() -> None:
-    classes = size_classes(64 * MiB, 20_000, MiB + 4096)
-    assert [c.top for c in classes] == [*CLASS_TOPS, MiB + 4096]
-    assert classes[0].hwm == 20_000
-    assert classes[1].hwm > classes[2].hwm >= 20
-    assert worst_case(classes) <= 64 * MiB
+def test_the_defaults_allow_62_of_the_largest_frames() -> None:
+    frame = MiB + 4096
+    hwm = hwm_for_bytes(64 * MiB, frame, 20_000)
+    assert hwm == 62
+    assert worst_case(hwm, frame) <= 64 * MiB
 
 
-def test_a_small_max_frame_has_fewer_classes() -> None:
-    classes = size_classes(MiB, 100, 2048)
-    assert classes == (SizeClass(1024, 100), SizeClass(2048, 100))
-    assert worst_case(classes) == 100 * 1024 + 100 * 1024 + 2048
+def test_the_frame_limit_wins_when_it_is_lower() -> None:
+    assert hwm_for_bytes(64 * MiB, 1024, 100) == 100
+    assert worst_case(100, 1024) == 101 * 1024
 
 
-def test_every_mark_is_at_least_one() -> None:
-    # libzmq reads 0 as "no limit": a budget too small still gets 1 frame a class.
-    classes = size_classes(MiB, 20_000, MiB)
-    assert all(c.hwm == 1 for c in classes)
+def test_the_mark_is_at_least_one() -> None:
+    # libzmq reads 0 as "no limit".
+    assert hwm_for_bytes(MiB, MiB, 20_000) == 1
 
 
 @given(
-    max_frame=st.integers(1025, 8 * MiB),
-    factor=st.integers(4, 256),
+    max_frame=st.integers(1, 8 * MiB),
+    factor=st.integers(2, 10_000),
     frame_hwm=st.integers(1, 100_000),
 )
 def test_the_worst_case_stays_within_the_budget(
     max_frame: int, factor: int, frame_hwm: int
 ) -> None:
     budget = factor * max_frame
-    classes = size_classes(budget, frame_hwm, max_frame)
-    assert worst_case(classes) <= budget
-    marks = [c.hwm for c in classes]
-    assert marks == sorted(marks, reverse=True)  # the proof needs non-increasing marks
-    assert all(1 <= m <= frame_hwm for m in marks)
+    hwm = hwm_for_bytes(budget, max_frame, frame_hwm)
+    assert 1 <= hwm <= frame_hwm
+    assert worst_case(hwm, max_frame) <= budget
 
 
 # -- subscription caps ------------------------------------------------------------

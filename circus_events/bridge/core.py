@@ -18,12 +18,11 @@ socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
 
 Memory is bounded in bytes (see the README's "Memory" section): per
-subscriber by switching XPUB's high-water mark with the size class of the
-frame about to be sent (``protocol.budget``); per publisher by PULL's
-high-water mark; subscription and control frames by ``MAXMSGSIZE``; the
-subscriptions by :class:`InterestTable`'s caps. What libzmq frees (a stuck
-subscriber's queue, a departed worker's subscriptions) is handed back to
-the system now and then (:func:`trim_heap`).
+subscriber and per publisher by high-water marks derived from byte budgets
+(``protocol.budget``); subscription and control frames by ``MAXMSGSIZE``;
+the subscriptions by :class:`InterestTable`'s caps. What libzmq frees (a
+stuck subscriber's queue, a departed worker's subscriptions) is handed back
+to the system now and then (:func:`trim_heap`).
 """
 
 from __future__ import annotations
@@ -72,10 +71,9 @@ from ..protocol import (
     parse_history_request,
     parse_sync_request,
     single_envelopes,
-    size_classes,
     worst_case,
 )
-from .local import FRAME_SLACK, LocalSockets
+from .local import FRAME_SLACK, LocalSockets, pull_hwm, subscriber_hwm
 
 __all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 
@@ -90,11 +88,12 @@ SETTLE_WAIT: Final = 5.0
 HISTORY_CONNECT_WAIT: Final = 5.0
 #: How often memory that libzmq and Python freed is handed back to the system
 #: (glibc keeps it otherwise: 100k subscriptions left 745 MiB resident after
-#: their socket went away, 17 MiB once trimmed). Only after something big was
-#: freed; a trim of a quiet heap takes well under a millisecond.
+#: their socket went away, 17 MiB once trimmed). Only after something was
+#: freed: a departed subscription, or a large frame.
 TRIM_INTERVAL: Final = 5.0
-#: Control messages answered per loop turn, and frames of one that are read
-#: before the rest of it waits for the next turn.
+#: A frame this large marks the heap for a trim (see TRIM_INTERVAL).
+TRIM_FRAME_BYTES: Final = 65536
+#: Control messages answered per loop turn.
 CONTROL_BATCH: Final = 100
 
 
@@ -152,15 +151,6 @@ class Bridge:
         self._deferred_syncs: list[tuple[str, bytes]] = []
         self._settle_task: asyncio.Task[None] | None = None
         self._bridge_origin = config.host.encode("utf-8")
-        #: XPUB's high-water mark per frame size class, and the class in force:
-        #: frames in (``_class_low``, ``_class_high``] need no change.
-        self._classes = size_classes(
-            config.subscriber_max_bytes,
-            config.subscriber_hwm,
-            config.max_message_bytes + FRAME_SLACK,
-        )
-        self._xpub_hwm = config.subscriber_hwm
-        self._class_low = self._class_high = 0
         self._control_parts = 0
         self._trim_due = False
 
@@ -176,12 +166,14 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
+                subscriber_max_bytes=self.config.subscriber_max_bytes,
                 publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
-            self._fit_xpub(1)
         except BaseException:
-            self._context.term()
+            # destroy, not term: term waits forever for a socket that a failed
+            # setup left open (the hang seen with an out-of-range subscriber_hwm).
+            self._context.destroy(linger=0)
             raise
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -310,7 +302,6 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        low, high = self._class_low, self._class_high
         accepted = frames = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -329,6 +320,8 @@ class Bridge:
                 counters["rejected_oversized"] += 1
                 self._discard_rest(pull)
                 continue
+            if size > TRIM_FRAME_BYTES:
+                self._trim_due = True
             try:
                 env = check_frame(frame)
             except ProtocolError as exc:
@@ -343,10 +336,6 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            if not low < size <= high:
-                # Another size class: its high-water mark first (a setsockopt
-                # that visits every pipe, so only on a change).
-                low, high = self._fit_xpub(size)
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -368,7 +357,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        self._send_xpub(frame)
+        self._sockets.xpub.send(frame, zmq.NOBLOCK)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -380,10 +369,8 @@ class Bridge:
         if self._sockets is None:
             return
         xpub_send = self._sockets.xpub.send
-        low, high = self._class_low, self._class_high
         for frame in frames:
-            size = len(frame)
-            if size > self.config.max_message_bytes:
+            if len(frame) > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
                 continue
             try:
@@ -410,8 +397,6 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
-            if not low < size <= high:
-                low, high = self._fit_xpub(size)
             xpub_send(frame, zmq.NOBLOCK)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
@@ -444,10 +429,10 @@ class Bridge:
                 self.counters["rejected_subscriptions"] += 1
                 self._note_bad_frame(exc)
                 continue
+            if frame[0] == 0:
+                self._trim_due = True  # libzmq freed its trie entry
             if change is None:
                 continue
-            if not change.added:
-                self._trim_due = True
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
@@ -460,13 +445,14 @@ class Bridge:
 
     def _refuse(self, exc: SubscriptionRefused) -> None:
         """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
-        Redis; counted, logged once in a while, and told to its subscribers.
+        Redis; counted, logged now and then, and told to its subscribers.
 
         The bridge cannot tell which socket sent a subscription, so the notice
-        goes where only that subscription's sockets (and broader prefixes) get
-        it: a frame on the refused topic itself, flagged ``FLAG_NOTICE``; a
-        client that holds that topic reports the error (its payload).
+        goes where only that topic's subscribers (and broader prefixes) get it:
+        a frame on the refused topic itself, flagged ``FLAG_NOTICE``; a client
+        that holds that topic reports the error (the payload).
         """
+        assert self._sockets is not None
         self.counters["refused_subscriptions"] += 1
         if self.counters["refused_subscriptions"] & 1023 == 1:
             log.warning("%s (%d refused so far)", exc, self.counters["refused_subscriptions"])
@@ -484,7 +470,7 @@ class Bridge:
             payload=(b"\x01" if topic.exact else b"\x00") + str(exc).encode(),
             flags=FLAG_NOTICE | FLAG_HOST_ONLY,
         )
-        self._send_xpub(notice)
+        self._sockets.xpub.send(notice, zmq.NOBLOCK)
 
     def _answer_sync(self, frame: bytes) -> None:
         """Tell a worker that every subscription it sent before this is applied."""
@@ -542,7 +528,7 @@ class Bridge:
             payload=payload,
             target=worker,
         )
-        self._send_xpub(reply)
+        self._sockets.xpub.send(reply, zmq.NOBLOCK)
 
     def _start_history(self, frame: bytes) -> None:
         """A worker subscribed with ``history=``: replay what Redis kept."""
@@ -576,7 +562,7 @@ class Bridge:
                 error = f"history is not available: {exc}"
         if self._sockets is None or self._stopping.is_set():
             return
-        send = self._send_xpub
+        send = self._sockets.xpub.send
         replayed: list[Envelope] = []
         for frame in frames:
             try:
@@ -602,7 +588,8 @@ class Bridge:
                     payload=request.token + env.payload,
                     flags=FLAG_REPLAY,
                     target=request.worker,
-                )
+                ),
+                zmq.NOBLOCK,
             )
         self._send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
         self.counters["history_replayed"] += len(replayed)
@@ -612,7 +599,7 @@ class Bridge:
 
         Frames are read one at a time: a message of more than
         MAX_CONTROL_PARTS frames is read to its end and dropped (counted),
-        however long, without holding its frames.
+        however long, without keeping its frames.
         """
         assert self._sockets is not None
         control = self._sockets.control
@@ -622,15 +609,14 @@ class Bridge:
                 frame = control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            more = control.getsockopt(zmq.RCVMORE)
             self._control_parts += 1
             if self._control_parts <= MAX_CONTROL_PARTS:
                 parts.append(frame)
-            if more:
+            if control.getsockopt(zmq.RCVMORE):
                 continue
             whole, self._control_parts = self._control_parts, 0
             if whole > MAX_CONTROL_PARTS or len(parts) < 2:
-                # Too long to answer, or no routing id to answer to.
+                # Too long to answer, or nobody to answer to.
                 self.counters["rejected_control"] += 1
             else:
                 reply = self._answer(parts[-1])
@@ -640,7 +626,7 @@ class Bridge:
         return True
 
     def _answer(self, request: bytes) -> bytes:
-        """Answer one control request (JSON ``{"cmd": ...}``)."""
+        """Answer one control request (JSON ``{"cmd": ...}``); an error reply if bad."""
         try:
             command = parse_control_request(request)
         except ProtocolError as exc:
@@ -651,35 +637,6 @@ class Bridge:
         if command == "ping":
             return b'{"ok": true}'
         return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
-
-    # -- memory ---------------------------------------------------------------
-
-    def _fit_xpub(self, size: int) -> tuple[int, int]:
-        """Set XPUB's high-water mark for the size class of a ``size``-byte frame;
-        return the class's bounds (low, high]."""
-        assert self._sockets is not None
-        classes = self._classes
-        last = len(classes) - 1
-        low = i = 0
-        while i < last and size > classes[i].top:
-            low = classes[i].top
-            i += 1
-        # The largest class takes anything larger (a replayed entry's token).
-        high = classes[i].top if i < last else 1 << 62
-        hwm = classes[i].hwm
-        if hwm != self._xpub_hwm:
-            self._sockets.xpub.setsockopt(zmq.SNDHWM, hwm)
-            self._xpub_hwm = hwm
-            self._trim_due |= i == last  # large frames come and go
-        self._class_low, self._class_high = low, high
-        return low, high
-
-    def _send_xpub(self, frame: bytes) -> None:
-        """Send a frame to the local subscribers under its size class's mark."""
-        assert self._sockets is not None
-        if not self._class_low < len(frame) <= self._class_high:
-            self._fit_xpub(len(frame))
-        self._sockets.xpub.send(frame, zmq.NOBLOCK)
 
     async def _trim_now_and_then(self) -> None:
         while True:
@@ -724,20 +681,31 @@ class Bridge:
             "workers": self.interest.workers(),
             "subscriptions": len(self.interest),
             "patterns": self.interest.patterns,
-            "limits": {
-                "max_subscriptions": self.config.max_subscriptions,
-                "max_patterns": self.config.max_patterns,
-                "subscriber_max_bytes": self.config.subscriber_max_bytes,
-                # What one subscriber that never reads may cost this process.
-                "subscriber_bound_bytes": worst_case(self._classes),
-                "subscriber_hwm_by_size": [list(c) for c in self._classes],
-            },
+            "limits": self.limits(),
             "counters": {
                 **self.counters,
                 "gaps": self.tracker.gaps,
                 "missed": self.tracker.missed,
             },
             "last_error": self.last_error,
+        }
+
+    def limits(self) -> dict[str, int]:
+        """The memory limits in force, and what they allow at most, in bytes."""
+        config = self.config
+        frame = config.max_message_bytes + FRAME_SLACK
+        sub_hwm = subscriber_hwm(
+            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
+        )
+        pub_hwm = pull_hwm(config.publisher_max_bytes, config.max_message_bytes)
+        return {
+            "max_subscriptions": config.max_subscriptions,
+            "max_patterns": config.max_patterns,
+            "subscriber_hwm_frames": sub_hwm,
+            "per_subscriber_bytes": worst_case(sub_hwm, frame),
+            "publisher_hwm_frames": pub_hwm,
+            "per_publisher_bytes": worst_case(pub_hwm, frame),
+            "buffer_max_bytes": config.buffer_max_bytes,
         }
 
     def status(self) -> dict[str, Any]:

@@ -19,12 +19,13 @@ import zmq
 
 from .._config import SocketPaths
 from .._exceptions import BridgeError
-from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME
+from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME, hwm_for_bytes
 
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
     "pull_hwm",
+    "subscriber_hwm",
 ]
 
 #: Most frames queued from one worker before the bridge reads them. Workers
@@ -48,10 +49,12 @@ class LocalSockets:
         *,
         max_message_bytes: int,
         subscriber_hwm: int,
+        subscriber_max_bytes: int,
         publisher_max_bytes: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
+        sndhwm = _subscriber_hwm(subscriber_max_bytes, max_message_bytes, subscriber_hwm)
         self._lock_fd = _lock(paths, group)
         try:
             for path in (paths.pull, paths.pub, paths.control):
@@ -65,8 +68,7 @@ class LocalSockets:
             self.pull.setsockopt(zmq.LINGER, 0)
             self.pull.bind("ipc://" + paths.pull)
             self.xpub = context.socket(zmq.XPUB)
-            # The bridge lowers this per frame size class (protocol.budget).
-            self.xpub.setsockopt(zmq.SNDHWM, subscriber_hwm)
+            self.xpub.setsockopt(zmq.SNDHWM, sndhwm)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             # Subscription frames: a longer one makes libzmq drop its sender
             # before storing it.
@@ -102,10 +104,17 @@ class LocalSockets:
 
 
 def pull_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:
-    """PULL's RCVHWM (per worker): frames of the largest size within the byte
-    budget, one kept aside for the frame libzmq is reading in."""
-    frames = publisher_max_bytes // (max_message_bytes + FRAME_SLACK) - 1
-    return max(1, min(PULL_HWM, frames))
+    """PULL's RCVHWM (per worker pipe): largest frames within the byte budget."""
+    return hwm_for_bytes(publisher_max_bytes, max_message_bytes + FRAME_SLACK, PULL_HWM)
+
+
+def subscriber_hwm(subscriber_max_bytes: int, max_message_bytes: int, frame_hwm: int) -> int:
+    """XPUB's SNDHWM (per subscriber pipe): ``frame_hwm``, lowered to keep that many
+    of the largest frames within ``subscriber_max_bytes``."""
+    return hwm_for_bytes(subscriber_max_bytes, max_message_bytes + FRAME_SLACK, frame_hwm)
+
+
+_subscriber_hwm = subscriber_hwm  # the constructor's argument of that name hides it
 
 
 def _lock(paths: SocketPaths, group: str | None) -> int:

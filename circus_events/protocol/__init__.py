@@ -5,7 +5,7 @@ numbers come in, values and bytes go out. The bridge and the clients are thin
 I/O layers over these modules.
 """
 
-from .budget import CLASS_TOPS, SizeClass, size_classes, worst_case
+from .budget import hwm_for_bytes, worst_case
 from .codec import Codec, decode_payload, encode_payload, parse_codec
 from .control import (
     MAX_CONTROL_DEPTH,
@@ -64,7 +64,6 @@ from .topics import (
 )
 
 __all__ = [
-    "CLASS_TOPS",
     "DUPLICATE",
     "FLAG_BATCH",
     "FLAG_DIRECT",
@@ -92,7 +91,6 @@ __all__ = [
     "InterestTable",
     "Pattern",
     "SequenceTracker",
-    "SizeClass",
     "SubscriptionRefused",
     "SubscriptionTopic",
     "batch_items",
@@ -107,6 +105,7 @@ __all__ = [
     "encode_payload",
     "frame_from_redis",
     "frame_to_redis",
+    "hwm_for_bytes",
     "inbox_channel",
     "inbox_topic",
     "parse_codec",
@@ -115,7 +114,6 @@ __all__ = [
     "parse_subscription_topic",
     "parse_sync_request",
     "single_envelopes",
-    "size_classes",
     "split_topic",
     "validate_channel",
     "validate_worker_id",
