@@ -81,6 +81,9 @@ log = logging.getLogger("circus_events.bridge")
 
 #: Frames handled per socket per loop turn before the others get a turn.
 BATCH: Final = 2000
+#: ... and bytes: 2,000 frames of 1 MiB would hold the loop for a second
+#: (``status`` unanswered); 8 MiB is a few milliseconds of copying.
+BATCH_BYTES: Final = 8 * 1024 * 1024
 #: Longest a sync reply waits for Redis to confirm this host's subscriptions.
 SETTLE_WAIT: Final = 5.0
 #: Longest a history request waits for Redis to be connected (a bridge that
@@ -302,7 +305,7 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        accepted = frames = 0
+        accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
             # Most wake-ups bring one frame: after it, asking EVENTS (1.4 us)
@@ -320,8 +323,6 @@ class Bridge:
                 counters["rejected_oversized"] += 1
                 self._discard_rest(pull)
                 continue
-            if size > TRIM_FRAME_BYTES:
-                self._trim_due = True
             try:
                 env = check_frame(frame)
             except ProtocolError as exc:
@@ -339,6 +340,11 @@ class Bridge:
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
+            if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
+                self._trim_due = True
+                taken += size
+                if taken > BATCH_BYTES:
+                    break
         counters["accepted"] += accepted
         counters["accepted_frames"] += frames
         counters["delivered"] += accepted
