@@ -26,6 +26,9 @@ import zmq
 from conftest import BridgeProcess, RedisServer, WorkerProcess, query_bridge, wait_until
 
 from circus_events import Bus
+from circus_events._config import BridgeConfig
+from circus_events._exceptions import ConfigError
+from circus_events.plugin import parse_plugin_options
 
 MiB: Final = 1024 * 1024
 #: How long the publisher sends 512 KiB messages flat out at a stuck
@@ -347,3 +350,64 @@ def test_a_worker_past_max_subscriptions_is_told(
         core = bus._core
         wait_until(lambda: core.refused is not None, 10, "the refusal reaches the worker")
         assert "'y.'" in str(core.refused) and "max_patterns (1)" in str(core.refused)
+
+
+BAD_LIMITS = [
+    ({"subscriber_max_bytes": "lots"}, "subscriber_max_bytes", "not a whole number"),
+    ({"subscriber_max_bytes": "0"}, "subscriber_max_bytes", "below the minimum"),
+    ({"subscriber_max_bytes": str(4 * MiB - 1)}, "subscriber_max_bytes", "4 x max_message_bytes"),
+    (
+        {"subscriber_max_bytes": str(40 * 1024), "max_message_bytes": "10240"},
+        None,
+        None,
+    ),
+    ({"publisher_max_bytes": "1e9"}, "publisher_max_bytes", "not a whole number"),
+    ({"publisher_max_bytes": str(2 * MiB)}, "publisher_max_bytes", "4 x max_message_bytes"),
+    ({"max_subscriptions": "0"}, "max_subscriptions", "below the minimum of 1"),
+    ({"max_subscriptions": "many"}, "max_subscriptions", "not a whole number"),
+    ({"max_patterns": "-1"}, "max_patterns", "below the minimum of 0"),
+]
+
+
+@pytest.mark.parametrize(("options", "key", "message"), BAD_LIMITS)
+def test_the_memory_options_are_checked(
+    options: dict[str, str], key: str | None, message: str | None
+) -> None:
+    if key is None:  # at the limit: accepted
+        config = BridgeConfig.from_options(options)
+        assert config.subscriber_max_bytes == 4 * config.max_message_bytes
+        return
+    with pytest.raises(ConfigError, match=message) as info:
+        BridgeConfig.from_options(options)
+    assert info.value.key == key
+
+
+def test_the_memory_options_reach_the_bridge_from_the_plugin() -> None:
+    config, _ = parse_plugin_options(
+        {
+            "subscriber_max_bytes": "134217728",
+            "publisher_max_bytes": "67108864",
+            "max_subscriptions": "500",
+            "max_patterns": "20",
+        },
+        environ={},
+    )
+    assert (config.subscriber_max_bytes, config.publisher_max_bytes) == (128 * MiB, 64 * MiB)
+    assert (config.max_subscriptions, config.max_patterns) == (500, 20)
+
+
+def test_status_reports_the_limits_and_what_they_cost(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(
+        args=("--max-subscriptions", "123", "--subscriber-max-bytes", "8388608")
+    )
+    limits = bridge.status()["limits"]
+    frame = MiB + 4096
+    assert limits["max_subscriptions"] == 123
+    assert limits["max_patterns"] == 256
+    assert limits["subscriber_hwm_frames"] == 8 * MiB // frame - 1
+    assert limits["per_subscriber_bytes"] == (limits["subscriber_hwm_frames"] + 1) * frame
+    assert limits["per_subscriber_bytes"] <= 8 * MiB
+    assert limits["publisher_hwm_frames"] == 32 * MiB // frame - 1
+    assert limits["per_publisher_bytes"] <= 32 * MiB
