@@ -109,7 +109,7 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--subscriber-max-bytes",
-    help="Bytes the bridge may hold per local subscriber that does not read [64 MiB].",
+    help="Bytes the bridge may hold per local subscriber that does not read [1 GiB].",
 )
 @click.option(
     "--publisher-max-bytes",

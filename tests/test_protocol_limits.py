@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 # -- byte budgets ------------------------------------------------------------------
 
 
-def test_the_defaults_allow_62_of_the_largest_frames() -> None:
+def test_64_mib_allows_62_of_the_largest_frames() -> None:
     frame = MiB + 4096
     hwm = hwm_for_bytes(64 * MiB, frame, 20_000)
     assert hwm == 62
