@@ -54,11 +54,11 @@ DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: that does not read, the frame being written out included (the kernel's
 #: socket buffer, ~208 KiB, comes on top). It sets the subscriber's
 #: high-water mark to ``subscriber_max_bytes // (max_message_bytes + 4 KiB) - 1``
-#: frames: 1 GiB is 1,022 frames of up to 1 MiB. Fewer frames lose events
+#: frames: 1 GiB is 1,019 frames of up to 1 MiB. Fewer frames lose events
 #: for healthy workers briefly starved of CPU: with 254 (256 MiB), 2 runs in
 #: 5 of 9 subscribers x 10,000 small events on a loaded 2-core box lost some;
-#: with 1,022, none in 6. Lower ``max_message_bytes`` to get more frames for
-#: the same bytes (64 KiB: the full 20,000).
+#: with 1,019, none in 6. Lower ``max_message_bytes`` to get more frames for
+#: the same bytes (64 KiB: 15,419).
 DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 1024 * 1024 * 1024
 #: Per publishing worker, in bytes: frames read from its connection but not
 #: yet handled (past this the worker waits: backpressure, no loss).

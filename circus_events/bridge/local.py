@@ -35,6 +35,9 @@ PULL_HWM: Final = 20_000
 #: A received frame may exceed max_message_bytes by this much before libzmq
 #: drops its sender (the bridge then refuses it by the exact limit).
 FRAME_SLACK: Final = 4096
+#: Control requests queued per peer: ``status`` is asked now and then, and
+#: each request is at most MAX_CONTROL_REQUEST bytes (16 x 64 KiB = 1 MiB).
+CONTROL_HWM: Final = 16
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -78,6 +81,7 @@ class LocalSockets:
             self.control = context.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_REQUEST)
+            self.control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
             self.control.bind("ipc://" + paths.control)
             mode = 0o660 if group else 0o600
             for path in (paths.pull, paths.pub, paths.control):
