@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from ._exceptions import ChannelError, ConfigError
+from .protocol.budget import min_budget
 from .protocol.envelope import NODE_ID_BYTES
 from .protocol.topics import validate_worker_id
 
@@ -61,8 +62,11 @@ DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: the same bytes (64 KiB: 15,419).
 DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 1024 * 1024 * 1024
 #: Per publishing worker, in bytes: frames read from its connection but not
-#: yet handled (past this the worker waits: backpressure, no loss).
-DEFAULT_PUBLISHER_MAX_BYTES: Final = 32 * 1024 * 1024
+#: yet handled (past this the worker waits: backpressure, no loss). 1 GiB is
+#: 1,019 frames of up to 1 MiB (libzmq needs ~1,000: ``protocol.budget``).
+DEFAULT_PUBLISHER_MAX_BYTES: Final = 1024 * 1024 * 1024
+#: Frames may exceed max_message_bytes by this much (see bridge.local).
+FRAME_SLACK: Final = 4096
 #: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
 #: worker) per bridge; each is a Redis SUBSCRIBE or PSUBSCRIBE.
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 10_000
@@ -202,10 +206,15 @@ class BridgeConfig:
 
     def __post_init__(self) -> None:
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
-        for key in ("subscriber_max_bytes", "publisher_max_bytes"):
-            if getattr(self, key) < 4 * self.max_message_bytes:
+        frame = self.max_message_bytes + FRAME_SLACK
+        budgets = (("subscriber_max_bytes", self.subscriber_hwm), ("publisher_max_bytes", 1000))
+        for key, frames in budgets:
+            value, least = getattr(self, key), min_budget(frame, frames)
+            if value < least:
                 raise ConfigError(
-                    key, f"must be at least 4 x max_message_bytes ({4 * self.max_message_bytes})"
+                    key,
+                    f"{value} is below {least}, room for {min(frames, 1000)} frames of "
+                    "max_message_bytes + 4 KiB (lower max_message_bytes for a smaller budget)",
                 )
 
     @property

@@ -113,7 +113,7 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--publisher-max-bytes",
-    help="Bytes read from one publishing worker and not yet handled [32 MiB].",
+    help="Bytes read from one publishing worker and not yet handled [1 GiB].",
 )
 @click.option(
     "--max-subscriptions",

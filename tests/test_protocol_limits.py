@@ -13,11 +13,13 @@ from circus_events._exceptions import ProtocolError
 from circus_events.protocol import (
     MAX_CONTROL_DEPTH,
     MAX_CONTROL_REQUEST,
+    MIN_FRAMES,
     InterestChange,
     InterestTable,
     SubscriptionRefused,
     SubscriptionTopic,
     hwm_for_bytes,
+    min_budget,
     parse_control_request,
     worst_case,
 )
@@ -37,6 +39,12 @@ def test_64_mib_allows_62_of_the_largest_frames() -> None:
 def test_the_frame_limit_wins_when_it_is_lower() -> None:
     assert hwm_for_bytes(64 * MiB, 1024, 100) == 100
     assert worst_case(100, 1024) == 101 * 1024
+
+
+def test_a_budget_must_allow_a_thousand_frames_or_the_frame_limit() -> None:
+    assert min_budget(MiB, 20_000) == 1001 * MiB
+    assert min_budget(MiB, 10) == 11 * MiB
+    assert hwm_for_bytes(min_budget(MiB, 20_000), MiB, 20_000) == MIN_FRAMES
 
 
 def test_the_mark_is_at_least_one() -> None:

@@ -42,7 +42,7 @@ from typing import Any, Final, Protocol, cast
 
 import zmq
 
-from .._config import BridgeConfig
+from .._config import FRAME_SLACK, BridgeConfig
 from .._exceptions import ChannelError, CircusEventsError, ProtocolError
 from .._version import __version__
 from ..protocol import (
@@ -73,7 +73,7 @@ from ..protocol import (
     single_envelopes,
     worst_case,
 )
-from .local import FRAME_SLACK, LocalSockets, pull_hwm, subscriber_hwm
+from .local import LocalSockets, pull_hwm, subscriber_hwm
 
 __all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 

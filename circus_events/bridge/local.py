@@ -17,7 +17,7 @@ from typing import Final
 
 import zmq
 
-from .._config import SocketPaths
+from .._config import FRAME_SLACK, SocketPaths
 from .._exceptions import BridgeError
 from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME, hwm_for_bytes
 
@@ -32,9 +32,6 @@ __all__ = [
 #: block (backpressure) past this, or past ``publisher_max_bytes``, whichever
 #: comes first (:func:`pull_hwm`).
 PULL_HWM: Final = 20_000
-#: A received frame may exceed max_message_bytes by this much before libzmq
-#: drops its sender (the bridge then refuses it by the exact limit).
-FRAME_SLACK: Final = 4096
 #: Control requests queued per peer: ``status`` is asked now and then, and
 #: each request is at most MAX_CONTROL_REQUEST bytes (16 x 64 KiB = 1 MiB).
 CONTROL_HWM: Final = 16

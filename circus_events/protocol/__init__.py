@@ -5,7 +5,7 @@ numbers come in, values and bytes go out. The bridge and the clients are thin
 I/O layers over these modules.
 """
 
-from .budget import hwm_for_bytes, worst_case
+from .budget import MIN_FRAMES, hwm_for_bytes, min_budget, worst_case
 from .codec import Codec, decode_payload, encode_payload, parse_codec
 from .control import (
     MAX_CONTROL_DEPTH,
@@ -80,6 +80,7 @@ __all__ = [
     "MAX_CONTROL_PARTS",
     "MAX_CONTROL_REQUEST",
     "MAX_SUBSCRIPTION_FRAME",
+    "MIN_FRAMES",
     "NODE_ID_BYTES",
     "REPLAY_TOKEN_BYTES",
     "SYNC_CHANNEL",
@@ -108,6 +109,7 @@ __all__ = [
     "hwm_for_bytes",
     "inbox_channel",
     "inbox_topic",
+    "min_budget",
     "parse_codec",
     "parse_control_request",
     "parse_history_request",
