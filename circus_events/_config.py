@@ -197,20 +197,26 @@ class BridgeConfig:
     redis_prefix: str = "circus-events"
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
-    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``).
-    subscriber_max_bytes: int = DEFAULT_SUBSCRIBER_MAX_BYTES
-    #: Bytes read from one publishing worker and not yet handled.
-    publisher_max_bytes: int = DEFAULT_PUBLISHER_MAX_BYTES
+    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``);
+    #: 0: the default, raised to fit 1,000 frames of a larger max_message_bytes.
+    subscriber_max_bytes: int = 0
+    #: Bytes read from one publishing worker and not yet handled (0: as above).
+    publisher_max_bytes: int = 0
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_patterns: int = DEFAULT_MAX_PATTERNS
 
     def __post_init__(self) -> None:
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
         frame = self.max_message_bytes + FRAME_SLACK
-        budgets = (("subscriber_max_bytes", self.subscriber_hwm), ("publisher_max_bytes", 1000))
-        for key, frames in budgets:
+        budgets = (
+            ("subscriber_max_bytes", self.subscriber_hwm, DEFAULT_SUBSCRIBER_MAX_BYTES),
+            ("publisher_max_bytes", 1000, DEFAULT_PUBLISHER_MAX_BYTES),
+        )
+        for key, frames, default in budgets:
             value, least = getattr(self, key), min_budget(frame, frames)
-            if value < least:
+            if not value:
+                object.__setattr__(self, key, max(default, least))
+            elif value < least:
                 raise ConfigError(
                     key,
                     f"{value} is below {least}, room for {min(frames, 1000)} frames of "
