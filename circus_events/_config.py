@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from ._exceptions import ChannelError, ConfigError
-from .protocol.budget import min_budget
+from .protocol.budget import MIN_FRAMES, min_budget
 from .protocol.envelope import NODE_ID_BYTES
 from .protocol.topics import validate_worker_id
 
@@ -27,8 +27,6 @@ __all__ = [
     "DEFAULT_MAX_PATTERNS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
-    "DEFAULT_PUBLISHER_MAX_BYTES",
-    "DEFAULT_SUBSCRIBER_MAX_BYTES",
     "ENV_PREFIX",
     "BridgeConfig",
     "SocketPaths",
@@ -53,18 +51,15 @@ DEFAULT_STATS_INTERVAL: Final = 5.0
 DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: Per local subscriber, in bytes: the most the bridge holds for one worker
 #: that does not read, the frame being written out included (the kernel's
-#: socket buffer, ~208 KiB, comes on top). It sets the subscriber's
+#: socket buffer, ~208 KiB, comes on top). It lowers the subscriber's
 #: high-water mark to ``subscriber_max_bytes // (max_message_bytes + 4 KiB) - 1``
-#: frames: 1 GiB is 1,019 frames of up to 1 MiB. Fewer frames lose events
-#: for healthy workers briefly starved of CPU: with 254 (256 MiB), 2 runs in
-#: 5 of 9 subscribers x 10,000 small events on a loaded 2-core box lost some;
-#: with 1,019, none in 6. Lower ``max_message_bytes`` to get more frames for
-#: the same bytes (64 KiB: 15,419).
-DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 1024 * 1024 * 1024
-#: Per publishing worker, in bytes: frames read from its connection but not
-#: yet handled (past this the worker waits: backpressure, no loss). 1 GiB is
-#: 1,019 frames of up to 1 MiB (libzmq needs ~1,000: ``protocol.budget``).
-DEFAULT_PUBLISHER_MAX_BYTES: Final = 1024 * 1024 * 1024
+#: frames. Left unset it allows the full ``subscriber_hwm`` frames of the
+#: largest size (20 GiB with the defaults), because fewer frames lose events
+#: for healthy workers in bursts: with 1,019 frames (1 GiB, 1 MiB messages),
+#: 9 subscribers x 10,000 small events flat out lost a few, and a stream
+#: replay after a Redis restart lost ticks; with 20,000 neither did. Set it
+#: with a smaller ``max_message_bytes`` to keep the frames (64 KiB messages,
+#: 1 GiB: 15,419 frames). This is the note for ``subscriber_max_bytes``.
 #: Frames may exceed max_message_bytes by this much (see bridge.local).
 FRAME_SLACK: Final = 4096
 #: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
@@ -198,30 +193,24 @@ class BridgeConfig:
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
     #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``);
-    #: 0: the default, raised to fit 1,000 frames of a larger max_message_bytes.
+    #: 0: not set, ``subscriber_hwm`` frames of the largest size.
     subscriber_max_bytes: int = 0
-    #: Bytes read from one publishing worker and not yet handled (0: as above).
-    publisher_max_bytes: int = 0
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_patterns: int = DEFAULT_MAX_PATTERNS
 
     def __post_init__(self) -> None:
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
         frame = self.max_message_bytes + FRAME_SLACK
-        budgets = (
-            ("subscriber_max_bytes", self.subscriber_hwm, DEFAULT_SUBSCRIBER_MAX_BYTES),
-            ("publisher_max_bytes", 1000, DEFAULT_PUBLISHER_MAX_BYTES),
-        )
-        for key, frames, default in budgets:
-            value, least = getattr(self, key), min_budget(frame, frames)
-            if not value:
-                object.__setattr__(self, key, max(default, least))
-            elif value < least:
-                raise ConfigError(
-                    key,
-                    f"{value} is below {least}, room for {min(frames, 1000)} frames of "
-                    "max_message_bytes + 4 KiB (lower max_message_bytes for a smaller budget)",
-                )
+        if not self.subscriber_max_bytes:
+            object.__setattr__(self, "subscriber_max_bytes", (self.subscriber_hwm + 1) * frame)
+        least = min_budget(frame, self.subscriber_hwm)
+        if self.subscriber_max_bytes < least:
+            raise ConfigError(
+                "subscriber_max_bytes",
+                f"{self.subscriber_max_bytes} is below {least}, room for "
+                f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of max_message_bytes + 4 KiB "
+                "(lower max_message_bytes for a smaller budget)",
+            )
 
     @property
     def paths(self) -> SocketPaths:
@@ -281,7 +270,6 @@ _PARSERS: Final[dict[str, Any]] = {
     "redis_prefix": lambda v: str(v),
     "subscriber_hwm": lambda v: _parse_int("subscriber_hwm", v, 1),
     "subscriber_max_bytes": lambda v: _parse_int("subscriber_max_bytes", v, 4096),
-    "publisher_max_bytes": lambda v: _parse_int("publisher_max_bytes", v, 4096),
     "max_subscriptions": lambda v: _parse_int("max_subscriptions", v, 1),
     "max_patterns": lambda v: _parse_int("max_patterns", v, 0),
 }

@@ -109,11 +109,8 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--subscriber-max-bytes",
-    help="Bytes the bridge may hold per local subscriber that does not read [1 GiB].",
-)
-@click.option(
-    "--publisher-max-bytes",
-    help="Bytes read from one publishing worker and not yet handled [1 GiB].",
+    help="Bytes the bridge may hold per local subscriber that does not read "
+    "[subscriber-hwm frames of max-message-bytes].",
 )
 @click.option(
     "--max-subscriptions",
@@ -138,7 +135,6 @@ def bridge(
     group: str | None,
     subscriber_hwm: str | None,
     subscriber_max_bytes: str | None,
-    publisher_max_bytes: str | None,
     max_subscriptions: str | None,
     max_patterns: str | None,
     retention: str | None,
@@ -170,7 +166,6 @@ def bridge(
         group=group,
         subscriber_hwm=subscriber_hwm,
         subscriber_max_bytes=subscriber_max_bytes,
-        publisher_max_bytes=publisher_max_bytes,
         max_subscriptions=max_subscriptions,
         max_patterns=max_patterns,
         retention=retention,

@@ -66,7 +66,6 @@ _BRIDGE_KEYS: Final = frozenset(
         "group",
         "subscriber_hwm",
         "subscriber_max_bytes",
-        "publisher_max_bytes",
         "max_subscriptions",
         "max_patterns",
     }

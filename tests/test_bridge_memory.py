@@ -41,6 +41,9 @@ STUCK_PAYLOAD: Final = 512 * 1024
 #: flat out (~650 MB/s here) they fell behind by more than their budget and
 #: lost about 3%, exactly reported to them as the stuck worker's loss is.
 STUCK_RATE: Final = 400
+#: Per subscriber: 1,019 frames of up to 1 MiB (unset, the budget is 20,000
+#: of them, about 20 GiB: see ``subscriber_max_bytes``).
+STUCK_BUDGET: Final = 1024 * MiB
 #: What the allocator may add around the documented bound (arenas, fragments).
 ALLOCATOR_SLACK: Final = 32 * MiB
 #: The issue's figure: after an attack the bridge is back within this of its start.
@@ -133,7 +136,7 @@ def documented_bound(start: int, limits: dict[str, int], subscribers: int, publi
 def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_loss(
     bridge_factory: Callable[..., BridgeProcess], workers: Callable[..., WorkerProcess]
 ) -> None:
-    bridge = bridge_factory()  # the defaults
+    bridge = bridge_factory(args=("--subscriber-max-bytes", str(STUCK_BUDGET)))
     directory = str(bridge.directory)
     stuck = workers("counter.py", "--dir", directory, "--worker", "stuck", "--pattern", "big")
     healthy = [
@@ -361,9 +364,9 @@ BAD_LIMITS = [
         "subscriber_max_bytes",
         "10 frames",
     ),
-    ({"publisher_max_bytes": "1e9"}, "publisher_max_bytes", "not a whole number"),
-    ({"publisher_max_bytes": str(64 * MiB)}, "publisher_max_bytes", "lower max_message_bytes"),
-    ({"publisher_max_bytes": str(64 * MiB), "max_message_bytes": "61440"}, None, None),
+    ({"subscriber_max_bytes": "1e9"}, "subscriber_max_bytes", "not a whole number"),
+    ({"subscriber_max_bytes": str(64 * MiB)}, "subscriber_max_bytes", "lower max_message_bytes"),
+    ({"subscriber_max_bytes": str(64 * MiB), "max_message_bytes": "61440"}, None, None),
     ({"max_subscriptions": "0"}, "max_subscriptions", "below the minimum of 1"),
     ({"max_subscriptions": "many"}, "max_subscriptions", "not a whole number"),
     ({"max_patterns": "-1"}, "max_patterns", "below the minimum of 0"),
@@ -386,13 +389,12 @@ def test_the_memory_options_reach_the_bridge_from_the_plugin() -> None:
     config, _ = parse_plugin_options(
         {
             "subscriber_max_bytes": "2147483648",
-            "publisher_max_bytes": "1610612736",
             "max_subscriptions": "500",
             "max_patterns": "20",
         },
         environ={},
     )
-    assert (config.subscriber_max_bytes, config.publisher_max_bytes) == (2048 * MiB, 1536 * MiB)
+    assert config.subscriber_max_bytes == 2048 * MiB
     assert (config.max_subscriptions, config.max_patterns) == (500, 20)
 
 

@@ -18,11 +18,12 @@ socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
 
 Memory is bounded in bytes (see the README's "Memory" section): per
-subscriber and per publisher by high-water marks derived from byte budgets
-(``protocol.budget``); subscription and control frames by ``MAXMSGSIZE``;
-the subscriptions by :class:`InterestTable`'s caps. What libzmq frees (a
-stuck subscriber's queue, a departed worker's subscriptions) is handed back
-to the system now and then (:func:`trim_heap`).
+subscriber by a high-water mark derived from ``subscriber_max_bytes``
+(``protocol.budget``), per publisher by ``PULL_HWM`` frames; subscription
+and control frames by ``MAXMSGSIZE``; the subscriptions by
+:class:`InterestTable`'s caps. What libzmq frees (a stuck subscriber's
+queue, a departed worker's subscriptions) is handed back to the system now
+and then (:func:`trim_heap`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from ..protocol import (
     single_envelopes,
     worst_case,
 )
-from .local import LocalSockets, pull_hwm, subscriber_hwm
+from .local import PULL_HWM, LocalSockets, subscriber_hwm
 
 __all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 
@@ -170,7 +171,6 @@ class Bridge:
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
                 subscriber_max_bytes=self.config.subscriber_max_bytes,
-                publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
         except BaseException:
@@ -703,14 +703,13 @@ class Bridge:
         sub_hwm = subscriber_hwm(
             config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
         )
-        pub_hwm = pull_hwm(config.publisher_max_bytes, config.max_message_bytes)
         return {
             "max_subscriptions": config.max_subscriptions,
             "max_patterns": config.max_patterns,
             "subscriber_hwm_frames": sub_hwm,
             "per_subscriber_bytes": worst_case(sub_hwm, frame),
-            "publisher_hwm_frames": pub_hwm,
-            "per_publisher_bytes": worst_case(pub_hwm, frame),
+            "publisher_hwm_frames": PULL_HWM,
+            "per_publisher_bytes": worst_case(PULL_HWM, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
         }
 

@@ -24,13 +24,14 @@ from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME, hwm_for_byte
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
-    "pull_hwm",
     "subscriber_hwm",
 ]
 
 #: Most frames queued from one worker before the bridge reads them. Workers
-#: block (backpressure) past this, or past ``publisher_max_bytes``, whichever
-#: comes first (:func:`pull_hwm`).
+#: block (backpressure) past this. Frames: 20k x ~150 B is 3 MB, 20k full
+#: batches (16 KiB) 320 MB, 20k of 1 MiB 20 GiB. Not lowered to bound bytes:
+#: at 30, 60 and 240 frames a full PULL pipe stalled for good in tests (its
+#: frames never read, the worker blocked); see ``protocol.budget``.
 PULL_HWM: Final = 20_000
 #: Control requests queued per peer: ``status`` is asked now and then, and
 #: each request is at most MAX_CONTROL_REQUEST bytes (16 x 64 KiB = 1 MiB).
@@ -50,7 +51,6 @@ class LocalSockets:
         max_message_bytes: int,
         subscriber_hwm: int,
         subscriber_max_bytes: int,
-        publisher_max_bytes: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
@@ -61,7 +61,7 @@ class LocalSockets:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self.pull = context.socket(zmq.PULL)
-            self.pull.setsockopt(zmq.RCVHWM, pull_hwm(publisher_max_bytes, max_message_bytes))
+            self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
             # A frame far over the limit is refused by libzmq before it is
             # allocated; the per-message check below still applies.
             self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + FRAME_SLACK)
@@ -102,11 +102,6 @@ class LocalSockets:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def pull_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:
-    """PULL's RCVHWM (per worker pipe): largest frames within the byte budget."""
-    return hwm_for_bytes(publisher_max_bytes, max_message_bytes + FRAME_SLACK, PULL_HWM)
 
 
 def subscriber_hwm(subscriber_max_bytes: int, max_message_bytes: int, frame_hwm: int) -> int:
