@@ -48,6 +48,7 @@ from ._sockdir import check_client_dir
 from .protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
+    FLAG_NOTICE,
     FLAG_REPLAY,
     FLUSH_CHANNEL,
     HEADER,
@@ -60,6 +61,7 @@ from .protocol import (
     Pattern,
     SequenceTracker,
     build_history_request,
+    channel_topic,
     decode_messages,
     encode_batch,
     encode_frame,
@@ -688,6 +690,9 @@ class BusCore:
         self.received = 0
         self.published = 0
         self.undecodable = 0
+        #: The bridge's last refusal of one of this bus's subscriptions (past its
+        #: ``max_subscriptions``/``max_patterns``), or None.
+        self.refused: str | None = None
         #: Channels already validated, with what publishing on them needs.
         self._known_channels: dict[str, _KnownChannel] = {}
         #: History loads, first one in progress (one at a time per bus).
@@ -947,6 +952,9 @@ class BusCore:
             self.undecodable += 1
             log.warning("dropped a frame that does not decode: %s", exc)
             return None
+        if env.flags & FLAG_NOTICE:
+            self._notice(env.channel, frame[bounds[0] :])
+            return None
         own = env.epoch == self.epoch and env.origin == self.options.worker
         if own and env.target is None and not self.options.echo:
             return None
@@ -990,6 +998,13 @@ class BusCore:
             return None
         self.received += len(events)
         return events
+
+    def _notice(self, channel: str, payload: bytes) -> None:
+        """The bridge refused a subscription; report it if it is one of ours."""
+        topic = channel_topic(channel) if payload[:1] == b"\x01" else channel.encode()
+        if topic in self.topic_refs or topic == self.inbox:
+            self.refused = payload[1:].decode(errors="replace")
+            log.error("circus-events: %s", self.refused)
 
     def _report_gap(self, env: Envelope, missed: int, seq: int) -> None:
         if self.on_gap is not None:

@@ -28,12 +28,15 @@ from typing import Any, Final, Literal
 
 from ._exceptions import ChannelError, ConfigError
 from ._redis_url import RedisAddress, check_tls_files, parse_redis_url
+from .protocol.budget import MIN_FRAMES, min_budget
 from .protocol.envelope import NODE_ID_BYTES
 from .protocol.topics import validate_worker_id
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_PATTERNS",
+    "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
     "ENV_PREFIX",
     "NUMERIC_OPTIONS",
@@ -62,6 +65,25 @@ DEFAULT_STATS_INTERVAL: Final = 5.0
 #: Frames (one message, or a batch of at most 16 KiB): 20k x ~150 B is 3 MB
 #: per stuck worker, 20k full batches 320 MB.
 DEFAULT_SUBSCRIBER_HWM: Final = 20_000
+#: Per local subscriber, in bytes: the most the bridge holds for one worker
+#: that does not read, the frame being written out included (the kernel's
+#: socket buffer, ~208 KiB, comes on top). It lowers the subscriber's
+#: high-water mark to ``subscriber_max_bytes // (max_message_bytes + 4 KiB) - 1``
+#: frames. Left unset it allows the full ``subscriber_hwm`` frames of the
+#: largest size (20 GiB with the defaults), because fewer frames lose events
+#: for healthy workers in bursts: with 1,019 frames (1 GiB, 1 MiB messages),
+#: 9 subscribers x 10,000 small events flat out lost a few, and a stream
+#: replay after a Redis restart lost ticks; with 20,000 neither did. Set it
+#: with a smaller ``max_message_bytes`` to keep the frames (64 KiB messages,
+#: 1 GiB: 15,419 frames). This is the note for ``subscriber_max_bytes``.
+#: Frames may exceed max_message_bytes by this much (see bridge.local).
+FRAME_SLACK: Final = 4096
+#: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
+#: worker) per bridge; each is a Redis SUBSCRIBE or PSUBSCRIBE.
+DEFAULT_MAX_SUBSCRIPTIONS: Final = 10_000
+#: Distinct pattern prefixes among them: every Redis PUBLISH is matched against
+#: every PSUBSCRIBE pattern (5,000 of them took Redis from 211k to 12k PUBLISH/s).
+DEFAULT_MAX_PATTERNS: Final = 256
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -86,6 +108,13 @@ MAX_STATS_INTERVAL: Final = 3600.0
 #: Frames per local subscriber. libzmq counts in a C int; a million frames of up to
 #: 16 KiB is already 16 GiB for one stuck worker, far past any useful queue.
 MAX_SUBSCRIBER_HWM: Final = 1_000_000
+#: 1 TiB: more than any host has; past it the budget bounds nothing.
+MAX_SUBSCRIBER_MAX_BYTES: Final = 1024**4
+#: A million Redis subscriptions from one bridge is already far past sane.
+MAX_MAX_SUBSCRIPTIONS: Final = 1_000_000
+#: Each pattern is a PSUBSCRIBE that Redis matches against every PUBLISH:
+#: 10,000 of them cut an unrelated channel's PUBLISH rate ~400x (issue 11).
+MAX_MAX_PATTERNS: Final = 10_000
 #: Redis key and channel names start with the prefix; keep it short and readable.
 MAX_REDIS_PREFIX_CHARS: Final = 128
 
@@ -264,6 +293,11 @@ class BridgeConfig:
     redis_prefix: str = "circus-events"
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
+    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``);
+    #: 0: not set, ``subscriber_hwm`` frames of the largest size.
+    subscriber_max_bytes: int = 0
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_patterns: int = DEFAULT_MAX_PATTERNS
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -273,6 +307,17 @@ class BridgeConfig:
         for key, spec in NUMERIC_OPTIONS.items():
             object.__setattr__(self, key, parse_number(key, getattr(self, key), spec))
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
+        frame = self.max_message_bytes + FRAME_SLACK
+        if not self.subscriber_max_bytes:
+            object.__setattr__(self, "subscriber_max_bytes", (self.subscriber_hwm + 1) * frame)
+        least = min_budget(frame, self.subscriber_hwm)
+        if self.subscriber_max_bytes < least:
+            raise ConfigError(
+                "subscriber_max_bytes",
+                f"{self.subscriber_max_bytes} is below {least}, room for "
+                f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of max_message_bytes + 4 KiB "
+                "(lower max_message_bytes for a smaller budget)",
+            )
 
     @property
     def paths(self) -> SocketPaths:
@@ -364,6 +409,10 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "max_message_bytes": NumberSpec(int, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES),
     "stats_interval": NumberSpec(float, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL),
     "subscriber_hwm": NumberSpec(int, 1, MAX_SUBSCRIBER_HWM),
+    # 0: derived, subscriber_hwm frames of the largest size (see __post_init__).
+    "subscriber_max_bytes": NumberSpec(int, 0, MAX_SUBSCRIBER_MAX_BYTES),
+    "max_subscriptions": NumberSpec(int, 1, MAX_MAX_SUBSCRIPTIONS),
+    "max_patterns": NumberSpec(int, 0, MAX_MAX_PATTERNS),
 }
 
 

@@ -19,6 +19,8 @@ from typing import Any, Final, NoReturn
 import click
 
 from ._config import (
+    DEFAULT_MAX_PATTERNS,
+    DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_SUBSCRIBER_HWM,
     NUMERIC_OPTIONS,
     BridgeConfig,
@@ -172,6 +174,21 @@ def cli(verbose: int) -> None:
     "--stream-shards",
     help=f"Stream mode: streams per namespace, by channel hash [1; {_range('stream_shards')}].",
 )
+@click.option(
+    "--subscriber-max-bytes",
+    help="Bytes the bridge may hold per local subscriber that does not read "
+    f"[subscriber-hwm frames of max-message-bytes; {_range('subscriber_max_bytes')}].",
+)
+@click.option(
+    "--max-subscriptions",
+    help=f"Distinct subscriptions per bridge (Redis SUBSCRIBEs) "
+    f"[{DEFAULT_MAX_SUBSCRIPTIONS}; {_range('max_subscriptions')}].",
+)
+@click.option(
+    "--max-patterns",
+    help=f"Distinct pattern prefixes among them (Redis PSUBSCRIBEs) "
+    f"[{DEFAULT_MAX_PATTERNS}; {_range('max_patterns')}].",
+)
 def bridge(
     dir_: str | None,
     namespace: str | None,
@@ -185,6 +202,9 @@ def bridge(
     stats_interval: str | None,
     group: str | None,
     subscriber_hwm: str | None,
+    subscriber_max_bytes: str | None,
+    max_subscriptions: str | None,
+    max_patterns: str | None,
     retention: str | None,
     stream_shards: str | None,
 ) -> None:
@@ -216,6 +236,9 @@ def bridge(
         stats_interval=stats_interval,
         group=group,
         subscriber_hwm=subscriber_hwm,
+        subscriber_max_bytes=subscriber_max_bytes,
+        max_subscriptions=max_subscriptions,
+        max_patterns=max_patterns,
         retention=retention,
         stream_shards=stream_shards,
     )

@@ -168,7 +168,7 @@ BAD_FRAMES: list[tuple[bytes, str]] = [
     (b"a\0", "shorter than its header"),
     (make_frame(version=0), "unsupported message version 0"),
     (make_frame(version=2), "unsupported message version 2"),
-    (make_frame(flags=0x10), "unknown flags 0x10"),
+    (make_frame(flags=0x20), "unknown flags 0x20"),
     (make_frame(flags=0x04), "must be addressed to one worker"),
     (make_frame(flags=0x80 | FLAG_HOST_ONLY), "unknown flags 0x81"),
     (make_frame(codec=3), "unknown codec id 3"),

@@ -16,12 +16,22 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+
+Memory is bounded in bytes (see the README's "Memory" section): per
+subscriber by a high-water mark derived from ``subscriber_max_bytes``
+(``protocol.budget``), per publisher by ``PULL_HWM`` frames; subscription
+and control frames by ``MAXMSGSIZE``; the subscriptions by
+:class:`InterestTable`'s caps. What libzmq frees (a stuck subscriber's
+queue, a departed worker's subscriptions) is handed back to the system now
+and then (:func:`trim_heap`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import logging
@@ -33,15 +43,17 @@ from typing import Any, Final, Protocol, cast
 
 import zmq
 
-from .._config import BridgeConfig
+from .._config import FRAME_SLACK, BridgeConfig
 from .._exceptions import ChannelError, CircusEventsError, ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
+    FLAG_NOTICE,
     FLAG_REPLAY,
     HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
+    MAX_CONTROL_PARTS,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
@@ -50,28 +62,43 @@ from ..protocol import (
     InterestTable,
     Pattern,
     SequenceTracker,
+    SubscriptionRefused,
     SubscriptionTopic,
     check_frame,
     decode_frame,
     encode_frame,
     inbox_channel,
+    parse_control_request,
     parse_history_request,
     parse_sync_request,
     single_envelopes,
+    worst_case,
 )
-from .local import LocalSockets
+from .local import PULL_HWM, LocalSockets, subscriber_hwm
 
-__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap"]
+__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 
 log = logging.getLogger("circus_events.bridge")
 
 #: Frames handled per socket per loop turn before the others get a turn.
 BATCH: Final = 2000
+#: ... and bytes: 2,000 frames of 1 MiB would hold the loop for a second
+#: (``status`` unanswered); 8 MiB is a few milliseconds of copying.
+BATCH_BYTES: Final = 8 * 1024 * 1024
 #: Longest a sync reply waits for Redis to confirm this host's subscriptions.
 SETTLE_WAIT: Final = 5.0
 #: Longest a history request waits for Redis to be connected (a bridge that
 #: has just started, or is reconnecting).
 HISTORY_CONNECT_WAIT: Final = 5.0
+#: How often memory that libzmq and Python freed is handed back to the system
+#: (glibc keeps it otherwise: 100k subscriptions left 745 MiB resident after
+#: their socket went away, 17 MiB once trimmed). Only after something was
+#: freed: a departed subscription, or a large frame.
+TRIM_INTERVAL: Final = 5.0
+#: A frame this large marks the heap for a trim (see TRIM_INTERVAL).
+TRIM_FRAME_BYTES: Final = 65536
+#: Control messages answered per loop turn.
+CONTROL_BATCH: Final = 100
 
 
 class _RedisPort(Protocol):
@@ -94,7 +121,7 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
-        self.interest = InterestTable()
+        self.interest = InterestTable(config.max_subscriptions, config.max_patterns)
         self.tracker = SequenceTracker()
         self.counters: dict[str, int] = {
             "accepted": 0,
@@ -105,6 +132,8 @@ class Bridge:
             "rejected_malformed": 0,
             "rejected_oversized": 0,
             "rejected_subscriptions": 0,
+            "refused_subscriptions": 0,
+            "rejected_control": 0,
             "duplicates": 0,
             "foreign_host": 0,
             "history_replayed": 0,
@@ -126,6 +155,8 @@ class Bridge:
         self._deferred_syncs: list[tuple[str, bytes]] = []
         self._settle_task: asyncio.Task[None] | None = None
         self._bridge_origin = config.host.encode("utf-8")
+        self._control_parts = 0
+        self._trim_due = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -139,6 +170,7 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
+                subscriber_max_bytes=self.config.subscriber_max_bytes,
                 group=self.config.group,
             )
         except BaseException:
@@ -150,6 +182,7 @@ class Bridge:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self.stop)
         redis_task: asyncio.Task[None] | None = None
+        trim_task = asyncio.create_task(self._trim_now_and_then(), name="circus-events-trim")
         if self.config.redis_url:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
@@ -170,6 +203,7 @@ class Bridge:
         try:
             await self._stopping.wait()
         finally:
+            trim_task.cancel()
             await self._shutdown(redis_task)
 
     def stop(self) -> None:
@@ -271,7 +305,7 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        accepted = frames = 0
+        accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
             # Most wake-ups bring one frame: after it, asking EVENTS (1.4 us)
@@ -284,7 +318,8 @@ class Bridge:
             except zmq.Again:
                 more = False
                 break
-            if len(frame) > limit:
+            size = len(frame)
+            if size > limit:
                 counters["rejected_oversized"] += 1
                 self._discard_rest(pull)
                 continue
@@ -305,6 +340,11 @@ class Bridge:
             xpub_send(frame, zmq.NOBLOCK)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
+            if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
+                self._trim_due = True
+                taken += size
+                if taken > BATCH_BYTES:
+                    break
         counters["accepted"] += accepted
         counters["accepted_frames"] += frames
         counters["delivered"] += accepted
@@ -388,10 +428,15 @@ class Bridge:
                 continue
             try:
                 change = self.interest.feed(frame)
+            except SubscriptionRefused as exc:
+                self._refuse(exc)
+                continue
             except ProtocolError as exc:
                 self.counters["rejected_subscriptions"] += 1
                 self._note_bad_frame(exc)
                 continue
+            if frame[0] == 0:
+                self._trim_due = True  # libzmq freed its trie entry
             if change is None:
                 continue
             worker = change.topic.worker
@@ -403,6 +448,35 @@ class Bridge:
                 else:
                     self._redis.remove_interest(change.topic)
         return True
+
+    def _refuse(self, exc: SubscriptionRefused) -> None:
+        """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
+        Redis; counted, logged now and then, and told to its subscribers.
+
+        The bridge cannot tell which socket sent a subscription, so the notice
+        goes where only that topic's subscribers (and broader prefixes) get it:
+        a frame on the refused topic itself, flagged ``FLAG_NOTICE``; a client
+        that holds that topic reports the error (the payload).
+        """
+        assert self._sockets is not None
+        self.counters["refused_subscriptions"] += 1
+        if self.counters["refused_subscriptions"] & 1023 == 1:
+            log.warning("%s (%d refused so far)", exc, self.counters["refused_subscriptions"])
+        self.last_error = str(exc)
+        topic = exc.topic
+        self._sync_seq += 1
+        notice = encode_frame(
+            topic.name,
+            origin=self._bridge_origin,
+            host=self._bridge_origin,
+            epoch=self._epoch,
+            seq=self._sync_seq,
+            time=time.time(),
+            codec=Codec.RAW,
+            payload=(b"\x01" if topic.exact else b"\x00") + str(exc).encode(),
+            flags=FLAG_NOTICE | FLAG_HOST_ONLY,
+        )
+        self._sockets.xpub.send(notice, zmq.NOBLOCK)
 
     def _answer_sync(self, frame: bytes) -> None:
         """Tell a worker that every subscription it sent before this is applied."""
@@ -527,31 +601,55 @@ class Bridge:
         self.counters["history_replayed"] += len(replayed)
 
     def _drain_control(self) -> bool:
+        """Answer up to CONTROL_BATCH requests; True if more may be waiting.
+
+        Frames are read one at a time: a message of more than
+        MAX_CONTROL_PARTS frames is read to its end and dropped (counted),
+        however long, without keeping its frames.
+        """
         assert self._sockets is not None
         control = self._sockets.control
-        for _ in range(100):
+        parts: list[bytes] = []
+        for _ in range(CONTROL_BATCH * MAX_CONTROL_PARTS):
             try:
-                parts = control.recv_multipart(zmq.NOBLOCK)
+                frame = control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            if len(parts) < 2:
+            self._control_parts += 1
+            if self._control_parts <= MAX_CONTROL_PARTS:
+                parts.append(frame)
+            if control.getsockopt(zmq.RCVMORE):
                 continue
-            reply = self._answer(parts[-1])
-            with contextlib.suppress(zmq.ZMQError):
-                control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
+            whole, self._control_parts = self._control_parts, 0
+            if whole > MAX_CONTROL_PARTS or len(parts) < 2:
+                # Too long to answer, or nobody to answer to.
+                self.counters["rejected_control"] += 1
+            else:
+                reply = self._answer(parts[-1])
+                with contextlib.suppress(zmq.ZMQError):
+                    control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
+            parts = []
         return True
 
     def _answer(self, request: bytes) -> bytes:
-        """Answer one control request (JSON ``{"cmd": ...}``)."""
+        """Answer one control request (JSON ``{"cmd": ...}``); an error reply if bad."""
         try:
-            command = json.loads(request).get("cmd")
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            command = None
+            command = parse_control_request(request)
+        except ProtocolError as exc:
+            self.counters["rejected_control"] += 1
+            return json.dumps({"error": f"bad request: {exc}"}).encode()
         if command == "status":
             return json.dumps(self.status()).encode()
         if command == "ping":
             return b'{"ok": true}'
-        return json.dumps({"error": f"unknown request {request[:60]!r}"}).encode()
+        return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
+
+    async def _trim_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL)
+            if self._trim_due:
+                self._trim_due = False
+                trim_heap()
 
     @staticmethod
     def _discard_rest(sock: zmq.Socket[bytes]) -> None:
@@ -588,12 +686,31 @@ class Bridge:
             "uptime": round(time.time() - self.started_at, 3),
             "workers": self.interest.workers(),
             "subscriptions": len(self.interest),
+            "patterns": self.interest.patterns,
+            "limits": self.limits(),
             "counters": {
                 **self.counters,
                 "gaps": self.tracker.gaps,
                 "missed": self.tracker.missed,
             },
             "last_error": self.last_error,
+        }
+
+    def limits(self) -> dict[str, int]:
+        """The memory limits in force, and what they allow at most, in bytes."""
+        config = self.config
+        frame = config.max_message_bytes + FRAME_SLACK
+        sub_hwm = subscriber_hwm(
+            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
+        )
+        return {
+            "max_subscriptions": config.max_subscriptions,
+            "max_patterns": config.max_patterns,
+            "subscriber_hwm_frames": sub_hwm,
+            "per_subscriber_bytes": worst_case(sub_hwm, frame),
+            "publisher_hwm_frames": PULL_HWM,
+            "per_publisher_bytes": worst_case(PULL_HWM, frame),
+            "buffer_max_bytes": config.buffer_max_bytes,
         }
 
     def status(self) -> dict[str, Any]:
@@ -628,6 +745,20 @@ def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None)
 
     settle_heap()
     asyncio.run(main())
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere)."""
+    global _LIBC  # noqa: PLW0603 - loaded once, on first use
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def settle_heap() -> None:

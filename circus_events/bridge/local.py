@@ -19,19 +19,26 @@ from typing import Final
 
 import zmq
 
-from .._config import SocketPaths
+from .._config import FRAME_SLACK, SocketPaths
 from .._exceptions import BridgeError
 from .._sockdir import open_private_file, prepare_bridge_dir
+from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME, hwm_for_bytes
 
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
+    "subscriber_hwm",
 ]
 
-#: Messages queued from all workers before the bridge reads them. Workers
+#: Most frames queued from one worker before the bridge reads them. Workers
 #: block (backpressure) past this. Frames: 20k x ~150 B is 3 MB, 20k full
-#: batches (16 KiB) 320 MB.
+#: batches (16 KiB) 320 MB, 20k of 1 MiB 20 GiB. Not lowered to bound bytes:
+#: at 30, 60 and 240 frames a full PULL pipe stalled for good in tests (its
+#: frames never read, the worker blocked); see ``protocol.budget``.
 PULL_HWM: Final = 20_000
+#: Control requests queued per peer: ``status`` is asked now and then, and
+#: each request is at most MAX_CONTROL_REQUEST bytes (16 x 64 KiB = 1 MiB).
+CONTROL_HWM: Final = 16
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -46,9 +53,11 @@ class LocalSockets:
         *,
         max_message_bytes: int,
         subscriber_hwm: int,
+        subscriber_max_bytes: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
+        sndhwm = _subscriber_hwm(subscriber_max_bytes, max_message_bytes, subscriber_hwm)
         gid = prepare_bridge_dir(os.path.dirname(paths.directory), paths.directory, group)
         self._lock_fd = _lock(paths)
         try:
@@ -59,17 +68,21 @@ class LocalSockets:
             self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
             # A frame far over the limit is refused by libzmq before it is
             # allocated; the per-message check below still applies.
-            self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 4096)
+            self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + FRAME_SLACK)
             self.pull.setsockopt(zmq.LINGER, 0)
             self.pull.bind("ipc://" + paths.pull)
             self.xpub = context.socket(zmq.XPUB)
-            self.xpub.setsockopt(zmq.SNDHWM, subscriber_hwm)
+            self.xpub.setsockopt(zmq.SNDHWM, sndhwm)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            # Subscription frames: a longer one makes libzmq drop its sender
+            # before storing it.
+            self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
             self.xpub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             self.xpub.bind("ipc://" + paths.pub)
             self.control = context.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
-            self.control.setsockopt(zmq.MAXMSGSIZE, 65536)
+            self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_REQUEST)
+            self.control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
             self.control.bind("ipc://" + paths.control)
             # Only this user can write the namespace folder (checked above), so
             # these paths are the sockets just bound, not links planted since.
@@ -97,6 +110,15 @@ class LocalSockets:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def subscriber_hwm(subscriber_max_bytes: int, max_message_bytes: int, frame_hwm: int) -> int:
+    """XPUB's SNDHWM (per subscriber pipe): ``frame_hwm``, lowered to keep that many
+    of the largest frames within ``subscriber_max_bytes``."""
+    return hwm_for_bytes(subscriber_max_bytes, max_message_bytes + FRAME_SLACK, frame_hwm)
+
+
+_subscriber_hwm = subscriber_hwm  # the constructor's argument of that name hides it
 
 
 def _lock(paths: SocketPaths) -> int:

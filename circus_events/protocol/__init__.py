@@ -5,11 +5,19 @@ numbers come in, values and bytes go out. The bridge and the clients are thin
 I/O layers over these modules.
 """
 
+from .budget import MIN_FRAMES, hwm_for_bytes, min_budget, worst_case
 from .codec import Codec, decode_payload, encode_payload, parse_codec
+from .control import (
+    MAX_CONTROL_DEPTH,
+    MAX_CONTROL_PARTS,
+    MAX_CONTROL_REQUEST,
+    parse_control_request,
+)
 from .envelope import (
     FLAG_BATCH,
     FLAG_DIRECT,
     FLAG_HOST_ONLY,
+    FLAG_NOTICE,
     FLAG_REPLAY,
     HEADER,
     MAX_BATCH_COUNT,
@@ -31,11 +39,13 @@ from .interest import (
     FLUSH_CHANNEL,
     HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
+    MAX_SUBSCRIPTION_FRAME,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     HistoryRequest,
     InterestChange,
     InterestTable,
+    SubscriptionRefused,
     build_history_request,
     parse_history_request,
     parse_sync_request,
@@ -58,6 +68,7 @@ __all__ = [
     "FLAG_BATCH",
     "FLAG_DIRECT",
     "FLAG_HOST_ONLY",
+    "FLAG_NOTICE",
     "FLAG_REPLAY",
     "FLUSH_CHANNEL",
     "HEADER",
@@ -65,6 +76,11 @@ __all__ = [
     "HISTORY_REQUEST",
     "MAX_BATCH_COUNT",
     "MAX_CHANNEL_BYTES",
+    "MAX_CONTROL_DEPTH",
+    "MAX_CONTROL_PARTS",
+    "MAX_CONTROL_REQUEST",
+    "MAX_SUBSCRIPTION_FRAME",
+    "MIN_FRAMES",
     "NODE_ID_BYTES",
     "REPLAY_TOKEN_BYTES",
     "SYNC_CHANNEL",
@@ -76,6 +92,7 @@ __all__ = [
     "InterestTable",
     "Pattern",
     "SequenceTracker",
+    "SubscriptionRefused",
     "SubscriptionTopic",
     "batch_items",
     "build_history_request",
@@ -89,9 +106,12 @@ __all__ = [
     "encode_payload",
     "frame_from_redis",
     "frame_to_redis",
+    "hwm_for_bytes",
     "inbox_channel",
     "inbox_topic",
+    "min_budget",
     "parse_codec",
+    "parse_control_request",
     "parse_history_request",
     "parse_subscription_topic",
     "parse_sync_request",
@@ -99,4 +119,5 @@ __all__ = [
     "split_topic",
     "validate_channel",
     "validate_worker_id",
+    "worst_case",
 ]

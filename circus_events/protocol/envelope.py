@@ -53,6 +53,7 @@ __all__ = [
     "FLAG_BATCH",
     "FLAG_DIRECT",
     "FLAG_HOST_ONLY",
+    "FLAG_NOTICE",
     "FLAG_REPLAY",
     "HEADER",
     "MAX_BATCH_COUNT",
@@ -91,7 +92,12 @@ FLAG_BATCH: Final = 0x08
 #: Most messages one batch may carry (a bound for the receiver's work).
 MAX_BATCH_COUNT: Final = 4096
 _BATCH_COUNT: Final = struct.Struct("<I")
-_KNOWN_FLAGS: Final = FLAG_HOST_ONLY | FLAG_DIRECT | FLAG_REPLAY | FLAG_BATCH
+#: A notice from the bridge about the frame's topic, for the sockets that
+#: subscribe to it (a subscription refused past ``max_subscriptions``); the
+#: payload is ``\x01`` (exact channel) or ``\x00`` (pattern prefix) and a text.
+#: Never an event.
+FLAG_NOTICE: Final = 0x10
+_KNOWN_FLAGS: Final = FLAG_HOST_ONLY | FLAG_DIRECT | FLAG_REPLAY | FLAG_BATCH | FLAG_NOTICE
 _INBOX_PREFIX_BYTES: Final = INBOX_PREFIX.encode("utf-8")
 _MAX_TOPIC_SCAN: Final = 512
 

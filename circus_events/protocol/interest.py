@@ -10,6 +10,14 @@ number of sockets interested in it. The table reports only the changes that
 matter upstream: a topic gaining its first subscriber or losing its last.
 Inbox topics (``@w:<worker>``) double as presence: a worker is present while
 its inbox has a subscriber.
+
+The table is bounded: past ``max_subscriptions`` distinct topics, or
+``max_patterns`` distinct prefixes (each one a Redis ``PSUBSCRIBE``, which
+every ``PUBLISH`` on that Redis must match against), a new topic is refused
+(:class:`SubscriptionRefused`) and never reaches Redis. A later subscription
+to a topic already held is always accepted: it costs nothing upstream.
+Refused topics are remembered (up to ``max_subscriptions`` of them) so that
+their unsubscribes do not take a live topic's count down.
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ __all__ = [
     "FLUSH_CHANNEL",
     "HISTORY_END_CHANNEL",
     "HISTORY_REQUEST",
+    "MAX_SUBSCRIPTION_FRAME",
     "SYNC_CHANNEL",
     "SYNC_REQUEST",
     "HistoryRequest",
     "InterestChange",
     "InterestTable",
+    "SubscriptionRefused",
     "build_history_request",
     "parse_history_request",
     "parse_sync_request",
@@ -52,6 +62,21 @@ HISTORY_END_CHANNEL: Final = "@history"
 #: has taken everything it published before (``Bus.flush``).
 FLUSH_CHANNEL: Final = "@flush"
 _MAX_SYNC_TOKEN: Final = 64
+#: Longest frame a worker sends up its subscriber socket: the longest topic
+#: (``@w:`` and a worker id, or a channel) or history request (worker id,
+#: token, two numbers, pattern) with room to spare. The bridge sets it as its
+#: XPUB socket's ``MAXMSGSIZE``: libzmq drops a peer that sends a longer one
+#: before it is stored (an 8 MB subscription otherwise costs about 700 MiB in
+#: libzmq's subscription trie).
+MAX_SUBSCRIPTION_FRAME: Final = 1024
+
+
+class SubscriptionRefused(ProtocolError):
+    """A new subscription past the table's limits; ``topic`` says which."""
+
+    def __init__(self, topic: SubscriptionTopic, message: str) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class InterestChange(NamedTuple):
@@ -62,12 +87,22 @@ class InterestChange(NamedTuple):
 
 
 class InterestTable:
-    """Reference-counted subscriptions, fed with raw XPUB subscription frames."""
+    """Reference-counted subscriptions, fed with raw XPUB subscription frames.
 
-    __slots__ = ("_counts",)
+    ``max_subscriptions`` bounds the distinct topics (exact and prefix),
+    ``max_patterns`` the distinct prefixes among them.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_counts", "_patterns", "_refused", "max_patterns", "max_subscriptions", "refused")
+
+    def __init__(self, max_subscriptions: int = 10_000, max_patterns: int = 256) -> None:
         self._counts: dict[bytes, int] = {}
+        self._refused: dict[bytes, int] = {}
+        self._patterns = 0
+        self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        #: Subscriptions refused so far.
+        self.refused = 0
 
     def feed(self, frame: bytes) -> InterestChange | None:
         """Apply one XPUB frame (``\\x01topic`` or ``\\x00topic``).
@@ -84,16 +119,43 @@ class InterestTable:
             raise ProtocolError(str(exc)) from None
         count = self._counts.get(raw, 0)
         if frame[0] == 1:
+            if count == 0:
+                self._check_room(raw, topic)
+                self._patterns += not topic.exact
             self._counts[raw] = count + 1
             return InterestChange(topic, True) if count == 0 else None
+        refused = self._refused.get(raw, 0)
+        if refused:
+            # Its subscribe was refused: nothing upstream to take down.
+            if refused == 1:
+                del self._refused[raw]
+            else:
+                self._refused[raw] = refused - 1
+            return None
         if count <= 1:
             # An unsubscribe we never saw subscribed (a bridge restarted under
             # live workers) is ignored: nothing upstream was subscribed for it.
             if self._counts.pop(raw, None) is None:
                 return None
+            self._patterns -= not topic.exact
             return InterestChange(topic, False)
         self._counts[raw] = count - 1
         return None
+
+    def _check_room(self, raw: bytes, topic: SubscriptionTopic) -> None:
+        if len(self._counts) >= self.max_subscriptions:
+            limit = f"max_subscriptions ({self.max_subscriptions}) distinct subscriptions"
+        elif not topic.exact and self._patterns >= self.max_patterns:
+            limit = f"max_patterns ({self.max_patterns}) distinct patterns"
+        else:
+            return
+        self.refused += 1
+        if raw in self._refused or len(self._refused) < self.max_subscriptions:
+            self._refused[raw] = self._refused.get(raw, 0) + 1
+        kind = "channel" if topic.exact else "pattern prefix"
+        raise SubscriptionRefused(
+            topic, f"subscription to {kind} {topic.name[:60]!r} refused: the bridge holds {limit}"
+        )
 
     def topics(self) -> list[SubscriptionTopic]:
         """Every topic with at least one subscriber."""
@@ -107,6 +169,11 @@ class InterestTable:
     def count(self, topic: bytes) -> int:
         """How many sockets subscribe to this raw topic."""
         return self._counts.get(topic, 0)
+
+    @property
+    def patterns(self) -> int:
+        """How many distinct prefix (pattern) topics the table holds."""
+        return self._patterns
 
     def __len__(self) -> int:
         return len(self._counts)

@@ -1,0 +1,48 @@
+"""Byte budgets enforced with ZeroMQ's message-counting high-water marks.
+
+Theory of operation
+-------------------
+libzmq bounds a pipe by messages (``SNDHWM``/``RCVHWM``), not bytes. A pipe
+whose frames are at most ``max_frame`` bytes holds at most ``hwm`` of them
+plus one that its I/O thread is writing out (or, inbound, reading in), so
+``(hwm + 1) * max_frame`` bytes: :func:`hwm_for_bytes` picks the largest
+``hwm`` that keeps this within a budget.
+
+Why not a mark per frame size class, switched before each frame: a lower
+mark set at run time applies at once to every pipe, but libzmq's writer
+only learns how far its reader got every "low-water mark" messages, a
+number fixed when the pipe was made. Measured with libzmq 4.3.5: lowered
+from 1000 to 22 right after 50 frames that the subscriber had all read, a
+pipe stayed "full" for good and that healthy subscriber never received
+again. The static mark is what is safe.
+
+Small marks are not safe either: with the PULL socket's mark at 30 or 60
+frames, a pipe that filled up stalled for good (its remaining frames never
+read, the sender blocked); at 150, 400, 1,000 and 20,000 it never did.
+Budgets are therefore checked to allow at least ``MIN_FRAMES``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIN_FRAMES", "hwm_for_bytes", "min_budget", "worst_case"]
+
+#: Fewest frames a byte budget must allow (see the module docstring).
+MIN_FRAMES: Final = 1000
+
+
+def hwm_for_bytes(budget: int, max_frame: int, frame_hwm: int) -> int:
+    """The high-water mark, at most ``frame_hwm`` and at least 1 (libzmq reads 0 as
+    "no limit"), that keeps a pipe of frames up to ``max_frame`` within ``budget``."""
+    return max(1, min(frame_hwm, budget // max_frame - 1))
+
+
+def min_budget(max_frame: int, frame_hwm: int) -> int:
+    """The smallest budget that allows ``min(MIN_FRAMES, frame_hwm)`` frames."""
+    return (min(MIN_FRAMES, frame_hwm) + 1) * max_frame
+
+
+def worst_case(hwm: int, max_frame: int) -> int:
+    """Most bytes one pipe can hold: ``hwm`` frames queued and one in flight."""
+    return (hwm + 1) * max_frame
