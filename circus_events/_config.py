@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_PATTERNS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_PUBLISHER_MAX_BYTES",
     "ENV_PREFIX",
     "NUMERIC_OPTIONS",
     "BridgeConfig",
@@ -76,6 +77,15 @@ DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: replay after a Redis restart lost ticks; with 20,000 neither did. Set it
 #: with a smaller ``max_message_bytes`` to keep the frames (64 KiB messages,
 #: 1 GiB: 15,419 frames). This is the note for ``subscriber_max_bytes``.
+#: Per local publisher (each worker's PUSH pipe into the bridge), in bytes:
+#: what the bridge holds for a worker whose frames it has not read yet. The
+#: PULL high-water mark becomes ``publisher_max_bytes // (max_message_bytes +
+#: 4 KiB) - 1`` frames (255 with the defaults, at most ``PULL_HWM``): past it
+#: the worker's own send queue fills, then ``publish`` times out
+#: (backpressure), never a silent loss. 255 frames still hold ~65,000 batched
+#: messages. Measured: 16- and 30-frame pipes carried 100k small, 3,000 x
+#: 512 KiB and 100k garbage frames without a stall.
+DEFAULT_PUBLISHER_MAX_BYTES: Final = 256 * 1024 * 1024
 #: Frames may exceed max_message_bytes by this much (see bridge.local).
 FRAME_SLACK: Final = 4096
 #: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
@@ -108,8 +118,14 @@ MAX_STATS_INTERVAL: Final = 3600.0
 #: Frames per local subscriber. libzmq counts in a C int; a million frames of up to
 #: 16 KiB is already 16 GiB for one stuck worker, far past any useful queue.
 MAX_SUBSCRIBER_HWM: Final = 1_000_000
-#: 1 TiB: more than any host has; past it the budget bounds nothing.
-MAX_SUBSCRIBER_MAX_BYTES: Final = 1024**4
+#: Two frames of the smallest messages (one queued, one in flight); the real
+#: floor depends on max_message_bytes and subscriber_hwm (checked with them).
+MIN_SUBSCRIBER_MAX_BYTES: Final = 2 * (1024 + 4096)
+#: 64 GiB: more than a bridge's host should ever give one worker; past it the
+#: budget bounds nothing (and 99999999999 is a typo, not a budget).
+MAX_SUBSCRIBER_MAX_BYTES: Final = 64 * 1024**3
+#: 1 MiB: below that a publisher's pipe holds a frame or two of small messages.
+MIN_PUBLISHER_MAX_BYTES: Final = 1024 * 1024
 #: A million Redis subscriptions from one bridge is already far past sane.
 MAX_MAX_SUBSCRIPTIONS: Final = 1_000_000
 #: Each pattern is a PSUBSCRIBE that Redis matches against every PUBLISH:
@@ -294,8 +310,11 @@ class BridgeConfig:
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
     #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``);
-    #: 0: not set, ``subscriber_hwm`` frames of the largest size.
-    subscriber_max_bytes: int = 0
+    #: None: not set, ``subscriber_hwm`` frames of the largest size
+    #: (:attr:`subscriber_budget` is the figure in force either way).
+    subscriber_max_bytes: int | None = None
+    #: Bytes the bridge may hold per local publisher it has not read yet.
+    publisher_max_bytes: int = DEFAULT_PUBLISHER_MAX_BYTES
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_patterns: int = DEFAULT_MAX_PATTERNS
 
@@ -305,19 +324,27 @@ class BridgeConfig:
             if value is not None:
                 object.__setattr__(self, key, parse(value))
         for key, spec in NUMERIC_OPTIONS.items():
-            object.__setattr__(self, key, parse_number(key, getattr(self, key), spec))
+            value = getattr(self, key)
+            if value is not None:  # only an unset subscriber_max_bytes
+                object.__setattr__(self, key, parse_number(key, value, spec))
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
         frame = self.max_message_bytes + FRAME_SLACK
-        if not self.subscriber_max_bytes:
-            object.__setattr__(self, "subscriber_max_bytes", (self.subscriber_hwm + 1) * frame)
         least = min_budget(frame, self.subscriber_hwm)
-        if self.subscriber_max_bytes < least:
+        if self.subscriber_max_bytes is not None and self.subscriber_max_bytes < least:
             raise ConfigError(
                 "subscriber_max_bytes",
                 f"{self.subscriber_max_bytes} is below {least}, room for "
                 f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of max_message_bytes + 4 KiB "
                 "(lower max_message_bytes for a smaller budget)",
             )
+
+    @property
+    def subscriber_budget(self) -> int:
+        """Bytes per local subscriber in force: ``subscriber_max_bytes``, or
+        ``subscriber_hwm`` frames of the largest size when it is not set."""
+        if self.subscriber_max_bytes is not None:
+            return self.subscriber_max_bytes
+        return (self.subscriber_hwm + 1) * (self.max_message_bytes + FRAME_SLACK)
 
     @property
     def paths(self) -> SocketPaths:
@@ -409,8 +436,9 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "max_message_bytes": NumberSpec(int, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES),
     "stats_interval": NumberSpec(float, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL),
     "subscriber_hwm": NumberSpec(int, 1, MAX_SUBSCRIBER_HWM),
-    # 0: derived, subscriber_hwm frames of the largest size (see __post_init__).
-    "subscriber_max_bytes": NumberSpec(int, 0, MAX_SUBSCRIBER_MAX_BYTES),
+    # Unset (None): subscriber_hwm frames of the largest size (subscriber_budget).
+    "subscriber_max_bytes": NumberSpec(int, MIN_SUBSCRIBER_MAX_BYTES, MAX_SUBSCRIBER_MAX_BYTES),
+    "publisher_max_bytes": NumberSpec(int, MIN_PUBLISHER_MAX_BYTES, MAX_SUBSCRIBER_MAX_BYTES),
     "max_subscriptions": NumberSpec(int, 1, MAX_MAX_SUBSCRIPTIONS),
     "max_patterns": NumberSpec(int, 0, MAX_MAX_PATTERNS),
 }

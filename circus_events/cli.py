@@ -180,6 +180,11 @@ def cli(verbose: int) -> None:
     f"[subscriber-hwm frames of max-message-bytes; {_range('subscriber_max_bytes')}].",
 )
 @click.option(
+    "--publisher-max-bytes",
+    help="Bytes the bridge may hold per local publisher before it is slowed down "
+    f"[256 MiB; {_range('publisher_max_bytes')}].",
+)
+@click.option(
     "--max-subscriptions",
     help=f"Distinct subscriptions per bridge (Redis SUBSCRIBEs) "
     f"[{DEFAULT_MAX_SUBSCRIPTIONS}; {_range('max_subscriptions')}].",
@@ -203,6 +208,7 @@ def bridge(
     group: str | None,
     subscriber_hwm: str | None,
     subscriber_max_bytes: str | None,
+    publisher_max_bytes: str | None,
     max_subscriptions: str | None,
     max_patterns: str | None,
     retention: str | None,
@@ -237,6 +243,7 @@ def bridge(
         group=group,
         subscriber_hwm=subscriber_hwm,
         subscriber_max_bytes=subscriber_max_bytes,
+        publisher_max_bytes=publisher_max_bytes,
         max_subscriptions=max_subscriptions,
         max_patterns=max_patterns,
         retention=retention,

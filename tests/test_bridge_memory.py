@@ -35,18 +35,18 @@ MiB: Final = 1024 * 1024
 #: subscriber (the issue's figure).
 STUCK_SECONDS: Final = 30.0
 STUCK_PAYLOAD: Final = 512 * 1024
-#: Messages per second: 200 MB/s, 6 GB at the stuck worker in 30 s (the
+#: Messages per second: 100 MB/s, 3 GB at the stuck worker in 30 s (the
 #: bridge before byte budgets grew by what it was sent). Paced, not flat out,
 #: so that the healthy subscribers keep up on a shared, loaded 2-core box:
 #: flat out (~650 MB/s here) they fell behind by more than their budget and
-#: lost about 3%, exactly reported to them as the stuck worker's loss is.
-STUCK_RATE: Final = 400
-#: Per subscriber: 250 frames, 256 MiB (unset, the budget is 20,000 frames of
-#: up to 1 MiB, about 20 GiB: see ``subscriber_max_bytes``). With 1,019 frames
-#: (1 GiB) the stuck worker, woken, received nothing more within 30 s: not
-#: understood yet (see the report of issue 11).
-STUCK_FRAMES: Final = 250
-STUCK_BUDGET: Final = 256 * MiB
+#: lost about 3%, exactly reported to them as the stuck worker's loss is; at
+#: 400/s with 250 frames (0.6 s of slack) one lost 33 at load average 8.
+STUCK_RATE: Final = 200
+#: Unset, the budget is 20,000 frames of
+#: up to 1 MiB, about 20 GiB: see ``subscriber_max_bytes``). Per subscriber: 500
+#: frames, 512 MiB: 2.5 s of slack for a healthy subscriber at STUCK_RATE.
+STUCK_FRAMES: Final = 500
+STUCK_BUDGET: Final = 512 * MiB
 #: What the allocator may add around the documented bound (arenas, fragments).
 ALLOCATOR_SLACK: Final = 32 * MiB
 #: The issue's figure: after an attack the bridge is back within this of its start.
@@ -143,7 +143,11 @@ def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_los
         args=("--subscriber-hwm", str(STUCK_FRAMES), "--subscriber-max-bytes", str(STUCK_BUDGET))
     )
     directory = str(bridge.directory)
-    stuck = workers("counter.py", "--dir", directory, "--worker", "stuck", "--pattern", "big")
+    # Its get() waits through the SIGSTOP, and the monotonic clock runs on while
+    # it is stopped: a 30 s idle limit would be spent before it wakes.
+    stuck = workers(
+        "counter.py", "--dir", directory, "--worker", "stuck", "--pattern", "big", "--idle", "300"
+    )
     healthy = [
         workers("counter.py", "--dir", directory, "--worker", f"ok-{n}", "--pattern", "big")
         for n in range(2)
@@ -171,11 +175,9 @@ def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_los
         # 3 subscribers and the publisher's own inbox socket; one publisher.
         bound = documented_bound(start, limits, subscribers=4, publishers=1)
         assert watch.peak <= bound, (watch.peak / MiB, bound / MiB)
-        # Tighter, and what this scenario shows: frames are shared between
-        # subscribers, so what grows is the stuck one's queue, within its budget
-        # (plus the publisher's frames in flight).
-        grown = watch.peak - start
-        assert grown <= limits["per_subscriber_bytes"] + ALLOCATOR_SLACK + 64 * MiB, grown / MiB
+        # Not tighter than that: on a loaded machine the healthy subscribers
+        # and the bridge's own reading of the publisher lag too, each within
+        # its own budget, and the documented bound counts every one.
         stuck.process.send_signal(signal.SIGCONT)
         # STOP after it wakes so it can see the hole, repeated because the first
         # ones may meet its still-full queue and be dropped too.
@@ -425,5 +427,43 @@ def test_status_reports_the_limits_and_what_they_cost(
     assert limits["subscriber_hwm_frames"] == 8 * MiB // frame - 1 == 1023
     assert limits["per_subscriber_bytes"] == (limits["subscriber_hwm_frames"] + 1) * frame
     assert limits["per_subscriber_bytes"] <= 8 * MiB
-    assert limits["publisher_hwm_frames"] == 20_000  # the frame limit: 1 GiB fits more
+    # 256 MiB of 8 KiB frames is more than PULL_HWM frames: the frame limit holds.
+    assert limits["publisher_hwm_frames"] == 20_000
     assert limits["per_publisher_bytes"] == 20_001 * frame
+    defaults = bridge_factory(host="host-d").status()["limits"]
+    big = 1024 * 1024 + 4096
+    assert defaults["publisher_hwm_frames"] == 256 * MiB // big - 1 == 254
+    assert defaults["per_publisher_bytes"] == 255 * big <= 256 * MiB
+
+
+@pytest.mark.timeout(120)
+def test_a_small_publisher_budget_slows_but_never_stalls(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """A publisher pipe of a few frames only slows its worker down: small events
+    flat out, then large ones, all arrive, in order, none missed."""
+    bridge = bridge_factory(
+        args=("--publisher-max-bytes", str(MiB), "--max-message-bytes", str(64 * 1024))
+    )
+    assert bridge.status()["limits"]["publisher_hwm_frames"] == MiB // (68 * 1024) - 1 == 14
+    directory = str(bridge.directory)
+    plan = [b"s" * 10] * 50_000 + [b"L" * 60_000] * 1_000
+    with (
+        Bus(
+            dir=directory,
+            worker="reader",
+            codec="raw",
+            queue_size=len(plan) + 1,
+            queue_max_bytes=1024**3,  # it reads only once everything is sent
+        ) as reader,
+        Bus(dir=directory, worker="writer", codec="raw", publish_timeout=30) as writer,
+    ):
+        events = reader.subscribe("flood")
+        assert reader.sync(10)
+        for payload in plan:
+            writer.publish("flood", payload)
+        assert writer.flush(30)
+        got = [events.get(timeout=30) for _ in plan]
+        assert [event.payload for event in got] == plan
+        assert [event.seq for event in got] == list(range(1, len(plan) + 1))
+        assert reader.stats()["missed"] == 0

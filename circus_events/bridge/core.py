@@ -19,7 +19,8 @@ Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
 
 Memory is bounded in bytes (see the README's "Memory" section): per
 subscriber by a high-water mark derived from ``subscriber_max_bytes``
-(``protocol.budget``), per publisher by ``PULL_HWM`` frames; subscription
+(``protocol.budget``), per publisher by one derived from
+``publisher_max_bytes`` (a full pipe slows its worker down); subscription
 and control frames by ``MAXMSGSIZE``; the subscriptions by
 :class:`InterestTable`'s caps. What libzmq frees (a stuck subscriber's
 queue, a departed worker's subscriptions) is handed back to the system now
@@ -74,7 +75,7 @@ from ..protocol import (
     single_envelopes,
     worst_case,
 )
-from .local import PULL_HWM, LocalSockets, subscriber_hwm
+from .local import LocalSockets, publisher_hwm, subscriber_hwm
 
 __all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
 
@@ -170,7 +171,8 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
-                subscriber_max_bytes=self.config.subscriber_max_bytes,
+                subscriber_max_bytes=self.config.subscriber_budget,
+                publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
         except BaseException:
@@ -701,15 +703,16 @@ class Bridge:
         config = self.config
         frame = config.max_message_bytes + FRAME_SLACK
         sub_hwm = subscriber_hwm(
-            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
+            config.subscriber_budget, config.max_message_bytes, config.subscriber_hwm
         )
+        pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
         return {
             "max_subscriptions": config.max_subscriptions,
             "max_patterns": config.max_patterns,
             "subscriber_hwm_frames": sub_hwm,
             "per_subscriber_bytes": worst_case(sub_hwm, frame),
-            "publisher_hwm_frames": PULL_HWM,
-            "per_publisher_bytes": worst_case(PULL_HWM, frame),
+            "publisher_hwm_frames": pub_hwm,
+            "per_publisher_bytes": worst_case(pub_hwm, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
         }
 

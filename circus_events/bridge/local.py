@@ -54,6 +54,7 @@ class LocalSockets:
         max_message_bytes: int,
         subscriber_hwm: int,
         subscriber_max_bytes: int,
+        publisher_max_bytes: int,
         group: str | None = None,
     ) -> None:
         self.paths = paths
@@ -65,7 +66,7 @@ class LocalSockets:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self.pull = context.socket(zmq.PULL)
-            self.pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+            self.pull.setsockopt(zmq.RCVHWM, publisher_hwm(publisher_max_bytes, max_message_bytes))
             # A frame far over the limit is refused by libzmq before it is
             # allocated; the per-message check below still applies.
             self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + FRAME_SLACK)
@@ -116,6 +117,12 @@ def subscriber_hwm(subscriber_max_bytes: int, max_message_bytes: int, frame_hwm:
     """XPUB's SNDHWM (per subscriber pipe): ``frame_hwm``, lowered to keep that many
     of the largest frames within ``subscriber_max_bytes``."""
     return hwm_for_bytes(subscriber_max_bytes, max_message_bytes + FRAME_SLACK, frame_hwm)
+
+
+def publisher_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:
+    """PULL's RCVHWM (per publisher pipe): at most ``PULL_HWM`` frames, fewer to keep
+    that many of the largest frames within ``publisher_max_bytes``."""
+    return hwm_for_bytes(publisher_max_bytes, max_message_bytes + FRAME_SLACK, PULL_HWM)
 
 
 _subscriber_hwm = subscriber_hwm  # the constructor's argument of that name hides it

@@ -26,8 +26,15 @@ def main() -> None:
     gaps: list[Gap] = []
     received = last_seq = 0
     in_order = True
+    # The queue holds 1,000 events of any size (512 KiB ones: 512 MiB): what is
+    # under test is the bridge's budget, not this worker's own queue bound.
     with Bus(
-        dir=args.dir, worker=args.worker, codec="raw", on_gap=gaps.append, queue_size=1000
+        dir=args.dir,
+        worker=args.worker,
+        codec="raw",
+        on_gap=gaps.append,
+        queue_size=1000,
+        queue_max_bytes=1024**3,
     ) as bus:
         subscription = bus.subscribe(args.pattern)
         assert bus.sync(10), "bridge did not confirm the subscription"
