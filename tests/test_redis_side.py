@@ -755,7 +755,8 @@ def test_outbound_queue_requeues_unanswered_in_order() -> None:
     assert queue.take(2.0) == b"cmd2cmd3cmd4cmd5"
     reader.feed(b":0\r\n-NOPERM no\r\n:1\r\n:1\r\n")
     queue.consume(reader)
-    assert queue.published == 5 and queue.errors == 1 and queue.idle
+    assert queue.published == 5 and queue.errors == 1
+    assert queue.pending_count == 0 and queue.oldest_sent() is None  # nothing left
     for _ in range(150):
         queue.push(b"c", 10)
     queue.trim()

@@ -284,8 +284,3 @@ class OutboundQueue:
         """Messages acknowledged so far, counting the partly answered batch."""
         head = self._inflight[0] if self._inflight else None
         return self.published + (head.acked_messages() if isinstance(head, _Batch) else 0)
-
-    @property
-    def idle(self) -> bool:
-        """Nothing pending and nothing in flight."""
-        return not self._pending and not self._inflight
