@@ -123,6 +123,10 @@ class LinkMode(Protocol):
     def sub_gone(self, conn: RespConnection) -> None:
         """The sub connection ``conn`` is closed (lost, or closing)."""
 
+    @property
+    def subscriptions_settled(self) -> bool:
+        """Connected, and Redis serves every current local interest."""
+
     def beat(self, now: float, *, judge: bool) -> None:
         """Every ``tick_interval``: liveness checks, heartbeats, presence when due;
         ``judge`` is False after a blocked loop (silence is not the peer's fault)."""
@@ -180,6 +184,12 @@ class RedisLink:
         self.holding = False
         self.closing = False
         self._closing_event = asyncio.Event()
+        #: Set while both connections serve (see :meth:`note_state`).
+        self.connected_event = asyncio.Event()
+        #: Set while there is nothing to wait for: Redis serves every local
+        #: interest, or there is no connection to wait on.
+        self.settled_event = asyncio.Event()
+        self.settled_event.set()
         self._closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._tick_task: asyncio.Task[None] | None = None
@@ -331,6 +341,7 @@ class RedisLink:
                 )
         finally:
             self.pub = self.sub = None
+            self.note_state()
             self._closed.set()
 
     def _keeper(self, role: str) -> ConnectionKeeper:
@@ -367,6 +378,7 @@ class RedisLink:
             self._mode.sub_ready(conn)
         if self._errors["pub"] is None and self._errors["sub"] is None:
             self.last_error = None
+        self.note_state()
         self._send_presence()  # a fresh record at every (re)connection
 
     def _disconnected(
@@ -380,6 +392,7 @@ class RedisLink:
             if self.sub is conn:
                 self.sub = None
             self._mode.sub_gone(conn)
+        self.note_state()
         if not lost:
             return
         self._reconnects += 1
@@ -519,6 +532,18 @@ class RedisLink:
 
     # -- status ------------------------------------------------------------------------
 
+    def note_state(self) -> None:
+        """A connection came or went, or the subscriptions changed: update the events."""
+        connected = self.pub is not None and self.sub is not None and not self.closing
+        if connected:
+            self.connected_event.set()
+        else:
+            self.connected_event.clear()
+        if not connected or self._mode.subscriptions_settled:
+            self.settled_event.set()
+        else:
+            self.settled_event.clear()
+
     @property
     def connected(self) -> bool:
         return self.pub is not None and self.sub is not None
@@ -558,39 +583,3 @@ class RedisLink:
             "connect_failures": self._connect_failures,
             "foreign_heartbeats": self._foreign,
         }
-
-
-class Publish(Protocol):
-    """:meth:`RedisLink.publish`'s signature."""
-
-    def __call__(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
-
-
-class LinkedSide:
-    """The public face both Redis sides share, each call forwarded to their link.
-
-    ``publish`` is the link's own bound method (no extra call on the hot path).
-    """
-
-    publish: Publish
-
-    def __init__(self, link: RedisLink) -> None:
-        self._link = link
-        self.config = link.config
-        self.publish = link.publish
-
-    async def run(self) -> None:
-        """Keep both connections up until :meth:`close`. Never raises for Redis trouble."""
-        await self._link.run()
-
-    async def close(self) -> None:
-        """Flush briefly, delete the presence record, close both connections. Safe twice."""
-        await self._link.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    def presence_record(self) -> dict[str, Any]:
-        """The JSON-able record other hosts read (see :meth:`RedisLink.presence_record`)."""
-        return self._link.presence_record()

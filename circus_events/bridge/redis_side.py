@@ -43,9 +43,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any, Final, Unpack
 
 from .._config import BridgeConfig
+from .._exceptions import BridgeError
 from ..protocol.topics import SubscriptionTopic
 from .keeper import BACKOFF_INITIAL, BACKOFF_MAX, LOG_REPEAT_INTERVAL
 from .link import (
@@ -54,13 +56,13 @@ from .link import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
     WRITE_BUFFER_HIGH,
-    LinkedSide,
     LinkKind,
     RedisLink,
     SideWiring,
 )
 from .presence import read_cluster_status, redis_names
 from .resp import RespConnection, encode_command
+from .side import LinkedSide
 from .subscriptions import RedisSubscriptions
 from .values import STAMP_OFFSET
 
@@ -180,6 +182,7 @@ class RedisSide(LinkedSide):
         kind = reply[0]
         if kind in (b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"):
             self._subs.confirm(kind, reply[1])
+            self._link.note_state()
         # b"pong" needs nothing: any byte received proves the connection alive.
 
     def _sub_reply_error(self, reply: Any) -> None:
@@ -193,11 +196,13 @@ class RedisSide(LinkedSide):
     def add_interest(self, topic: SubscriptionTopic) -> None:
         """A local worker subscribed to ``topic`` (exact channel or prefix)."""
         if self._subs.add(topic):
+            self._link.note_state()
             self._schedule_subscribe()
 
     def remove_interest(self, topic: SubscriptionTopic) -> None:
         """No local worker wants ``topic`` any more."""
         if self._subs.remove(topic):
+            self._link.note_state()
             self._schedule_subscribe()
 
     def is_subscribed(self, topic: SubscriptionTopic) -> bool:
@@ -246,6 +251,7 @@ class RedisSide(LinkedSide):
         conn.set_consumer(self._consume_sub)
         self._link.sub = conn
         self._subs.reset()
+        self._link.note_state()
         self._send_subscriptions()
 
     # -- heartbeat, liveness -----------------------------------------------------------
@@ -276,6 +282,12 @@ class RedisSide(LinkedSide):
             sent = float(rest.partition(b":")[2])
             if self._link.loop is not None:
                 self._link.hb_rtt_ms = round((self._link.loop.time() - sent) * 1000.0, 3)
+
+    async def history(
+        self, match: Callable[[str], bool], count: int | None, since_ms: int | None
+    ) -> list[bytes]:
+        """Redis pub/sub keeps nothing: always raises :class:`.BridgeError`."""
+        raise BridgeError("Redis pub/sub keeps nothing: history needs stream mode (mode = stream)")
 
     # -- status ------------------------------------------------------------------------
 

@@ -62,12 +62,12 @@ from ..protocol.topics import SubscriptionTopic
 from .link import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
-    LinkedSide,
     LinkKind,
     RedisLink,
     SideWiring,
 )
 from .resp import CONNECT_TIMEOUT, RespConnection, encode_command
+from .side import LinkedSide
 from .stream_cursor import (
     Interest,
     OverrunWatch,
@@ -323,6 +323,7 @@ class StreamSide(LinkedSide):
                 return
             conn.set_consumer(self._consume_read)
             self._link.sub = conn
+            self._link.note_state()
             self._send_read()
         except TimeoutError:
             what = "Redis did not answer the stream setup"
