@@ -172,7 +172,10 @@ class RedisLink:
         self.check = ValueCheck(self.stamp, config.ignore_hosts)
         self._heads: dict[bytes, bytes] = {}
         self.queue = OutboundQueue(
-            config.buffer_max_bytes, reply_type=kind.reply_type, command=kind.command
+            config.buffer_max_bytes,
+            reply_type=kind.reply_type,
+            command=kind.command,
+            on_error=self._publish_refused,
         )
         #: publish() calls _flush() past this many pending bytes.
         self._check_at = min(FLUSH_BYTES, config.buffer_max_bytes)
@@ -508,6 +511,11 @@ class RedisLink:
         self.command(
             encode_command("SET", self._presence_key, payload, "EX", ttl), self._presence_stored
         )
+
+    def _publish_refused(self, why: str) -> None:
+        self.last_error = why  # counted in publish_errors
+        if self.throttle.allow("publish-refused"):
+            self.log.warning("circus-events: %s", why)
 
     def _presence_stored(self, reply: Any) -> None:
         if isinstance(reply, Exception) and not isinstance(reply, ConnectionError):
