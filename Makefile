@@ -40,8 +40,9 @@ typecheck: $(STAMP)
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_protocol_*.py \
-		--cov=circus_events.protocol --cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_protocol_*.py tests/test_stream_cursor.py \
+		--cov=circus_events.protocol --cov=circus_events.bridge.stream_cursor \
+		--cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
 
 bench: setup
 	$(VENV)/bin/circus-events bench --quick

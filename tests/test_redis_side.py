@@ -613,6 +613,35 @@ def test_acl_user_and_database_from_the_url(redis_server: RedisServer) -> None:
     run(main())
 
 
+def test_a_refused_publish_is_counted_and_says_why(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user that may publish only heartbeats: Redis answers NOPERM to each event.
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "nopub", enabled=True, passwords=["+pw"], keys=["*"],
+        channels=["circus-events:*:@hb:*"], commands=["+@all"],
+    )  # fmt: skip
+
+    async def main() -> None:
+        caplog.set_level(logging.WARNING, logger="circus_events")
+        url = f"redis://nopub:pw@127.0.0.1:{redis_server.port}/0"
+        async with Peer(url, "A") as a:
+            await a.ready()
+            await a.publish_all([make_frame("orders.paid", i) for i in range(3)])
+            await until(lambda: a.status()["publish_errors"] == 3, 10, "three refusals")
+            status = a.status()
+            assert status["published"] == 0
+            assert "refused a PUBLISH" in status["last_error"]
+        lines = [r for r in caplog.records if "refused a PUBLISH" in r.getMessage()]
+        assert len(lines) == 1  # one line per problem per window
+
+    try:
+        run(main())
+    finally:
+        admin.acl_deluser("nopub")
+
+
 def _start_private_redis(directory: Path, *args: str) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     assert binary is not None
@@ -755,7 +784,8 @@ def test_outbound_queue_requeues_unanswered_in_order() -> None:
     assert queue.take(2.0) == b"cmd2cmd3cmd4cmd5"
     reader.feed(b":0\r\n-NOPERM no\r\n:1\r\n:1\r\n")
     queue.consume(reader)
-    assert queue.published == 5 and queue.errors == 1 and queue.idle
+    assert queue.published == 5 and queue.errors == 1
+    assert queue.pending_count == 0 and queue.oldest_sent() is None  # nothing left
     for _ in range(150):
         queue.push(b"c", 10)
     queue.trim()

@@ -111,10 +111,18 @@ class _RedisPort(Protocol):
     def status(self) -> dict[str, Any]: ...
     async def run(self) -> None: ...
     async def close(self) -> None: ...
+    async def history(
+        self, match: Callable[[str], bool], count: int | None, since_ms: int | None
+    ) -> list[bytes]: ...
     @property
     def connected(self) -> bool: ...
     @property
     def subscriptions_settled(self) -> bool: ...
+
+    #: Set while both Redis connections serve.
+    connected_event: asyncio.Event
+    #: Set while a sync reply need not wait: settled, or not connected.
+    settled_event: asyncio.Event
 
 
 class Bridge:
@@ -505,12 +513,13 @@ class Bridge:
         self._send_sync_reply(worker, token)
 
     async def _answer_when_settled(self) -> None:
-        deadline = time.monotonic() + SETTLE_WAIT
+        redis = self._redis
         try:
-            while time.monotonic() < deadline and self._redis is not None:
-                if self._redis.subscriptions_settled or not self._redis.connected:
-                    break
-                await asyncio.sleep(0.005)  # poll: Redis confirms asynchronously
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SETTLE_WAIT):
+                    # Re-check on waking: a new subscription may have come since the set.
+                    while redis is not None and redis.connected and not redis.subscriptions_settled:
+                        await redis.settled_event.wait()  # Redis confirms asynchronously
         finally:
             self._settle_task = None
             waiting, self._deferred_syncs = self._deferred_syncs, []
@@ -553,17 +562,16 @@ class Bridge:
     async def _replay_history(self, request: HistoryRequest) -> None:
         error = ""
         frames: list[bytes] = []
-        history = getattr(self._redis, "history", None)
-        deadline = time.monotonic() + HISTORY_CONNECT_WAIT
-        while history is not None and self._redis is not None and not self._redis.connected:
-            if time.monotonic() > deadline or self._stopping.is_set():
-                break
-            await asyncio.sleep(0.05)  # poll: the Redis side connects on its own
-        if history is None:
+        redis = self._redis
+        if redis is None:
             error = "history needs a Redis in stream mode (mode = stream)"
         else:
+            if self.config.mode == "stream":
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HISTORY_CONNECT_WAIT):
+                        await redis.connected_event.wait()  # the side connects on its own
             try:
-                frames = await history(
+                frames = await redis.history(
                     Pattern(request.pattern).matches, request.limit, request.since_ms
                 )
             except (CircusEventsError, ChannelError) as exc:

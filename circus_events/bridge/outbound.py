@@ -98,19 +98,28 @@ class OutboundQueue:
         "_inflight_bytes",
         "_inflight_messages",
         "_ok",
+        "_on_error",
         "_pending",
         "_sizes",
         "dropped",
         "errors",
-        "last_error",
         "max_bytes",
         "pending_bytes",
         "pending_messages",
         "published",
     )
 
-    def __init__(self, max_bytes: int, *, reply_type: type = int, command: str = "PUBLISH") -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        reply_type: type = int,
+        command: str = "PUBLISH",
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
+        #: Told why, each time Redis refuses a message's command.
+        self._on_error = on_error
         #: The class of a successful reply (PUBLISH: int; XADD: bytes, the entry id).
         self._ok = reply_type
         self._command = command
@@ -128,7 +137,6 @@ class OutboundQueue:
         self.dropped = 0
         #: Messages Redis answered with an error (for example an ACL refusal).
         self.errors = 0
-        self.last_error: str | None = None
 
     # -- producer side ----------------------------------------------------------
 
@@ -213,7 +221,8 @@ class OutboundQueue:
     def _reply_error(self, reply: Any, messages: int) -> None:
         self.errors += messages
         self.published -= messages  # counted as published when its batch completes
-        self.last_error = f"Redis refused a {self._command}: {reply}"
+        if self._on_error is not None:
+            self._on_error(f"Redis refused a {self._command}: {reply}")
 
     def requeue(self) -> int:
         """The connection is gone: unanswered messages go back in front, in order.
@@ -284,8 +293,3 @@ class OutboundQueue:
         """Messages acknowledged so far, counting the partly answered batch."""
         head = self._inflight[0] if self._inflight else None
         return self.published + (head.acked_messages() if isinstance(head, _Batch) else 0)
-
-    @property
-    def idle(self) -> bool:
-        """Nothing pending and nothing in flight."""
-        return not self._pending and not self._inflight

@@ -9,7 +9,11 @@ drops out of :func:`read_cluster_status` within three intervals.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._config import BridgeConfig
@@ -20,6 +24,7 @@ from .subscriptions import glob_escape
 __all__ = [
     "PRESENCE_TTL_FACTOR",
     "RedisNames",
+    "presence_record",
     "read_cluster_status",
     "redis_names",
     "redis_py_client",
@@ -27,6 +32,48 @@ __all__ = [
 
 #: Presence records expire after this many stats intervals without renewal.
 PRESENCE_TTL_FACTOR: Final = 3
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("circus-events")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "unknown"
+
+
+def presence_record(
+    config: BridgeConfig,
+    status_provider: Callable[[], dict[str, Any]] | None,
+    *,
+    started: float,
+    heartbeat_rtt_ms: float | None,
+    redis: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON-able record of one bridge (see the module docstring).
+
+    The ``status_provider()`` output (the bridge's own status) at the top
+    level, so a record reads like a local ``status``; then the bridge's
+    identity, its ``redis`` status and ``heartbeat_rtt_ms`` over it.
+    """
+    record: dict[str, Any] = {}
+    if status_provider is not None:
+        try:
+            record.update(status_provider())
+        except Exception as exc:
+            record["last_error"] = f"bridge status unavailable: {exc!r}"
+    record.setdefault("uptime", time.monotonic() - started)
+    record.update(
+        host=config.host,
+        node_id=config.node_id.hex(),
+        namespace=config.namespace,
+        version=_version(),
+        pid=os.getpid(),
+        time=time.time(),
+        stats_interval=config.stats_interval,
+        heartbeat_rtt_ms=heartbeat_rtt_ms,
+        redis=redis,
+    )
+    return record
 
 
 class RedisNames:

@@ -44,24 +44,27 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from .._config import BridgeConfig
-from ..protocol.envelope import REDIS_VERSION, VERSION
+from .._exceptions import BridgeError
 from ..protocol.topics import SubscriptionTopic
 from .keeper import BACKOFF_INITIAL, BACKOFF_MAX, LOG_REPEAT_INTERVAL
-from .presence import read_cluster_status, redis_names
-from .resp import RespConnection, encode_command
-from .side_base import (
+from .link import (
     CLOSE_FLUSH_TIMEOUT,
     FLUSH_BYTES,
-    MIN_VALUE,
-    STAMP_OFFSET,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
     WRITE_BUFFER_HIGH,
-    RedisSideBase,
-    origin_host,
+    LinkKind,
+    RedisLink,
+    SideWiring,
 )
+from .presence import read_cluster_status, redis_names
+from .resp import RespConnection, encode_command
+from .side import LinkedSide
 from .subscriptions import RedisSubscriptions
+from .values import STAMP_OFFSET
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -80,16 +83,15 @@ __all__ = [
 
 log = logging.getLogger("circus_events.redis")
 
-HEARTBEAT_INTERVAL: Final = 1.0
-#: No heartbeat (or any byte) back for this long: the connection is dead.
-HEARTBEAT_TIMEOUT: Final = 3.0
+_KIND: Final = LinkKind(HEARTBEAT_INTERVAL, int, "PUBLISH")
+
 #: After an outage, buffered messages wait this long once pub is back.
 RESUME_GRACE: Final = BACKOFF_MAX + 0.5
 
 _PUBLISH: Final = b"*3\r\n$7\r\nPUBLISH\r\n"
 
 
-class RedisSide(RedisSideBase):
+class RedisSide(LinkedSide):
     """Both Redis connections of one bridge, with buffering, liveness and presence.
 
     * :meth:`publish` (sync, never blocks or raises) queues a local frame;
@@ -109,60 +111,45 @@ class RedisSide(RedisSideBase):
       and closes both connections; :meth:`publish` is then a no-op.
     """
 
-    _tick_interval = HEARTBEAT_INTERVAL
-
-    def __init__(
-        self,
-        config: BridgeConfig,
-        *,
-        deliver: Callable[[list[bytes]], None],
-        status_provider: Callable[[], dict[str, Any]] | None = None,
-        logger: logging.Logger | None = None,
-        resume_grace: float = RESUME_GRACE,
-    ) -> None:
-        super().__init__(
-            config, deliver=deliver, status_provider=status_provider, logger=logger or log
-        )
-        self._resume_grace = resume_grace
+    def __init__(self, config: BridgeConfig, **wiring: Unpack[SideWiring]) -> None:
+        super().__init__(RedisLink(config, self, _KIND, **wiring))
+        self._resume_grace = wiring.get("resume_grace", RESUME_GRACE)
         names = redis_names(config)
         self._hb_channel = names.heartbeat
         self._hb_prefix = names.heartbeat_prefix
         self._token = secrets.token_hex(6).encode()
-        self._subs = RedisSubscriptions(self._base, [self._hb_channel])
+        self._subs = RedisSubscriptions(self._link.base, [self._hb_channel])
         self._subscribe_scheduled = False
         self._hold_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
-        self._foreign_hb = 0
         self._sub_errors = 0
 
     # -- the hot paths -------------------------------------------------------------
 
-    def _publish_head(self, topic: bytes) -> bytes:
-        channel = self._base + topic
+    def publish_head(self, topic: bytes) -> bytes:
+        channel = self._link.base + topic
         return b"%b$%d\r\n%b\r\n$" % (_PUBLISH, len(channel), channel)
 
     def _hold(self, delay: float) -> None:
-        assert self._loop is not None
+        assert self._link.loop is not None
         if self._hold_timer is not None:
             self._hold_timer.cancel()
-        self._holding = True
-        self._hold_timer = self._loop.call_later(delay, self._release)
+        self._link.holding = True
+        self._hold_timer = self._link.loop.call_later(delay, self._release)
 
     def _release(self) -> None:
         self._hold_timer = None
-        self._holding = False
-        self._flush()
+        self._link.holding = False
+        self._link.flush()
 
     def _consume_sub(self, reader: Any) -> None:
         """Turn everything readable on the subscriber into one ``deliver`` call."""
         frames: list[bytes] = []
         append = frames.append
         gets = reader.gets
-        stamp = self._stamp
-        base_len = self._base_len
+        admit = self._link.check.admit
+        base_len = self._link.base_len
         hb_channel = self._hb_channel
-        ignore = self._ignore
-        dropped_own = rejected = ignored = 0
         while True:
             reply = gets()
             if reply is False:
@@ -185,134 +172,122 @@ class RedisSide(RedisSideBase):
             else:
                 self._sub_event(reply)
                 continue
-            if value.startswith(stamp):
-                dropped_own += 1
-                continue
-            if (
-                len(value) < MIN_VALUE
-                or value[0] != REDIS_VERSION
-                or value[STAMP_OFFSET] != VERSION
-            ):
-                rejected += 1
-                continue
-            if ignore is not None and origin_host(value) in ignore:
-                ignored += 1
-                continue
-            # Same bytes as frame_from_redis(channel, value)[1], without the tuple.
-            append(b"".join((channel[base_len:], b"\0", value[STAMP_OFFSET:])))
-        self._dropped_own += dropped_own
-        self._rejected += rejected
-        self._ignored += ignored
+            if admit(value):
+                # Same bytes as frame_from_redis(channel, value)[1], without the tuple.
+                append(b"".join((channel[base_len:], b"\0", value[STAMP_OFFSET:])))
         if frames:
-            self._hand_over(frames)
+            self._link.hand_over(frames)
 
     def _sub_event(self, reply: list[Any]) -> None:
         kind = reply[0]
         if kind in (b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"):
             self._subs.confirm(kind, reply[1])
+            self._link.note_state()
         # b"pong" needs nothing: any byte received proves the connection alive.
 
     def _sub_reply_error(self, reply: Any) -> None:
         self._sub_errors += 1
-        self._last_error = f"Redis refused a subscription command: {reply}"
-        if self._throttle.allow("sub-error"):
-            self._log.error("circus-events: %s", self._last_error)
+        self._link.last_error = f"Redis refused a subscription command: {reply}"
+        if self._link.throttle.allow("sub-error"):
+            self._link.log.error("circus-events: %s", self._link.last_error)
 
     # -- interest -------------------------------------------------------------------
 
     def add_interest(self, topic: SubscriptionTopic) -> None:
         """A local worker subscribed to ``topic`` (exact channel or prefix)."""
         if self._subs.add(topic):
+            self._link.note_state()
             self._schedule_subscribe()
 
     def remove_interest(self, topic: SubscriptionTopic) -> None:
         """No local worker wants ``topic`` any more."""
         if self._subs.remove(topic):
+            self._link.note_state()
             self._schedule_subscribe()
 
     def is_subscribed(self, topic: SubscriptionTopic) -> bool:
         """Redis has confirmed ``topic`` on the live subscriber: other hosts' frames arrive."""
-        return self._sub is not None and self._subs.is_confirmed(topic)
+        return self._link.sub is not None and self._subs.is_confirmed(topic)
 
     @property
     def subscriptions_settled(self) -> bool:
         """True when connected and Redis has confirmed every current interest."""
-        return self._sub is not None and self._subs.settled
+        return self._link.sub is not None and self._subs.settled
 
     def _schedule_subscribe(self) -> None:
         # Changes made in one loop turn go out as one write.
-        if not self._subscribe_scheduled and self._sub is not None and self._loop is not None:
+        if (
+            not self._subscribe_scheduled
+            and self._link.sub is not None
+            and self._link.loop is not None
+        ):
             self._subscribe_scheduled = True
-            self._loop.call_soon(self._send_subscriptions)
+            self._link.loop.call_soon(self._send_subscriptions)
 
     def _send_subscriptions(self) -> None:
         self._subscribe_scheduled = False
-        if self._sub is not None:
+        if self._link.sub is not None:
             data = self._subs.commands()
             if data:
-                self._sub.write(data)
+                self._link.sub.write(data)
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def _stop_timers(self) -> None:
+    def stop_timers(self) -> None:
         if self._hold_timer is not None:
             self._hold_timer.cancel()
 
-    def _pub_connected(self, outage: bool) -> None:
-        if outage and self._queue.pending_count and self._resume_grace > 0:
+    def pub_ready(self, outage: bool) -> None:
+        if outage and self._link.queue.pending_count and self._resume_grace > 0:
             self._hold(self._resume_grace)
 
-    def _setup_sub(self, conn: RespConnection) -> None:
+    def final_commands(self) -> None:
+        """Nothing to save: pub/sub keeps no position."""
+
+    def sub_gone(self, conn: RespConnection) -> None:
+        """Nothing to undo: the next sub resubscribes everything (``sub_ready``)."""
+
+    def sub_ready(self, conn: RespConnection) -> None:
         conn.set_consumer(self._consume_sub)
-        self._sub = conn
+        self._link.sub = conn
         self._subs.reset()
+        self._link.note_state()
         self._send_subscriptions()
 
     # -- heartbeat, liveness -----------------------------------------------------------
 
-    def _beat(self, now: float, *, judge: bool) -> None:
+    def beat(self, now: float, *, judge: bool) -> None:
         """One heartbeat: check both connections, publish, renew presence when due."""
-        pub, sub = self._pub, self._sub
+        sub = self._link.sub
         if sub is not None:
             if judge and now - sub.last_rx > HEARTBEAT_TIMEOUT:
-                self._hb_misses += 1
-                self._note_silence("sub", "no heartbeat came back")
+                self._link.hb_misses += 1
+                self._link.note_silence("sub", "no heartbeat came back", HEARTBEAT_TIMEOUT)
                 sub.abort("no heartbeat came back")
-            elif pub is None:
+            elif self._link.pub is None:
                 sub.write(encode_command("PING"))
-        if pub is None:
-            return
-        oldest = self._queue.oldest_sent()
-        if judge and oldest is not None and now - max(oldest, pub.last_rx) > HEARTBEAT_TIMEOUT:
-            self._stalls += 1
-            self._note_silence("pub", "Redis stopped answering")
-            pub.abort("Redis stopped answering")
+        if self._link.pub is None or self._link.pub_stalled(now, judge=judge):
             return
         self._hb_seq += 1
         value = b"%b:%d:%.6f" % (self._token, self._hb_seq, now)
-        self._pub_command(encode_command("PUBLISH", self._hb_channel, value))
-        self._presence_due(now)
-
-    def _note_silence(self, role: str, what: str) -> None:
-        self._last_error = f"Redis {role} connection silent for {HEARTBEAT_TIMEOUT:g}s ({what})"
-        if self._throttle.allow(f"silent-{role}"):
-            self._log.warning("circus-events: %s; reconnecting", self._last_error)
+        self._link.command(encode_command("PUBLISH", self._hb_channel, value))
+        self._link.presence_due(now)
 
     def _heartbeat_back(self, value: bytes) -> None:
         token, _, rest = value.partition(b":")
         if token != self._token:
-            self._foreign_hb += 1
-            if self._throttle.allow("foreign-hb"):
-                self._log.warning(
-                    "circus-events: another bridge publishes heartbeats as host %r in namespace %r;"
-                    " each host needs its own name (CIRCUS_EVENTS_HOST)",
-                    self.config.host, self.config.namespace,
-                )  # fmt: skip
+            self._link.foreign_bridge("publishes heartbeats")
             return
         with contextlib.suppress(ValueError):
             sent = float(rest.partition(b":")[2])
-            if self._loop is not None:
-                self._hb_rtt_ms = round((self._loop.time() - sent) * 1000.0, 3)
+            if self._link.loop is not None:
+                self._link.hb_rtt_ms = round((self._link.loop.time() - sent) * 1000.0, 3)
+
+    async def history(
+        self, match: Callable[[str], bool], count: int | None, since_ms: int | None
+    ) -> list[bytes]:
+        """Redis pub/sub keeps nothing: always raises :class:`.BridgeError`."""
+        raise BridgeError("Redis pub/sub keeps nothing: history needs stream mode (mode = stream)")
 
     # -- status ------------------------------------------------------------------------
 
@@ -320,11 +295,10 @@ class RedisSide(RedisSideBase):
         """Counters and state, JSON-able. ``state``: connected, connecting,
         unreachable, timeout, auth_failed, tls_failed, loading, redis_error,
         config_error, closed."""
-        status = self._common_status()
+        status = self._link.status()
         status.update(
             subscribe_errors=self._sub_errors,
-            foreign_heartbeats=self._foreign_hb,
             subscriptions=self._subs.count,
-            subscriptions_settled=self._sub is not None and self._subs.settled,
+            subscriptions_settled=self._link.sub is not None and self._subs.settled,
         )
         return status

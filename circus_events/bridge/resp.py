@@ -2,10 +2,27 @@
 
 Theory of operation
 -------------------
-redis-py's asyncio ``PubSub`` costs about 3x more CPU per message than the
-bridge can afford (measured: 0.37x the throughput of a raw pipelined
-publisher, against 1.27x for a plain protocol over ``hiredis.Reader``). So
-the bridge speaks RESP2 itself, on an :class:`asyncio.Protocol`:
+The bridge's Redis hot loops (the ``PUBLISH``/``XADD`` pipeline and the
+subscriber's and ``XREAD`` reader's loops) run on this client, not on
+redis-py, because redis-py's asyncio client is several times slower doing
+the same work with the same batching. Measured with
+``python benchmarks/redis_client.py --rounds 5`` (200,000 messages of 100
+bytes, 2,000 frames per loop turn, two processes against one local
+redis-server, medians of 5 interleaved runs, 2 shared cores) on 2026-12-02:
+
+============  ===========  ============  ================
+mode          this client  redis.asyncio redis-py / this
+============  ===========  ============  ================
+pub/sub       423,772/s    53,024/s      0.13x
+stream        228,072/s    50,775/s      0.22x
+============  ===========  ============  ================
+
+(An earlier run that day, on a quieter machine: 901,131/s against 66,669/s,
+0.07x; 377,543/s against 83,141/s, 0.22x.) The rule was: within 0.8x,
+switch to redis-py and delete this module; it is far from that, so this
+client stays for the hot loops only; ``status --all`` reads presence
+records with redis-py (:func:`.presence.redis_py_client`). The bridge
+speaks RESP2 itself, on an :class:`asyncio.Protocol`:
 
 * :func:`open_connection` connects (TCP, TLS or a Unix socket) to a
   :class:`~circus_events._redis_url.RedisAddress` (the project's one URL

@@ -1,0 +1,55 @@
+"""The public face both Redis sides share, forwarded to their :class:`.link.RedisLink`.
+
+:class:`.redis_side.RedisSide` and :class:`.stream_side.StreamSide` are
+this face plus their mode's decisions; the bridge (``core.py``) sees only
+the face and each side's ``add_interest``/``remove_interest``/``history``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .link import RedisLink
+
+__all__ = ["LinkedSide", "Publish"]
+
+
+class Publish(Protocol):
+    """:meth:`RedisLink.publish`'s signature."""
+
+    def __call__(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
+
+
+class LinkedSide:
+    """The public face both Redis sides share, each call forwarded to their link.
+
+    ``publish`` is the link's own bound method (no extra call on the hot path).
+    """
+
+    publish: Publish
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self.config = link.config
+        self.publish = link.publish
+        #: Set while both connections serve.
+        self.connected_event = link.connected_event
+        #: Set while a sync reply need not wait: Redis serves every local
+        #: interest (``subscriptions_settled``), or it is not connected.
+        self.settled_event = link.settled_event
+
+    async def run(self) -> None:
+        """Keep both connections up until :meth:`close`. Never raises for Redis trouble."""
+        await self._link.run()
+
+    async def close(self) -> None:
+        """Flush briefly, delete the presence record, close both connections. Safe twice."""
+        await self._link.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    def presence_record(self) -> dict[str, Any]:
+        """The JSON-able record other hosts read (see :meth:`RedisLink.presence_record`)."""
+        return self._link.presence_record()
