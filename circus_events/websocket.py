@@ -67,6 +67,10 @@ RESUME_SLACK: Final = 5.0
 #: A replay that stays quiet this long is complete: if ``last_id`` was not in
 #: it, the socket gets a ``gap`` and what was replayed.
 RESUME_SETTLE: Final = 0.5
+#: The server library's own frame limit, as a multiple of ``max_frame_bytes``:
+#: a frame up to it gets an ``error`` frame from the hub; past it the library
+#: closes the socket (1009) without reading it all into memory.
+TRANSPORT_FRAME_FACTOR: Final = 4
 #: Longest wait for a closing socket's close handshake before the TCP
 #: connection is cut (a peer that never reads never answers).
 CLOSE_TIMEOUT: Final = 2.0
@@ -214,7 +218,7 @@ class Hub:
         return {
             "ws_ping_interval": self.limits.ping_interval,
             "ws_ping_timeout": self.limits.ping_interval,
-            "ws_max_size": self.limits.max_frame_bytes,
+            "ws_max_size": TRANSPORT_FRAME_FACTOR * self.limits.max_frame_bytes,
             "ws_per_message_deflate": False,
         }
 
@@ -222,7 +226,7 @@ class Hub:
         """Options for ``websockets.serve``: frame size, no compression, the
         ``client.js`` route; the hub pings by itself."""
         return {
-            "max_size": self.limits.max_frame_bytes,
+            "max_size": TRANSPORT_FRAME_FACTOR * self.limits.max_frame_bytes,
             "compression": None,
             "ping_interval": None,
             "process_request": self.process_request,
@@ -317,11 +321,12 @@ class Hub:
                 frame = await transport.receive()
                 if frame is None:
                     break
+                abuse = connection.abuse
                 request = connection.receive(frame)
-                if request is None:
-                    self.counters["bad_frames"] += 1
-                else:
+                if request is not None:
                     await self._handle(socket, request)
+                # Malformed and refused frames alike.
+                self.counters["bad_frames"] += connection.abuse - abuse
                 socket.wake.set()
         finally:
             if connection.state != OPEN and connection.close_code == CLOSE_POLICY:
@@ -471,6 +476,9 @@ class Hub:
                         self._kill_slow(socket)
                         continue
                 socket.wake.set()
+            # Let the writers run before the next event: a burst read from the bus
+            # in one go would otherwise fill every queue, fast sockets' too.
+            await asyncio.sleep(0)
 
     def _kill_slow(self, socket: _Socket) -> None:
         """A socket past its second limit: its writer may be stuck in a send to a

@@ -31,7 +31,7 @@ def authorize(websocket: Any) -> str | None:
         token = websocket.query_params.get("token")
     else:  # websockets: the request line
         token = token_of(websocket.request.path.partition("?")[2])
-    return None if token in (None, "bad") else str(token)
+    return None if not token or token == "bad" else str(token)
 
 
 def can_subscribe(principal: str, pattern: str) -> bool:
@@ -63,7 +63,7 @@ async def main(args: argparse.Namespace) -> None:
         queue_close_bytes=args.close_bytes,
         max_abuse=args.max_abuse,
     )
-    async with AsyncBus(dir=args.dir, worker=args.worker) as bus:
+    async with AsyncBus(dir=args.dir, worker=args.worker, host=args.host) as bus:
         hub = Hub(
             bus,
             authorize=authorize,
@@ -125,6 +125,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
     parser.add_argument("--worker", required=True)
+    parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--kind", choices=["asgi", "websockets"], default="asgi")
     parser.add_argument("--ping", type=float, default=20.0)
