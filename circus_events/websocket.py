@@ -32,7 +32,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Any, Final, Protocol
 
@@ -449,7 +449,7 @@ class Hub:
         async for event in subscription:
             if event.direct:
                 continue  # a send_to for this worker: never fanned out
-            frame = _encode(event)
+            frame = _encode(event, pattern)
             event_id = str(event.id)
             channel = event.channel
             counters["events"] += 1
@@ -546,7 +546,7 @@ class Hub:
             except (BridgeError, BusClosed):  # pub/sub mode, Redis away: no history
                 socket.push(resume.failed(), pattern)
                 break
-            socket.push(resume.replayed(str(event.id), _encode(event)), event.channel)
+            socket.push(resume.replayed(str(event.id), _encode(event, pattern)), event.channel)
         self._end_resume(socket, pattern)
 
     def _end_resume(self, socket: _Socket, pattern: str) -> None:
@@ -555,12 +555,14 @@ class Hub:
             entry[1].close()
 
 
-def _encode(event: Event) -> str:
+def _encode(event: Event, pattern: str) -> str:
     try:
         data = event.data
     except CircusEventsError:
         data = None  # undecodable payload: the event still counts
-    return encode_event(event.channel, data, str(event.id), event.origin, event.host, event.time)
+    return encode_event(
+        event.channel, data, str(event.id), event.origin, event.host, event.time, pattern=pattern
+    )
 
 
 class _AsgiApp:
@@ -570,7 +572,7 @@ class _AsgiApp:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         """Websockets are served; ``GET .../client.js`` gets the JS client."""
         if scope["type"] == "websocket":
             from starlette.websockets import WebSocket  # noqa: PLC0415

@@ -218,6 +218,7 @@ def test_encode_event_once_and_data_json_cannot_hold() -> None:
         "time": 1.5,
     }
     assert encode_event("c", "é", "i", "o", "h", 0).isascii()
+    assert json.loads(encode_event("c", 1, "i", "o", "h", 0, pattern="c*"))["pattern"] == "c*"
     assert json.loads(encode_event("c", b"\x00", "i", "o", "h", 0, direct=True))["data"] == (
         "b'\\x00'"
     )

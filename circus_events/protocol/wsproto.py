@@ -194,10 +194,20 @@ def encode_gap(channel: str, missed: int | None) -> str:
 
 
 def encode_event(
-    channel: str, data: Any, id: str, origin: str, host: str, time: float, *, direct: bool = False
+    channel: str,
+    data: Any,
+    id: str,
+    origin: str,
+    host: str,
+    time: float,
+    *,
+    pattern: str | None = None,
+    direct: bool = False,
 ) -> str:
     """One event frame, encoded once for every socket. Data JSON cannot hold
-    (bytes of the raw codec, ...) travels as its ``repr``."""
+    (bytes of the raw codec, ...) travels as its ``repr``. ``pattern``: the
+    subscription it answers (a socket with overlapping patterns gets one frame
+    per pattern, as Redis PSUBSCRIBE does, and can tell them apart)."""
     frame = {
         "type": "event",
         "channel": channel,
@@ -207,6 +217,8 @@ def encode_event(
         "host": host,
         "time": time,
     }
+    if pattern is not None:
+        frame["pattern"] = pattern
     if direct:
         frame["direct"] = True
     try:

@@ -121,7 +121,8 @@
       this._emit("event", frame);
       if (frame.direct) return;
       for (const [pattern, sub] of this._subs) {
-        if (!matches(pattern, frame.channel)) continue;
+        // One frame per server-side subscription: it names its pattern.
+        if (frame.pattern !== undefined ? frame.pattern !== pattern : !matches(pattern, frame.channel)) continue;
         sub.lastId = frame.id;
         sub.lastTime = frame.time;
         for (const handler of sub.handlers) {
