@@ -55,7 +55,7 @@ from .protocol.wsproto import (
     encode_event,
 )
 
-__all__ = ["DIRECT_CHANNEL", "Hub", "Limits"]
+__all__ = ["DIRECT_CHANNEL", "Hub", "Limits", "client_js"]
 
 log = logging.getLogger("circus_events.websocket")
 
@@ -237,9 +237,11 @@ class Hub:
         if self.closed:
             return
         self.closed = True
-        for socket in list(self._sockets.values()):
+        sockets = list(self._sockets.values())
+        for socket in sockets:
             socket.connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
-            await self._shut(socket)
+        # In parallel: each close handshake may wait up to CLOSE_TIMEOUT.
+        await asyncio.gather(*(self._shut(socket) for socket in sockets))
         for subscription, task in [*self._readers.values(), *filter(None, [self._direct])]:
             subscription.close()
             task.cancel()
@@ -445,6 +447,12 @@ class Hub:
             entry[1].cancel()
 
     async def _read(self, pattern: str, subscription: AsyncSubscription) -> None:
+        try:
+            await self._fan_out(pattern, subscription)
+        except Exception:  # a bug here must not pass silently: the pattern goes deaf
+            log.exception("the hub's reader for %r failed", pattern)
+
+    async def _fan_out(self, pattern: str, subscription: AsyncSubscription) -> None:
         fan, sockets, counters = self._fan, self._sockets, self.counters
         async for event in subscription:
             if event.direct:
