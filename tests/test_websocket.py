@@ -234,6 +234,12 @@ def test_refused_authorize_closes_with_1008(
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == 1008
+        # A good token is welcome, through hub.asgi and through hub.serve in an endpoint.
+        paths = ["/events", "/endpoint"] if kind == "asgi" else ["/events"]
+        for path in paths:
+            client = await open_client(server.url("alice", path))
+            assert client.socket_id.startswith(server.worker + "#")
+            await close_all([client])
 
     asyncio.run(scenario())
 
