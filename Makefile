@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck bench clean redis-server
+.PHONY: setup demo test lint typecheck bench clean redis-server chromium
 
-setup: $(STAMP) redis-server
+setup: $(STAMP) redis-server chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,6 +26,16 @@ redis-server:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 		else \
 			echo "cannot install redis-server here: install it (apt-get install redis-server) and retry"; exit 1; \
+		fi; }
+
+# Headless Chromium (Debian's package) for the live page's browser test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "chromium is missing: installing it with apt-get"; \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "cannot install chromium here: install it (apt-get install chromium) and retry"; exit 1; \
 		fi; }
 
 demo: setup

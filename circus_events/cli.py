@@ -512,6 +512,53 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
         _print_status(report)
 
 
+@cli.command()
+@common_options
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--bind", default="127.0.0.1", show_default=True, help="Address to listen on (no auth!)."
+)
+def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bind: str) -> None:
+    """Serve a live page: hosts and workers, event rates, a filterable tail.
+
+    \b
+    Examples:
+      circus-events web                     # http://127.0.0.1:8080/
+      circus-events web --port 9000 --bind 0.0.0.0   # anyone who reaches it sees every event
+    """
+    import asyncio  # noqa: PLC0415
+
+    try:
+        from .web import serve  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - the [websocket] extra is missing
+        _fail(f"circus-events web needs the [websocket] extra ({exc.name} is missing)", EXIT_USAGE)
+    from .aio import AsyncBus  # noqa: PLC0415
+    from .control import query  # noqa: PLC0415
+
+    config = _bridge_config(dir=dir_, namespace=namespace)
+
+    def hosts() -> list[dict[str, Any]]:
+        """Every host through Redis, with this host's own (fresher) status over its record."""
+        here = query(config.dir, config.namespace, "status", STATUS_TIMEOUT)
+        if not config.redis_url:
+            return [here]
+        from .bridge.redis_side import read_cluster_status  # noqa: PLC0415
+
+        others = [r for r in read_cluster_status(config) if r.get("host") != here.get("host")]
+        return sorted([here, *others], key=lambda r: str(r.get("host")))
+
+    async def run() -> None:
+        async with AsyncBus(**_bus_kwargs(dir_, namespace, host), worker=f"web@{port}") as bus:
+            await serve(bus, hosts, bind=bind, port=port, ready=lambda url: click.echo(url))
+
+    try:
+        asyncio.run(run())
+    except CircusEventsError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
 @cli.command("supervisor-listener")
 @common_options
 def supervisor_listener(dir_: str | None, namespace: str | None, host: str | None) -> None:

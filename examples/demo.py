@@ -3,7 +3,8 @@
 One Redis relays between them: ``$CIRCUS_EVENTS_REDIS_URL`` if set, else a
 private redis-server on a free port. Each host runs ``examples/circus.ini``
 (a ticker and two listeners); a ``circus-events tail`` on host B shows the
-events of both hosts, including circus' own process events. Ctrl-C (or
+events of both hosts, including circus' own process events, and ``circus-events
+web`` on host B serves the live page (its URL is printed). Ctrl-C (or
 ``--duration``) stops everything and leaves no process behind.
 """
 
@@ -57,6 +58,16 @@ class Group:
                 process.wait(10)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+
+
+def port_or_free(port: int) -> int:
+    """``port`` if nothing listens there on 127.0.0.1, else a free one."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def wait_for(check: object, what: str, timeout: float = 30.0) -> None:
@@ -152,6 +163,14 @@ def main() -> None:
             flush=True,
         )
         group.start([PYTHON, "-m", "circus_events", "tail", "*"], tail_env)
+        # The live page (circus-events web) on host-b: 8080 when it is free.
+        web_port = port_or_free(8080)
+        group.start(
+            [PYTHON, "-m", "circus_events", "web", "--port", str(web_port)],
+            {**tail_env, "CIRCUS_EVENTS_REDIS_URL": redis_url},
+            stdout=subprocess.DEVNULL,
+        )
+        print(f"demo: live page at http://127.0.0.1:{web_port}/", flush=True)
         started = time.monotonic()
         while not stopping:
             if args.duration and time.monotonic() - started > args.duration:

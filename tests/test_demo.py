@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from conftest import wait_until
@@ -24,6 +25,14 @@ def processes_with_env(marker: bytes) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def fetch(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bytes(answer.read())
+    except OSError:
+        return b""
 
 
 def test_demo_shows_cross_host_events_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -45,6 +54,9 @@ def test_demo_shows_cross_host_events_and_ctrl_c_stops_everything(tmp_path: Path
 
         wait_until(ticks_from_both, 30, "ticks from both hosts in the tail on host-b")
         wait_until(lambda: "demo.roundtrip" in output.read_text(), 30, "a cross-host round trip")
+        page = re.search(r"live page at (http://\S+)", output.read_text())
+        assert page is not None
+        wait_until(lambda: b"circus-events live" in fetch(page.group(1)), 20, "the live page")
         workdir = re.search(r"two hosts in (\S+)", output.read_text())
         assert workdir is not None
         marker = f"DEMO_HOME={workdir.group(1)}".encode()

@@ -1,0 +1,670 @@
+"""The websocket hub: every browser on every host gets the bus's events.
+
+:class:`Hub` runs over an :class:`~circus_events.AsyncBus` and is the I/O
+layer of :mod:`circus_events.protocol.wsproto`: the state machine, the send
+queues and the fan-out table live there; here are the bus subscriptions, one
+writer task per socket and the framework adapters:
+
+* ASGI (Starlette, FastAPI): mount ``hub.asgi`` as a websocket route, or call
+  ``await hub.serve(websocket)`` in an endpoint. An HTTP GET to ``hub.asgi``
+  for a path ending in ``/client.js`` serves the JavaScript client.
+* the ``websockets`` library: ``websockets.serve(hub.serve_websockets, ...,
+  process_request=hub.process_request)`` (the latter serves ``client.js``).
+
+Each bus event is encoded to JSON once and the same string is queued on every
+socket that wants it; a queue never waits, so one slow browser never slows
+the others (it gets ``gap`` frames, then a 1013 close). Ping/pong: the
+``websockets`` adapter pings every ``ping_interval`` and drops a peer that
+does not answer within the next one; under uvicorn, the server pings: run it
+with ``ws_ping_interval=ping_interval, ws_ping_timeout=ping_interval`` (see
+:meth:`Hub.uvicorn_options`).
+
+Socket ids are ``<worker id>#<n>.<random>``: unique across the cluster, and
+:meth:`Hub.send_to` routes to the owning worker with the bus's ``send_to``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from ._event import Event
+from ._exceptions import BridgeError, BusClosed, CircusEventsError
+from .aio import AsyncBus, AsyncSubscription
+from .protocol.wsproto import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    DEFAULT_LIMITS,
+    OPEN,
+    Connection,
+    FanOut,
+    Limits,
+    Publish,
+    Resume,
+    Subscribe,
+    Unsubscribe,
+    encode_event,
+)
+
+__all__ = ["DIRECT_CHANNEL", "Hub", "Limits", "client_js"]
+
+log = logging.getLogger("circus_events.websocket")
+
+#: The bus channel that carries ``send_to`` messages between hubs (always direct).
+DIRECT_CHANNEL: Final = "circus-events.websocket.direct"
+#: A resume replays from the ``last_time`` it is given less this many seconds:
+#: the publisher's clock and Redis' stream ids may differ by that much.
+RESUME_SLACK: Final = 5.0
+#: A replay that stays quiet this long is complete: if ``last_id`` was not in
+#: it, the socket gets a ``gap`` and what was replayed.
+RESUME_SETTLE: Final = 0.5
+#: The server library's own frame limit, as a multiple of ``max_frame_bytes``:
+#: a frame up to it gets an ``error`` frame from the hub; past it the library
+#: closes the socket (1009) without reading it all into memory.
+TRANSPORT_FRAME_FACTOR: Final = 4
+#: Longest wait for a closing socket's close handshake before the TCP
+#: connection is cut (a peer that never reads never answers).
+CLOSE_TIMEOUT: Final = 2.0
+
+Principal = Any
+Authorize = Callable[[Any], Principal | Awaitable[Principal | None] | None]
+CanSubscribe = Callable[[Principal, str], bool | Awaitable[bool]]
+CanPublish = Callable[[Principal, str], bool | Awaitable[bool]]
+
+
+class _Transport(Protocol):
+    """What the hub needs from a websocket, whatever the framework."""
+
+    async def receive(self) -> str | bytes | None: ...  # None: the peer went away
+    async def send(self, text: str) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+    def abort(self) -> None: ...
+
+
+class _Socket:
+    """One connected socket: its state machine, transport and tasks."""
+
+    __slots__ = ("connection", "principal", "resumes", "tasks", "transport", "wake")
+
+    def __init__(self, connection: Connection, transport: _Transport, principal: Any) -> None:
+        self.connection = connection
+        self.transport = transport
+        self.principal = principal
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        #: pattern -> (the resume seam, its replay subscription).
+        self.resumes: dict[str, tuple[Resume, AsyncSubscription]] = {}
+
+    def push(self, frames: list[str], channel: str) -> None:
+        for frame in frames:
+            self.connection.push(frame, channel)
+        self.wake.set()
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _deny_all(principal: Any, channel: str) -> bool:
+    return False
+
+
+def _allow_all(principal: Any, pattern: str) -> bool:
+    return True
+
+
+class Hub:
+    """Relays bus events to websockets and websocket publications to the bus.
+
+    ``authorize(websocket)`` (sync or async) returns a principal, or None to
+    refuse (close 1008); default: everyone, principal None.
+    ``can_subscribe(principal, pattern)``: default allows every pattern.
+    ``can_publish(principal, channel)``: default refuses: browsers only listen.
+    The bus must have ``echo=False`` (the default): the hub delivers its own
+    worker's publications to its sockets itself.
+    """
+
+    def __init__(
+        self,
+        bus: AsyncBus,
+        *,
+        authorize: Authorize | None = None,
+        can_subscribe: CanSubscribe | None = None,
+        can_publish: CanPublish | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.bus = bus
+        self.limits = limits
+        self._authorize = authorize
+        self._can_subscribe = can_subscribe or _allow_all
+        self._can_publish = can_publish or _deny_all
+        self._fan = FanOut()
+        self._sockets: dict[str, _Socket] = {}
+        self._readers: dict[str, tuple[AsyncSubscription, asyncio.Task[None]]] = {}
+        self._numbers = itertools.count(1)
+        self._token = secrets.token_hex(3)
+        self._direct: tuple[AsyncSubscription, asyncio.Task[None]] | None = None
+        self._direct_numbers = itertools.count(1)
+        self.closed = False
+        #: The ASGI app: mount it as a websocket route (and an HTTP one for client.js).
+        self.asgi = _AsgiApp(self)
+        #: Counters for status pages and tests.
+        self.counters = {
+            "accepted": 0,
+            "refused": 0,
+            "full": 0,
+            "closed_slow": 0,
+            "closed_abuse": 0,
+            "events": 0,
+            "frames_queued": 0,
+            "dropped": 0,
+            "bad_frames": 0,
+            "published": 0,
+        }
+
+    # -- public API ----------------------------------------------------------------
+
+    def relay(self, pattern: str) -> None:
+        """Every socket on this worker gets the bus events matching ``pattern``."""
+        self._check_open()
+        if self._fan.relay(pattern):
+            self._open_reader(pattern)
+
+    async def broadcast(self, channel: str, data: Any) -> None:
+        """Publish ``data`` on the bus: every socket on every host that wants it gets it."""
+        self._check_open()
+        await self.bus.publish(channel, data)
+        # The bus does not echo to its own worker: deliver to this hub's sockets too.
+        await self.bus.publish(channel, data, scope="process")
+        self.counters["published"] += 1
+
+    async def send_to(self, socket_id: str, channel: str, data: Any) -> None:
+        """Send to one socket, on whichever worker and host it is connected."""
+        self._check_open()
+        worker = socket_id.rpartition("#")[0]
+        if not worker:
+            raise ValueError(f"not a socket id: {socket_id!r}")
+        if worker == self.bus.worker:
+            self._deliver_direct(socket_id, channel, data, self.bus.worker, self.bus.host)
+            return
+        message = {"socket": socket_id, "channel": channel, "data": data}
+        await self.bus.send_to(worker, DIRECT_CHANNEL, message)
+
+    @property
+    def socket_ids(self) -> list[str]:
+        """The sockets connected to this hub."""
+        return list(self._sockets)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "connections": len(self._sockets),
+            "patterns": self._fan.patterns(),
+        }
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Options for ``uvicorn.run``/``uvicorn.Config`` that apply the hub's limits:
+        pings (a dead peer goes within two intervals), frame size, and no
+        per-message compression (it would cost CPU per socket, not per event)."""
+        return {
+            "ws_ping_interval": self.limits.ping_interval,
+            "ws_ping_timeout": self.limits.ping_interval,
+            "ws_max_size": TRANSPORT_FRAME_FACTOR * self.limits.max_frame_bytes,
+            "ws_per_message_deflate": False,
+        }
+
+    def websockets_options(self) -> dict[str, Any]:
+        """Options for ``websockets.serve``: frame size, no compression, the
+        ``client.js`` route; the hub pings by itself."""
+        return {
+            "max_size": TRANSPORT_FRAME_FACTOR * self.limits.max_frame_bytes,
+            "compression": None,
+            "ping_interval": None,
+            "process_request": self.process_request,
+        }
+
+    async def close(self) -> None:
+        """Close every socket (1001) and the hub's bus subscriptions; the bus stays open."""
+        if self.closed:
+            return
+        self.closed = True
+        sockets = list(self._sockets.values())
+        for socket in sockets:
+            socket.connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
+        # In parallel: each close handshake may wait up to CLOSE_TIMEOUT.
+        await asyncio.gather(*(self._shut(socket) for socket in sockets))
+        for subscription, task in [*self._readers.values(), *filter(None, [self._direct])]:
+            subscription.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._readers.clear()
+        self._direct = None
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise BusClosed("the hub is closed")
+
+    # -- adapters --------------------------------------------------------------------
+
+    async def serve(self, websocket: Any) -> None:
+        """Serve one Starlette/FastAPI ``WebSocket`` until it closes."""
+        await self._run(_StarletteTransport(websocket), websocket)
+
+    async def serve_websockets(self, connection: Any) -> None:
+        """Handler for ``websockets.serve`` (``websockets.asyncio.server``)."""
+        transport = _WebsocketsTransport(connection)
+        await self._run(transport, connection, keepalive=transport)
+
+    def process_request(self, connection: Any, request: Any) -> Any:
+        """``process_request`` for ``websockets.serve``: answers ``GET .../client.js``."""
+        if request.path.split("?")[0].endswith("/client.js"):
+            from websockets.datastructures import Headers  # noqa: PLC0415
+            from websockets.http11 import Response  # noqa: PLC0415
+
+            body = client_js()
+            headers = Headers(
+                [
+                    ("Content-Type", "text/javascript; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                ]
+            )
+            return Response(200, "OK", headers, body)
+        return None
+
+    # -- one socket ------------------------------------------------------------------
+
+    async def _run(
+        self, transport: _Transport, handle: Any, keepalive: _WebsocketsTransport | None = None
+    ) -> None:
+        try:
+            principal = None
+            if self._authorize is not None:
+                principal = await _maybe_await(self._authorize(handle))
+        except Exception:
+            log.exception("authorize failed: refusing the socket")
+            principal = None
+            refused = True
+        else:
+            refused = self._authorize is not None and principal is None
+        if isinstance(transport, _StarletteTransport):
+            await transport.accept()
+        if refused or self.closed:
+            # Accepted then closed, so that a browser sees the code (a refused
+            # handshake shows as 1006, with no reason).
+            self.counters["refused"] += 1
+            await transport.close(CLOSE_POLICY, "unauthorized" if refused else "shutting down")
+            return
+        if len(self._sockets) >= self.limits.max_connections:
+            self.counters["full"] += 1
+            await transport.close(CLOSE_TRY_AGAIN, "too many connections on this worker")
+            return
+        socket_id = f"{self.bus.worker}#{next(self._numbers)}.{self._token}"
+        socket = _Socket(Connection(socket_id, self.limits), transport, principal)
+        self._sockets[socket_id] = socket
+        self.counters["accepted"] += 1
+        self._ensure_direct()
+        socket.tasks.append(asyncio.create_task(self._write(socket)))
+        if keepalive is not None:
+            socket.tasks.append(asyncio.create_task(self._ping(socket, keepalive)))
+        socket.wake.set()  # the welcome frame
+        connection = socket.connection
+        try:
+            while connection.state == OPEN:
+                frame = await transport.receive()
+                if frame is None:
+                    break
+                abuse = connection.abuse
+                request = connection.receive(frame)
+                if request is not None:
+                    await self._handle(socket, request)
+                # Malformed and refused frames alike.
+                self.counters["bad_frames"] += connection.abuse - abuse
+                socket.wake.set()
+        finally:
+            if connection.state != OPEN and connection.close_code == CLOSE_POLICY:
+                self.counters["closed_abuse"] += 1
+                # Let the writer send the last error frames and the close itself.
+                await asyncio.wait(socket.tasks[:1], timeout=CLOSE_TIMEOUT)
+            await self._shut(socket)
+
+    async def _handle(self, socket: _Socket, request: Subscribe | Unsubscribe | Publish) -> None:
+        connection = socket.connection
+        if isinstance(request, Publish):
+            if not await self._check(self._can_publish, socket.principal, request.channel):
+                connection.refuse(f"publishing to {request.channel!r} is not allowed")
+                return
+            if request.channel == DIRECT_CHANNEL:
+                connection.refuse(f"{DIRECT_CHANNEL!r} is the hub's own channel")
+                return
+            try:
+                await self.broadcast(request.channel, request.data)
+            except (CircusEventsError, ValueError) as exc:
+                connection.refuse(f"publish failed: {exc}")
+            return
+        pattern = request.pattern
+        if isinstance(request, Unsubscribe):
+            if connection.unsubscribed(pattern):
+                self._end_resume(socket, pattern)
+                if self._fan.remove(connection, pattern):
+                    self._close_reader(pattern)
+            return
+        if not await self._check(self._can_subscribe, socket.principal, pattern):
+            connection.refuse(f"subscribing to {pattern!r} is not allowed")
+            return
+        if not connection.subscribed(pattern) or connection.state != OPEN:
+            return  # already subscribed: nothing to resume (the feed never stopped)
+        if self._fan.add(connection, pattern):
+            self._open_reader(pattern)
+        if request.last_id is not None:
+            self._start_resume(socket, request)
+
+    async def _check(self, hook: Callable[[Any, str], Any], principal: Any, name: str) -> bool:
+        try:
+            return bool(await _maybe_await(hook(principal, name)))
+        except Exception:
+            log.exception("%r failed on %r: refused", hook, name)
+            return False
+
+    async def _write(self, socket: _Socket) -> None:
+        connection, transport, wake = socket.connection, socket.transport, socket.wake
+        try:
+            while connection.state == OPEN:
+                await wake.wait()
+                wake.clear()
+                for frame in connection.take():
+                    await transport.send(frame)
+        except Exception:  # the peer went away mid-send: the reader sees it too
+            return
+        # Closing (too slow, abuse): what was queued before the decision still goes.
+        with contextlib.suppress(Exception):
+            for frame in connection.take():
+                await transport.send(frame)
+        await self._close_transport(socket)
+
+    async def _ping(self, socket: _Socket, transport: _WebsocketsTransport) -> None:
+        interval = self.limits.ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                pong = await transport.connection.ping()
+                await asyncio.wait_for(pong, interval)
+            except TimeoutError:
+                log.info("%s: no pong within %gs: dropped", socket.connection.socket_id, interval)
+                transport.abort()
+                return
+            except Exception:
+                return
+
+    async def _close_transport(self, socket: _Socket) -> None:
+        connection = socket.connection
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await socket.transport.close(connection.close_code, connection.close_reason)
+        except Exception:
+            socket.transport.abort()
+
+    async def _shut(self, socket: _Socket) -> None:
+        """Forget a socket: its subscriptions, tasks, replays; close it if still open."""
+        connection = socket.connection
+        if self._sockets.pop(connection.socket_id, None) is None:
+            return
+        for pattern in list(socket.resumes):
+            self._end_resume(socket, pattern)
+        for pattern in self._fan.remove_all(connection):
+            self._close_reader(pattern)
+        current = asyncio.current_task()
+        for task in socket.tasks:
+            if task is not current:
+                task.cancel()
+        if connection.state == OPEN:
+            connection.close(1000, "")
+        if connection.close_code == CLOSE_TRY_AGAIN:
+            self.counters["closed_slow"] += 1
+        await self._close_transport(socket)
+        connection.closed()
+
+    # -- bus side --------------------------------------------------------------------
+
+    def _open_reader(self, pattern: str) -> None:
+        subscription = self.bus.subscribe(pattern)
+        task = asyncio.create_task(self._read(pattern, subscription), name=f"hub {pattern}")
+        self._readers[pattern] = (subscription, task)
+
+    def _close_reader(self, pattern: str) -> None:
+        entry = self._readers.pop(pattern, None)
+        if entry is not None:
+            entry[0].close()
+            entry[1].cancel()
+
+    async def _read(self, pattern: str, subscription: AsyncSubscription) -> None:
+        try:
+            await self._fan_out(pattern, subscription)
+        except Exception:  # a bug here must not pass silently: the pattern goes deaf
+            log.exception("the hub's reader for %r failed", pattern)
+
+    async def _fan_out(self, pattern: str, subscription: AsyncSubscription) -> None:
+        fan, sockets, counters = self._fan, self._sockets, self.counters
+        async for event in subscription:
+            if event.direct:
+                continue  # a send_to for this worker: never fanned out
+            frame = _encode(event, pattern)
+            event_id = str(event.id)
+            channel = event.channel
+            counters["events"] += 1
+            if fan.relayed(pattern):
+                targets = [s.connection for s in sockets.values()]
+            else:
+                targets = list(fan.targets(pattern))
+            for connection in targets:
+                socket = sockets.get(connection.socket_id)
+                if socket is None:
+                    continue
+                resume = socket.resumes.get(pattern)
+                if resume is not None:
+                    socket.push(resume[0].live(event_id, frame), channel)
+                    if resume[0].done:
+                        self._end_resume(socket, pattern)
+                    continue
+                if connection.push(frame, channel):
+                    counters["frames_queued"] += 1
+                else:
+                    counters["dropped"] += 1
+                    if connection.state != OPEN:
+                        socket.wake.set()  # the writer closes it (or is cancelled by _shut)
+                        self._kill_slow(socket)
+                        continue
+                socket.wake.set()
+            # Let the writers run before the next event: a burst read from the bus
+            # in one go would otherwise fill every queue, fast sockets' too.
+            await asyncio.sleep(0)
+
+    def _kill_slow(self, socket: _Socket) -> None:
+        """A socket past its second limit: its writer may be stuck in a send to a
+        peer that does not read; cut it loose without waiting."""
+        if socket.connection.socket_id in self._sockets:
+            asyncio.get_running_loop().create_task(self._shut(socket))
+
+    def _ensure_direct(self) -> None:
+        if self._direct is None:
+            subscription = self.bus.subscribe(DIRECT_CHANNEL)
+            self._direct = (subscription, asyncio.create_task(self._read_direct(subscription)))
+
+    async def _read_direct(self, subscription: AsyncSubscription) -> None:
+        async for event in subscription:
+            message = event.data
+            if not event.direct or not isinstance(message, dict):
+                continue
+            socket_id, channel = message.get("socket"), message.get("channel")
+            if isinstance(socket_id, str) and isinstance(channel, str):
+                self._deliver_direct(
+                    socket_id, channel, message.get("data"), event.origin, event.host, event
+                )
+
+    def _deliver_direct(
+        self,
+        socket_id: str,
+        channel: str,
+        data: Any,
+        origin: str,
+        host: str,
+        event: Event | None = None,
+    ) -> None:
+        socket = self._sockets.get(socket_id)
+        if socket is None:
+            return
+        if event is not None:
+            event_id, sent = str(event.id), event.time
+        else:
+            event_id, sent = f"{socket_id}~direct~{next(self._direct_numbers)}", time.time()
+        frame = encode_event(channel, data, event_id, origin, host, sent, direct=True)
+        socket.push([frame], channel)
+
+    # -- resume ----------------------------------------------------------------------
+
+    def _start_resume(self, socket: _Socket, request: Subscribe) -> None:
+        assert request.last_id is not None
+        since = None if request.last_time is None else request.last_time - RESUME_SLACK
+        resume = Resume(request.pattern, request.last_id, self.limits.queue_bytes)
+        # Made right after the shared subscription exists, before any await: the
+        # replay's live part and the shared feed start at the same event.
+        replay = self.bus.subscribe(
+            request.pattern, history=self.limits.resume_max_events, since=since
+        )
+        socket.resumes[request.pattern] = (resume, replay)
+        socket.tasks.append(asyncio.create_task(self._replay(socket, resume, replay)))
+
+    async def _replay(self, socket: _Socket, resume: Resume, replay: AsyncSubscription) -> None:
+        pattern = resume.pattern
+        while not resume.done:
+            try:
+                event = await replay.get(timeout=RESUME_SETTLE)
+            except TimeoutError:
+                socket.push(resume.settle(), pattern)
+                continue
+            except (BridgeError, BusClosed):  # pub/sub mode, Redis away: no history
+                socket.push(resume.failed(), pattern)
+                break
+            socket.push(resume.replayed(str(event.id), _encode(event, pattern)), event.channel)
+        self._end_resume(socket, pattern)
+
+    def _end_resume(self, socket: _Socket, pattern: str) -> None:
+        entry = socket.resumes.pop(pattern, None)
+        if entry is not None:
+            entry[1].close()
+
+
+def _encode(event: Event, pattern: str) -> str:
+    try:
+        data = event.data
+    except CircusEventsError:
+        data = None  # undecodable payload: the event still counts
+    return encode_event(
+        event.channel, data, str(event.id), event.origin, event.host, event.time, pattern=pattern
+    )
+
+
+class _AsgiApp:
+    """``hub.asgi``: an ASGI app object, not a method, so that Starlette's
+    ``WebSocketRoute``/``Mount`` pass it ``(scope, receive, send)``."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """Websockets are served; ``GET .../client.js`` gets the JS client."""
+        if scope["type"] == "websocket":
+            from starlette.websockets import WebSocket  # noqa: PLC0415
+
+            await self.hub.serve(WebSocket(scope, receive, send))
+        elif scope["type"] == "http":
+            if scope.get("method") in ("GET", "HEAD") and scope["path"].endswith("/client.js"):
+                body = client_js()
+                status = 200
+                headers = [
+                    (b"content-type", b"text/javascript; charset=utf-8"),
+                    (b"cache-control", b"max-age=300"),
+                ]
+            else:
+                body, status, headers = b"not found\n", 404, [(b"content-type", b"text/plain")]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        elif scope["type"] == "lifespan":  # served alone: nothing to start or stop
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+
+def client_js() -> bytes:
+    """The dependency-free JavaScript client, as served by the hub."""
+    return resources.files("circus_events").joinpath("static/client.js").read_bytes()
+
+
+# -- transports ------------------------------------------------------------------------
+
+
+class _StarletteTransport:
+    def __init__(self, websocket: Any) -> None:
+        self.websocket = websocket
+
+    async def accept(self) -> None:
+        await self.websocket.accept()
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message = await self.websocket.receive()
+        except Exception:
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, text: str) -> None:
+        await self.websocket.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code, reason)
+
+    def abort(self) -> None:
+        """ASGI has no abort: the server's ping timeout ends a peer that does not read."""
+
+
+class _WebsocketsTransport:
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message: str | bytes = await self.connection.recv()
+        except Exception:
+            return None
+        return message
+
+    async def send(self, text: str) -> None:
+        await self.connection.send(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.connection.close(code, reason)
+
+    def abort(self) -> None:
+        transport = getattr(self.connection, "transport", None)
+        if transport is not None:
+            transport.abort()
