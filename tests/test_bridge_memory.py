@@ -16,6 +16,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -434,6 +435,32 @@ def test_status_reports_the_limits_and_what_they_cost(
     big = 1024 * 1024 + 4096
     assert defaults["publisher_hwm_frames"] == 256 * MiB // big - 1 == 254
     assert defaults["per_publisher_bytes"] == 255 * big <= 256 * MiB
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_bursts_and_exits_loses_nothing(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """With a publisher pipe of a few frames, a worker process that publishes a
+    burst and exits still delivers everything: its close flushes first."""
+    bridge = bridge_factory(
+        args=("--publisher-max-bytes", str(MiB), "--max-message-bytes", str(64 * 1024))
+    )
+    directory = str(bridge.directory)
+    total = 100_000
+    burst = (
+        "from circus_events import Bus\n"
+        f"with Bus(dir={directory!r}, worker='burst', codec='raw') as bus:\n"
+        f"    for n in range({total}):\n"
+        "        bus.publish('burst', b'%d' % n)\n"
+    )
+    with Bus(dir=directory, worker="reader", codec="raw", queue_size=total + 1) as reader:
+        events = reader.subscribe("burst")
+        assert reader.sync(10)
+        subprocess.run([sys.executable, "-c", burst], check=True, timeout=60)
+        got = [events.get(timeout=30).payload for _ in range(total)]
+        assert got == [b"%d" % n for n in range(total)]
+        assert reader.stats()["missed"] == 0
 
 
 @pytest.mark.timeout(120)

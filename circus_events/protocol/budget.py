@@ -20,10 +20,13 @@ Small static marks on the subscriber side lose events for healthy but
 briefly starved subscribers in bursts (XPUB drops past its mark), so a
 subscriber budget must allow at least ``MIN_FRAMES``. On the publisher side
 (PULL) a full pipe only slows its worker down, so any mark of at least one
-frame is safe: a stall once seen there with 30 and 60 frames did not
-reproduce with 16 and 30 frames (100k small, 3,000 x 512 KiB and 100k
-garbage frames), and ``test_a_small_publisher_budget_slows_but_never_stalls``
-guards it.
+frame is safe while the worker stays connected. What looked like a stall
+with small PULL marks is libzmq dropping a departed peer's unread data: a
+raw PUSH that sends 100,000 messages and disconnects at once, while its pipe
+is full, loses the few hundred the bridge had not read. ``Bus.close()``
+flushes (the bridge confirms it has taken everything) before it
+disconnects, so a worker loses nothing that way, even with 30 frames
+(``test_a_worker_that_bursts_and_exits_loses_nothing``).
 """
 
 from __future__ import annotations
