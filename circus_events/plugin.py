@@ -48,7 +48,8 @@ from ._config import (
 from ._exceptions import CircusEventsError, ConfigError
 from ._redis_url import read_redis_url_file, refuse_visible_password
 from ._sockdir import open_private_file, prepare_dir
-from .bridge.core import Bridge, settle_heap
+from .bridge.core import Bridge
+from .bridge.heap import settle_heap
 
 __all__ = ["EventsPlugin", "PluginSettings", "parse_plugin_options"]
 

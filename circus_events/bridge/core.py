@@ -31,53 +31,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import gc
 import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 import zmq
 
 from .._config import FRAME_SLACK, BridgeConfig
-from .._exceptions import ChannelError, CircusEventsError, ProtocolError
+from .._exceptions import ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
-    FLAG_NOTICE,
-    FLAG_REPLAY,
-    HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
     MAX_CONTROL_PARTS,
-    SYNC_CHANNEL,
     SYNC_REQUEST,
-    Codec,
-    Envelope,
-    HistoryRequest,
     InterestTable,
-    Pattern,
     SequenceTracker,
     SubscriptionRefused,
-    SubscriptionTopic,
     check_frame,
-    decode_frame,
-    encode_frame,
     inbox_channel,
     parse_control_request,
-    parse_history_request,
-    parse_sync_request,
-    single_envelopes,
     worst_case,
 )
+from .heap import settle_heap, trim_heap
 from .local import LocalSockets, publisher_hwm, subscriber_hwm
+from .replies import RedisPort, WorkerReplies
 
-__all__ = ["BATCH", "Bridge", "run_bridge", "settle_heap", "trim_heap"]
+__all__ = ["BATCH", "Bridge", "run_bridge"]
 
 log = logging.getLogger("circus_events.bridge")
 
@@ -86,11 +71,6 @@ BATCH: Final = 2000
 #: ... and bytes: 2,000 frames of 1 MiB would hold the loop for a second
 #: (``status`` unanswered); 8 MiB is a few milliseconds of copying.
 BATCH_BYTES: Final = 8 * 1024 * 1024
-#: Longest a sync reply waits for Redis to confirm this host's subscriptions.
-SETTLE_WAIT: Final = 5.0
-#: Longest a history request waits for Redis to be connected (a bridge that
-#: has just started, or is reconnecting).
-HISTORY_CONNECT_WAIT: Final = 5.0
 #: How often memory that libzmq and Python freed is handed back to the system
 #: (glibc keeps it otherwise: 100k subscriptions left 745 MiB resident after
 #: their socket went away, 17 MiB once trimmed). Only after something was
@@ -100,29 +80,6 @@ TRIM_INTERVAL: Final = 5.0
 TRIM_FRAME_BYTES: Final = 65536
 #: Control messages answered per loop turn.
 CONTROL_BATCH: Final = 100
-
-
-class _RedisPort(Protocol):
-    """What the bridge needs of a Redis side (see ``redis_side.RedisSide``)."""
-
-    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
-    def add_interest(self, topic: SubscriptionTopic) -> None: ...
-    def remove_interest(self, topic: SubscriptionTopic) -> None: ...
-    def status(self) -> dict[str, Any]: ...
-    async def run(self) -> None: ...
-    async def close(self) -> None: ...
-    async def history(
-        self, match: Callable[[str], bool], count: int | None, since_ms: int | None
-    ) -> list[bytes]: ...
-    @property
-    def connected(self) -> bool: ...
-    @property
-    def subscriptions_settled(self) -> bool: ...
-
-    #: Set while both Redis connections serve.
-    connected_event: asyncio.Event
-    #: Set while a sync reply need not wait: settled, or not connected.
-    settled_event: asyncio.Event
 
 
 class Bridge:
@@ -147,7 +104,6 @@ class Bridge:
             "foreign_host": 0,
             "history_replayed": 0,
         }
-        self._history_tasks: set[asyncio.Task[None]] = set()
         self._warned_workers: set[str] = set()
         self.started_at = time.time()
         self.last_error: str | None = None
@@ -156,14 +112,10 @@ class Bridge:
         self.ready = asyncio.Event()
         self._sockets: LocalSockets | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._redis: _RedisPort | None = None
+        self._redis: RedisPort | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._service_scheduled = False
-        self._epoch = time.time_ns() // 1000
-        self._sync_seq = 0
-        self._deferred_syncs: list[tuple[str, bytes]] = []
-        self._settle_task: asyncio.Task[None] | None = None
-        self._bridge_origin = config.host.encode("utf-8")
+        self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
 
@@ -196,6 +148,16 @@ class Bridge:
         if self.config.redis_url:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
+        xpub = self._sockets.xpub
+        self._replies = WorkerReplies(
+            send=lambda frame: xpub.send(frame, zmq.NOBLOCK),
+            redis=self._redis,
+            stream_mode=self.config.mode == "stream",
+            origin=self.config.host.encode("utf-8"),
+            counters=self.counters,
+            stopping=self._stopping,
+            note_bad_frame=self._note_bad_frame,
+        )
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -247,13 +209,13 @@ class Bridge:
         self._context.term()
         log.info("bridge stopped")
 
-    def _make_redis_side(self) -> _RedisPort:
+    def _make_redis_side(self) -> RedisPort:
         # Imported only with redis_url.
         from .redis_side import RedisSide  # noqa: PLC0415
         from .stream_side import StreamSide  # noqa: PLC0415
 
         kind = StreamSide if self.config.mode == "stream" else RedisSide
-        side: _RedisPort = kind(
+        side: RedisPort = kind(
             self.config, deliver=self.deliver_from_redis, status_provider=self.local_status
         )
         return side
@@ -419,8 +381,9 @@ class Bridge:
         self._schedule_service()
 
     def _drain_subscriptions(self) -> bool:
-        assert self._sockets is not None
+        assert self._sockets is not None and self._replies is not None
         xpub = self._sockets.xpub
+        replies = self._replies
         for _ in range(BATCH):
             try:
                 frame = xpub.recv(zmq.NOBLOCK)
@@ -431,10 +394,10 @@ class Bridge:
                 self.counters["rejected_subscriptions"] += 1
                 continue
             if frame[:1] == SYNC_REQUEST:
-                self._answer_sync(frame)
+                replies.answer_sync(frame)
                 continue
             if frame[:1] == HISTORY_REQUEST:
-                self._start_history(frame)
+                replies.start_history(frame)
                 continue
             try:
                 change = self.interest.feed(frame)
@@ -461,154 +424,13 @@ class Bridge:
 
     def _refuse(self, exc: SubscriptionRefused) -> None:
         """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
-        Redis; counted, logged now and then, and told to its subscribers.
-
-        The bridge cannot tell which socket sent a subscription, so the notice
-        goes where only that topic's subscribers (and broader prefixes) get it:
-        a frame on the refused topic itself, flagged ``FLAG_NOTICE``; a client
-        that holds that topic reports the error (the payload).
-        """
-        assert self._sockets is not None
+        Redis; counted, logged now and then, and told to its subscribers."""
         self.counters["refused_subscriptions"] += 1
         if self.counters["refused_subscriptions"] & 1023 == 1:
             log.warning("%s (%d refused so far)", exc, self.counters["refused_subscriptions"])
         self.last_error = str(exc)
-        topic = exc.topic
-        self._sync_seq += 1
-        notice = encode_frame(
-            topic.name,
-            origin=self._bridge_origin,
-            host=self._bridge_origin,
-            epoch=self._epoch,
-            seq=self._sync_seq,
-            time=time.time(),
-            codec=Codec.RAW,
-            payload=(b"\x01" if topic.exact else b"\x00") + str(exc).encode(),
-            flags=FLAG_NOTICE | FLAG_HOST_ONLY,
-        )
-        self._sockets.xpub.send(notice, zmq.NOBLOCK)
-
-    def _answer_sync(self, frame: bytes) -> None:
-        """Tell a worker that every subscription it sent before this is applied."""
-        assert self._sockets is not None
-        try:
-            worker, token = parse_sync_request(frame)
-        except ProtocolError as exc:
-            self.counters["rejected_subscriptions"] += 1
-            self._note_bad_frame(exc)
-            return
-        if (
-            self._redis is not None
-            and self._redis.connected
-            and not self._redis.subscriptions_settled
-        ):
-            # Answer once Redis has confirmed this host's subscriptions too, so
-            # that "synced" means other hosts' events reach the worker as well.
-            self._deferred_syncs.append((worker, token))
-            if self._settle_task is None:
-                self._settle_task = asyncio.get_running_loop().create_task(
-                    self._answer_when_settled()
-                )
-            return
-        self._send_sync_reply(worker, token)
-
-    async def _answer_when_settled(self) -> None:
-        redis = self._redis
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SETTLE_WAIT):
-                    # Re-check on waking: a new subscription may have come since the set.
-                    while redis is not None and redis.connected and not redis.subscriptions_settled:
-                        await redis.settled_event.wait()  # Redis confirms asynchronously
-        finally:
-            self._settle_task = None
-            waiting, self._deferred_syncs = self._deferred_syncs, []
-            if self._sockets is not None and not self._stopping.is_set():
-                for worker, token in waiting:
-                    self._send_sync_reply(worker, token)
-
-    def _send_sync_reply(self, worker: str, token: bytes) -> None:
-        self._send_direct(worker, SYNC_CHANNEL, token)
-
-    def _send_direct(self, worker: str, channel: str, payload: bytes) -> None:
-        """A message from the bridge itself to one local worker."""
-        assert self._sockets is not None
-        self._sync_seq += 1
-        reply = encode_frame(
-            channel,
-            origin=self._bridge_origin,
-            host=self._bridge_origin,
-            epoch=self._epoch,
-            seq=self._sync_seq,
-            time=time.time(),
-            codec=Codec.RAW,
-            payload=payload,
-            target=worker,
-        )
-        self._sockets.xpub.send(reply, zmq.NOBLOCK)
-
-    def _start_history(self, frame: bytes) -> None:
-        """A worker subscribed with ``history=``: replay what Redis kept."""
-        try:
-            request = parse_history_request(frame)
-        except ProtocolError as exc:
-            self.counters["rejected_subscriptions"] += 1
-            self._note_bad_frame(exc)
-            return
-        task = asyncio.get_running_loop().create_task(self._replay_history(request))
-        self._history_tasks.add(task)
-        task.add_done_callback(self._history_tasks.discard)
-
-    async def _replay_history(self, request: HistoryRequest) -> None:
-        error = ""
-        frames: list[bytes] = []
-        redis = self._redis
-        if redis is None:
-            error = "history needs a Redis in stream mode (mode = stream)"
-        else:
-            if self.config.mode == "stream":
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(HISTORY_CONNECT_WAIT):
-                        await redis.connected_event.wait()  # the side connects on its own
-            try:
-                frames = await redis.history(
-                    Pattern(request.pattern).matches, request.limit, request.since_ms
-                )
-            except (CircusEventsError, ChannelError) as exc:
-                error = f"history is not available: {exc}"
-        if self._sockets is None or self._stopping.is_set():
-            return
-        send = self._sockets.xpub.send
-        replayed: list[Envelope] = []
-        for frame in frames:
-            try:
-                env = decode_frame(frame)
-            except ProtocolError:
-                continue
-            if env.target is not None:
-                continue  # direct messages are for their worker only, never history
-            replayed.extend(single_envelopes(env))
-        if request.limit is not None:
-            # The stream side counts entries; a batch entry holds several events.
-            replayed = replayed[-request.limit :] if request.limit else []
-        for env in replayed:
-            send(
-                encode_frame(
-                    env.channel,
-                    origin=env.origin.encode(),
-                    host=env.host.encode(),
-                    epoch=env.epoch,
-                    seq=env.seq,
-                    time=env.time,
-                    codec=Codec(env.codec),
-                    payload=request.token + env.payload,
-                    flags=FLAG_REPLAY,
-                    target=request.worker,
-                ),
-                zmq.NOBLOCK,
-            )
-        self._send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
-        self.counters["history_replayed"] += len(replayed)
+        assert self._replies is not None
+        self._replies.notice(exc)
 
     def _drain_control(self) -> bool:
         """Answer up to CONTROL_BATCH requests; True if more may be waiting.
@@ -756,28 +578,3 @@ def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None)
 
     settle_heap()
     asyncio.run(main())
-
-
-_LIBC: ctypes.CDLL | None = None
-
-
-def trim_heap() -> None:
-    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; a no-op
-    elsewhere)."""
-    global _LIBC  # noqa: PLW0603 - loaded once, on first use
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-def settle_heap() -> None:
-    """Keep what is already loaded out of the garbage collector's way.
-
-    A bridge process lives as long as its imports; frozen, they are not
-    walked by every full collection, which would otherwise stall delivery
-    for milliseconds now and then (the p99).
-    """
-    gc.collect()
-    gc.freeze()

@@ -193,6 +193,11 @@ class RedisLink:
         #: interest, or there is no connection to wait on.
         self.settled_event = asyncio.Event()
         self.settled_event.set()
+        #: Set once the first attempt to reach Redis ended, either way: a new
+        #: bridge's sync replies wait for it (see ``replies``).
+        self.first_attempt = asyncio.Event()
+        if self._address is None:
+            self.first_attempt.set()
         self._closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._tick_task: asyncio.Task[None] | None = None
@@ -407,6 +412,7 @@ class RedisLink:
             self.log.warning("circus-events: %s", text)
 
     def _connect_failed(self, role: str, exc: RedisConnectError) -> None:
+        self.first_attempt.set()
         self._connect_failures += 1
         self._errors[role] = exc
         self.last_error = str(exc)
@@ -544,6 +550,7 @@ class RedisLink:
         """A connection came or went, or the subscriptions changed: update the events."""
         connected = self.pub is not None and self.sub is not None and not self.closing
         if connected:
+            self.first_attempt.set()
             self.connected_event.set()
         else:
             self.connected_event.clear()

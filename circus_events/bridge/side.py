@@ -37,6 +37,8 @@ class LinkedSide:
         #: Set while a sync reply need not wait: Redis serves every local
         #: interest (``subscriptions_settled``), or it is not connected.
         self.settled_event = link.settled_event
+        #: Set once the first attempt to reach Redis ended, either way.
+        self.first_attempt = link.first_attempt
 
     async def run(self) -> None:
         """Keep both connections up until :meth:`close`. Never raises for Redis trouble."""

@@ -1,0 +1,245 @@
+"""What the bridge itself tells its local workers: sync answers, history
+replays, refusals.
+
+Theory of operation
+-------------------
+Workers ask the bridge through their subscription frames (``SYNC_REQUEST``,
+``HISTORY_REQUEST``); the bridge answers on the XPUB socket with frames aimed
+at one worker's inbox (``target``) or, for a refused subscription, with a
+``FLAG_NOTICE`` frame on the refused topic itself (the bridge cannot tell
+which socket sent a subscription). Every answer is numbered in the bridge's
+own (origin, epoch) sequence, like any other message.
+
+A sync means "every subscription sent before this is applied", and with
+Redis, "other hosts' events reach you too". So a sync is held until Redis has
+confirmed this host's subscriptions, at most ``SETTLE_WAIT``; and, while a
+new bridge's first attempt to reach Redis is under way, until it ends (a
+worker that synced while its bridge was still connecting missed what other
+hosts published in between: flaky cross-host tests showed it). When Redis
+cannot be reached (that first attempt failed, or a later outage), a sync is
+answered at once: events from other hosts cannot reach anyone then, and
+waiting would only slow every worker down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from .._exceptions import ChannelError, CircusEventsError, ProtocolError
+from ..protocol import (
+    FLAG_HOST_ONLY,
+    FLAG_NOTICE,
+    FLAG_REPLAY,
+    HISTORY_END_CHANNEL,
+    SYNC_CHANNEL,
+    Codec,
+    Envelope,
+    HistoryRequest,
+    Pattern,
+    SubscriptionRefused,
+    SubscriptionTopic,
+    decode_frame,
+    encode_frame,
+    parse_history_request,
+    parse_sync_request,
+    single_envelopes,
+)
+
+__all__ = ["HISTORY_CONNECT_WAIT", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
+
+#: Longest a sync reply waits for Redis to confirm this host's subscriptions
+#: (or, for a bridge that has never reached Redis, to connect).
+SETTLE_WAIT: Final = 5.0
+#: Longest a history request waits for Redis to be connected (a bridge that
+#: has just started, or is reconnecting).
+HISTORY_CONNECT_WAIT: Final = 5.0
+
+
+class RedisPort(Protocol):
+    """What the bridge needs of a Redis side (``redis_side.RedisSide``,
+    ``stream_side.StreamSide``)."""
+
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
+    def add_interest(self, topic: SubscriptionTopic) -> None: ...
+    def remove_interest(self, topic: SubscriptionTopic) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    async def run(self) -> None: ...
+    async def close(self) -> None: ...
+    async def history(
+        self, match: Callable[[str], bool], count: int | None, since_ms: int | None
+    ) -> list[bytes]: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def subscriptions_settled(self) -> bool: ...
+
+    #: Set while both Redis connections serve.
+    connected_event: asyncio.Event
+    #: Set while a sync reply need not wait: settled, or not connected.
+    settled_event: asyncio.Event
+    #: Set once the first attempt to reach Redis ended, either way.
+    first_attempt: asyncio.Event
+
+
+class WorkerReplies:
+    """The bridge's own frames to its workers, numbered in its own sequence."""
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[bytes], object],
+        redis: RedisPort | None,
+        stream_mode: bool,
+        origin: bytes,
+        counters: dict[str, int],
+        stopping: asyncio.Event,
+        note_bad_frame: Callable[[Exception], None],
+    ) -> None:
+        self._send = send
+        self._redis = redis
+        self._stream_mode = stream_mode
+        self._origin = origin
+        self._counters = counters
+        self._stopping = stopping
+        self._note_bad_frame = note_bad_frame
+        self._epoch = time.time_ns() // 1000
+        self._seq = 0
+        self._deferred_syncs: list[tuple[str, bytes]] = []
+        self._settle_task: asyncio.Task[None] | None = None
+        self._history_tasks: set[asyncio.Task[None]] = set()
+
+    def _frame(self, channel: str, payload: bytes, **extra: Any) -> bytes:
+        self._seq += 1
+        return encode_frame(
+            channel,
+            origin=self._origin,
+            host=self._origin,
+            epoch=self._epoch,
+            seq=self._seq,
+            time=time.time(),
+            codec=Codec.RAW,
+            payload=payload,
+            **extra,
+        )
+
+    def send_direct(self, worker: str, channel: str, payload: bytes) -> None:
+        """A message from the bridge itself to one local worker."""
+        self._send(self._frame(channel, payload, target=worker))
+
+    def notice(self, exc: SubscriptionRefused) -> None:
+        """Tell a refused topic's subscribers (they hold the topic) why."""
+        topic = exc.topic
+        payload = (b"\x01" if topic.exact else b"\x00") + str(exc).encode()
+        self._send(self._frame(topic.name, payload, flags=FLAG_NOTICE | FLAG_HOST_ONLY))
+
+    # -- sync -----------------------------------------------------------------
+
+    def answer_sync(self, frame: bytes) -> None:
+        """Tell a worker that every subscription it sent before this is applied."""
+        try:
+            worker, token = parse_sync_request(frame)
+        except ProtocolError as exc:
+            self._counters["rejected_subscriptions"] += 1
+            self._note_bad_frame(exc)
+            return
+        if self._must_wait():
+            self._deferred_syncs.append((worker, token))
+            if self._settle_task is None:
+                self._settle_task = asyncio.get_running_loop().create_task(
+                    self._answer_when_settled()
+                )
+            return
+        self.send_direct(worker, SYNC_CHANNEL, token)
+
+    def _must_wait(self) -> bool:
+        redis = self._redis
+        if redis is None:
+            return False
+        if redis.connected:
+            return not redis.subscriptions_settled
+        return not redis.first_attempt.is_set()
+
+    async def _answer_when_settled(self) -> None:
+        redis = self._redis
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SETTLE_WAIT):
+                    # Re-check on waking: a new subscription may have come since the set.
+                    while redis is not None and self._must_wait():
+                        if redis.connected:
+                            await redis.settled_event.wait()  # Redis confirms asynchronously
+                        else:
+                            await redis.first_attempt.wait()
+        finally:
+            self._settle_task = None
+            waiting, self._deferred_syncs = self._deferred_syncs, []
+            if not self._stopping.is_set():
+                for worker, token in waiting:
+                    self.send_direct(worker, SYNC_CHANNEL, token)
+
+    # -- history --------------------------------------------------------------
+
+    def start_history(self, frame: bytes) -> None:
+        """A worker subscribed with ``history=``: replay what Redis kept."""
+        try:
+            request = parse_history_request(frame)
+        except ProtocolError as exc:
+            self._counters["rejected_subscriptions"] += 1
+            self._note_bad_frame(exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._replay_history(request))
+        self._history_tasks.add(task)
+        task.add_done_callback(self._history_tasks.discard)
+
+    async def _replay_history(self, request: HistoryRequest) -> None:
+        error = ""
+        frames: list[bytes] = []
+        redis = self._redis
+        if redis is None:
+            error = "history needs a Redis in stream mode (mode = stream)"
+        else:
+            if self._stream_mode:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HISTORY_CONNECT_WAIT):
+                        await redis.connected_event.wait()  # the side connects on its own
+            try:
+                frames = await redis.history(
+                    Pattern(request.pattern).matches, request.limit, request.since_ms
+                )
+            except (CircusEventsError, ChannelError) as exc:
+                error = f"history is not available: {exc}"
+        if self._stopping.is_set():
+            return
+        replayed: list[Envelope] = []
+        for frame in frames:
+            try:
+                env = decode_frame(frame)
+            except ProtocolError:
+                continue
+            if env.target is not None:
+                continue  # direct messages are for their worker only, never history
+            replayed.extend(single_envelopes(env))
+        if request.limit is not None:
+            # The stream side counts entries; a batch entry holds several events.
+            replayed = replayed[-request.limit :] if request.limit else []
+        for env in replayed:
+            self._send(
+                encode_frame(
+                    env.channel,
+                    origin=env.origin.encode(),
+                    host=env.host.encode(),
+                    epoch=env.epoch,
+                    seq=env.seq,
+                    time=env.time,
+                    codec=Codec(env.codec),
+                    payload=request.token + env.payload,
+                    flags=FLAG_REPLAY,
+                    target=request.worker,
+                )
+            )
+        self.send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
+        self._counters["history_replayed"] += len(replayed)
