@@ -87,7 +87,8 @@ def test_a_batch_takes_only_its_own_kind_and_only_while_there_is_room() -> None:
     assert not publisher.hold(publisher.prepare("other", b"x", "cluster"), time.time())
     assert not publisher.hold(publisher.prepare("ch", b"x", "host"), time.time())
     assert not publisher.hold(publisher.prepare("ch", b"x", "cluster", target="w2"), time.time())
-    assert not publisher.hold(publisher.prepare("ch", b"x" * 9950, "cluster"), time.time())  # past the size
+    big = publisher.prepare("ch", b"x" * 9950, "cluster")
+    assert not publisher.hold(big, time.time())  # past the size
     assert publisher.batch is not None and len(publisher.batch.payloads) == 1
     publisher.batch_sent()
     for _ in range(BATCH_MAX_COUNT):
