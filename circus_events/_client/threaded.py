@@ -50,6 +50,11 @@ _READER_GRACE: Final = 0.02
 #: Longest single wait (s) of a reader receiving for itself, so it notices
 #: a handler registered meanwhile.
 _READER_POLL: Final = 0.1
+#: How long (s) a reader that asked for the sockets waits before it looks again.
+_IO_WAIT: Final = 0.002
+#: How often (s) a caller held back by MAX_PENDING_COMMANDS looks whether the
+#: bus closed meanwhile.
+_COMMANDS_POLL: Final = 0.1
 #: While publishes come in bursts, the receiver thread looks for a held batch
 #: this often (ms) instead of being woken for each one: one wake-up per batch
 #: cost the publisher more than the batching saved.
@@ -266,7 +271,7 @@ class ThreadedBus(BusBase[Subscription]):
                 while self._commands.qsize() >= MAX_PENDING_COMMANDS // 2:
                     if self.closed or self._stop_seen or not self._thread.is_alive():
                         raise BusClosed("the bus is closed")
-                    self._commands_taken.wait(0.1)
+                    self._commands_taken.wait(_COMMANDS_POLL)
             finally:
                 self._command_waiters -= 1
 
@@ -360,7 +365,9 @@ class ThreadedBus(BusBase[Subscription]):
             try:
                 if not items:
                     wait = (
-                        0.002 if deadline is None else max(min(0.002, deadline - _monotonic()), 0)
+                        _IO_WAIT
+                        if deadline is None
+                        else max(min(_IO_WAIT, deadline - _monotonic()), 0)
                     )
                     self._io_free.wait(wait)
             finally:
