@@ -21,9 +21,15 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from ._client.batch import Prepared, Step
+from ._client.batch import FULL, Prepared, Step
 from ._client.driver import END, BusBase, SubscriptionBase, new_token
-from ._client.limits import DEFAULT_WAIT_TIMEOUT, HISTORY_POLL, PUBLISH_LINGER, RECEIVE_BATCH
+from ._client.limits import (
+    DEFAULT_WAIT_TIMEOUT,
+    HISTORY_POLL,
+    HOT_GAP,
+    PUBLISH_LINGER,
+    RECEIVE_BATCH,
+)
 from ._client.options import Scope, check_timeout, or_forever
 from ._client.plans import AskSync, AwaitMarker, Plan, advance, flush_plan, sync_plan
 from ._client.queues import Failure, QueueBound, Subscriber
@@ -40,6 +46,8 @@ _BATCH_FIRST: Final = Step.BATCH_FIRST
 _SEND_ALONE: Final = Step.SEND_ALONE
 _SEND_BATCH: Final = Step.SEND_BATCH
 _OPENED: Final = Step.OPENED
+_FULL: Final = FULL
+_monotonic = time.monotonic
 #: A held batch the pipe had no room for is tried again this soon (s).
 _HELD_RETRY: Final = 0.002
 
@@ -172,6 +180,17 @@ class AsyncBus(BusBase[AsyncSubscription]):
         if self.closed:
             raise BusClosed("the bus is closed")
         core = self._core
+        now = _monotonic()
+        # The hot path of a burst, as in Bus.publish: the message joins the
+        # open batch. Not while a send waits for room (it may be sending it).
+        if now - core.last_publish < HOT_GAP and not self._send_lock.locked():
+            joined = core.join(channel, data, scope, now)
+            if joined:
+                core.last_publish = now
+                if joined is _FULL:
+                    self._send_batch_nowait()
+                    core.last_publish = _monotonic()
+                return
         if scope != "process":
             await self._publish(core.prepare(channel, data, scope))
             return

@@ -117,12 +117,12 @@ class OpenBatch:
         wall: float,
         opened: float,
         limit: int,
-        scope: str | None,
+        scope: object,
     ) -> None:
         self.prepared = prepared
         self.channel = prepared.key[0]
         #: What :meth:`BusCore.join` matches: "cluster" or "host" for a plain
-        #: publish with the bus's codec, None for anything else.
+        #: publish with the bus's codec, a token no caller passes for anything else.
         self.scope = scope
         #: Raw payloads: bytes join as they are.
         self.raw = prepared.key[3] == _RAW

@@ -61,6 +61,9 @@ OPENED: Final = Step.OPENED
 SEND_BATCH: Final = Step.SEND_BATCH
 BATCH_FIRST: Final = Step.BATCH_FIRST
 SEND_ALONE: Final = Step.SEND_ALONE
+#: The scope of a batch :meth:`Publisher.join` must not extend (a direct
+#: message, another codec): equal to no argument a caller can pass.
+_UNJOINABLE: Final = object()
 
 
 class Publisher:
@@ -212,7 +215,7 @@ class Publisher:
             limit = min(BATCH_MAX_BYTES, self.options.max_message_bytes)
             self._batched_at = self.last_publish
             _, flags, target, codec = prepared.key
-            scope = None
+            scope: object = _UNJOINABLE
             if target is None and codec == self.options.codec:
                 scope = "host" if flags & FLAG_HOST_ONLY else "cluster"
             self.batch = OpenBatch(prepared, seq, wall, self.last_publish, limit, scope)
