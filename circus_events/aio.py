@@ -68,6 +68,11 @@ class AsyncSubscription(SubscriptionBase):
             pattern, self._put, fail=self._fail, sink_many=self._put_many, bound=bound
         )
 
+    @property
+    def subscriber(self) -> Subscriber:
+        """Its registration with the bus core (the attribute's name before 13)."""
+        return self._subscriber
+
     async def get(self, timeout: float | None = None) -> Event:
         """The next event; raises :class:`ReceiveTimeout` (also a ``TimeoutError``)
         after ``timeout`` seconds, :class:`BusClosed` once closed and drained."""
