@@ -53,6 +53,11 @@ test: setup lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_protocol_*.py tests/test_stream_cursor.py \
 		--cov=circus_events.protocol --cov=circus_events.bridge.stream_cursor \
 		--cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_client_core.py tests/test_client_pure.py \
+		--cov=circus_events._client.core --cov=circus_events._client.publishing \
+		--cov=circus_events._client.batch --cov=circus_events._client.queues \
+		--cov=circus_events._client.plans --cov=circus_events._client.limits \
+		--cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
 
 bench: setup
 	$(VENV)/bin/circus-events bench --quick

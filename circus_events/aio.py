@@ -13,52 +13,46 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
 
-from ._client_core import (
-    DEFAULT_PUBLISH_TIMEOUT,
-    DEFAULT_QUEUE_MAX_BYTES,
-    DEFAULT_QUEUE_SIZE,
-    DEFAULT_SEND_QUEUE,
-    FLUSH_RETRY,
-    PUBLISH_LINGER_MS,
-    SYNC_RETRY,
-    BusCore,
-    ClientOptions,
-    Failure,
-    Prepared,
-    QueueBound,
-    Scope,
-    Subscriber,
-    check_timeout,
-    compile_pattern,
-    connect_push,
-    connect_sub,
-    history_args,
-    or_forever,
-    transport_error,
+from ._client.batch import FULL, Prepared, Step
+from ._client.driver import END, BusBase, SubscriptionBase, new_token
+from ._client.limits import (
+    DEFAULT_WAIT_TIMEOUT,
+    HISTORY_POLL,
+    HOT_GAP,
+    PUBLISH_LINGER,
+    RECEIVE_BATCH,
 )
-from ._event import Event, Gap
-from ._exceptions import BridgeError, BusClosed, PublishTimeout, ReceiveTimeout, UsageError
-from .protocol import Codec, Pattern
+from ._client.options import Scope, check_timeout, or_forever
+from ._client.plans import AskSync, AwaitMarker, Plan, advance, flush_plan, sync_plan
+from ._client.queues import Failure, QueueBound, Subscriber
+from ._client.transport import connect_push, connect_sub, send_up, transport_error
+from ._event import Event
+from ._exceptions import BusClosed, PublishTimeout, ReceiveTimeout, UsageError
+from .protocol import Pattern
 
 __all__ = ["AsyncBus", "AsyncSubscription"]
 
 log = logging.getLogger("circus_events.client")
 
-Handler = TypeVar("Handler", bound=Callable[[Event], Any])
-_RECEIVE_BATCH: Final = 1000
-_END: Final = object()
+_BATCH_FIRST: Final = Step.BATCH_FIRST
+_SEND_ALONE: Final = Step.SEND_ALONE
+_SEND_BATCH: Final = Step.SEND_BATCH
+_OPENED: Final = Step.OPENED
+_FULL: Final = FULL
+_monotonic = time.monotonic
+#: A held batch the pipe had no room for is tried again this soon (s).
+_HELD_RETRY: Final = 0.002
 
 
-class AsyncSubscription:
+class AsyncSubscription(SubscriptionBase):
     """An async iterator over the events matching one pattern.
 
     Its queue is bounded (:class:`QueueBound`, as :class:`Subscription`'s):
@@ -67,20 +61,17 @@ class AsyncSubscription:
     """
 
     def __init__(self, bus: AsyncBus, pattern: Pattern, bound: QueueBound) -> None:
-        self.pattern = pattern
-        self._bus = bus
-        self._bound = bound
+        super().__init__(bus, pattern, bound)
         # Unbounded as a Queue: the QueueBound decides what goes in.
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.subscriber = Subscriber(
+        self._subscriber = Subscriber(
             pattern, self._put, fail=self._fail, sink_many=self._put_many, bound=bound
         )
-        self.closed = False
 
     @property
-    def dropped(self) -> int:
-        """Events this subscription dropped because its queue was full."""
-        return self._bound.dropped
+    def subscriber(self) -> Subscriber:
+        """Its registration with the bus core (the attribute's name before 13)."""
+        return self._subscriber
 
     async def get(self, timeout: float | None = None) -> Event:
         """The next event; raises :class:`ReceiveTimeout` (also a ``TimeoutError``)
@@ -100,8 +91,8 @@ class AsyncSubscription:
                 ) from None
         if isinstance(item, Failure):
             raise item.error
-        if item is _END:
-            queue.put_nowait(_END)
+        if item is END:
+            queue.put_nowait(END)
             raise BusClosed("subscription closed")
         event: Event = item
         return event
@@ -131,22 +122,12 @@ class AsyncSubscription:
             put(event)
         self._bound.drop(events[-1], count - taken)
 
-    def _put(self, event: Event) -> None:
-        self._put_many([event], len(event.payload))
-
     def _fail(self, error: Exception) -> None:
         self._queue.put_nowait(Failure(error))
 
-    def close(self) -> None:
-        """Stop receiving; iteration ends after what is already queued. Safe
-        twice and after the bus is closed."""
-        if not self.closed:
-            self._end()
-            self._bus._unsubscribe(self)
-
     def _end(self) -> None:
         self.closed = True
-        self._queue.put_nowait(_END)
+        self._queue.put_nowait(END)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
@@ -155,76 +136,30 @@ class AsyncSubscription:
         self.close()
 
 
-class AsyncBus:
-    """A worker's connection to its host's bridge (asyncio). Same options as ``Bus``."""
+class AsyncBus(BusBase[AsyncSubscription]):
+    """A worker's connection to its host's bridge (asyncio). Same options as
+    :class:`~circus_events.Bus`; a subscription is an async iterator."""
 
-    def __init__(
-        self,
-        *,
-        dir: str | None = None,
-        namespace: str | None = None,
-        worker: str | None = None,
-        host: str | None = None,
-        codec: str | Codec = Codec.JSON,
-        echo: bool = False,
-        on_gap: Callable[[Gap], Any] | None = None,
-        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
-        send_queue: int = DEFAULT_SEND_QUEUE,
-        max_message_bytes: int | None = None,
-    ) -> None:
-        options = ClientOptions.resolve(
-            dir=dir,
-            namespace=namespace,
-            host=host,
-            worker=worker,
-            codec=codec,
-            echo=echo,
-            publish_timeout=publish_timeout,
-            queue_size=queue_size,
-            queue_max_bytes=queue_max_bytes,
-            send_queue=send_queue,
-            max_message_bytes=max_message_bytes,
-        )
-        self._core = BusCore(options, on_gap)
-        self.closed = False
-        #: Open subscriptions (a dict: closing one forgets it in O(1)).
-        self._subscriptions: dict[AsyncSubscription, None] = {}
-        try:
-            self._context = zmq.asyncio.Context()
-            self._push = self._context.socket(zmq.PUSH)
-            self._sub = self._context.socket(zmq.XSUB)
-            # Synchronous views of the same sockets for the non-blocking fast paths:
-            # an asyncio socket returns a future even for NOBLOCK calls.
-            self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
-            self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
-            connect_push(self._push_now, options)
-            connect_sub(self._sub_now, options, [self._core.inbox])
-        except zmq.ZMQError as exc:
-            self.closed = True
-            with contextlib.suppress(Exception):
-                self._context.destroy(linger=0)
-            raise BridgeError(
-                f"cannot open the sockets to the bridge in {options.paths.directory}: {exc}"
-            ) from exc
+    _subscription_type = AsyncSubscription
+
+    def _open_io(self) -> None:
         #: The subscription changes wait for the loop's next turn (a subscribe
         #: and a close within one turn send nothing).
         self._outbox_scheduled = False
-        self._waiters: dict[bytes, asyncio.Future[None]] = {}
-        self._core.on_flush = self._flushed
         self._reader: asyncio.Task[None] | None = None
         #: Held while a send waits for room, so that frames leave in order.
         self._send_lock = asyncio.Lock()
         self._flush_scheduled = False
-
-    @property
-    def worker(self) -> str:
-        return self._core.options.worker
-
-    @property
-    def host(self) -> str:
-        return self._core.options.host
+        options = self._core.options
+        self._context = zmq.asyncio.Context()
+        self._push = self._context.socket(zmq.PUSH)
+        self._sub = self._context.socket(zmq.XSUB)
+        # Synchronous views of the same sockets for the non-blocking fast paths:
+        # an asyncio socket returns a future even for NOBLOCK calls.
+        self._push_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._push.underlying)
+        self._sub_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+        connect_push(self._push_now, options)
+        connect_sub(self._sub_now, options, [self._core.inbox])
 
     async def start(self) -> AsyncBus:
         """Start receiving (done for you by ``async with`` and ``subscribe``)."""
@@ -249,140 +184,70 @@ class AsyncBus:
         """Publish ``data`` on ``channel`` to the process, the host or the cluster."""
         if self.closed:
             raise BusClosed("the bus is closed")
-        try:
-            if scope == "process":
-                core = self._core
-                event = core.local_event(channel, data)
-                for subscriber in core.route([event]):
-                    await _call(subscriber.sink, event)
-                if core.dropping:
-                    core.report_drops()
+        core = self._core
+        now = _monotonic()
+        # The hot path of a burst, as in Bus.publish: the message joins the
+        # open batch. Not while a send waits for room (it may be sending it).
+        if now - core.last_publish < HOT_GAP and not self._send_lock.locked():
+            joined = core.join(channel, data, scope, now)
+            if joined:
+                core.last_publish = now
+                if joined is _FULL:
+                    self._send_batch_nowait()
+                    core.last_publish = _monotonic()
                 return
-            await self._publish(self._core.prepare(channel, data, scope))
-        except zmq.ZMQError as exc:  # the sockets were closed under us
-            raise transport_error(exc, self.closed) from exc
+        if scope != "process":
+            await self._publish(core.prepare(channel, data, scope))
+            return
+        event = core.local_event(channel, data, time.time())
+        for subscriber in core.route([event]):
+            await _call(subscriber.sink, event)
+        if core.dropping:
+            core.report_drops()
 
     async def send_to(self, worker: str, channel: str, data: Any) -> None:
         """Send ``data`` on ``channel`` to one worker, on any host."""
         if self.closed:
             raise BusClosed("the bus is closed")
-        try:
-            await self._publish(self._core.prepare(channel, data, "cluster", target=worker))
-        except zmq.ZMQError as exc:
-            raise transport_error(exc, self.closed) from exc
+        await self._publish(self._core.prepare(channel, data, "cluster", target=worker))
 
-    def subscribe(
-        self,
-        pattern: str,
-        *,
-        history: int | None = None,
-        since: float | None = None,
-        queue_size: int | None = None,
-        queue_max_bytes: int | None = None,
-    ) -> AsyncSubscription:
-        """Async-iterate over events whose channel matches ``pattern``.
-
-        ``history=N`` / ``since=<Unix time>``, ``queue_size`` and
-        ``queue_max_bytes``: as for :meth:`Bus.subscribe`.
-        """
-        self._ensure_reader()
-        compiled = compile_pattern(pattern)
-        bound = self._core.new_bound(compiled, queue_size, queue_max_bytes)
-        wanted = history_args(history, since)
-        subscription = AsyncSubscription(self, compiled, bound)
-        self._subscriptions[subscription] = None
-        self._add(subscription.subscriber)
-        if wanted is not None:
-            self._core.add_history(subscription.subscriber, *wanted)
-            self._send_outbox()
-        return subscription
-
-    def on(self, pattern: str, *, history: int | None = None) -> Callable[[Handler], Handler]:
-        """Decorator: call (or await) the function for each matching event.
-
-        ``history=N``: first the newest N events Redis kept (stream mode).
-        """
-        compiled = compile_pattern(pattern)
-        wanted = history_args(history, None)
-
-        def register(handler: Handler) -> Handler:
-            self._ensure_reader()
-            subscriber = Subscriber(compiled, _guarded(handler))
-            self._add(subscriber)
-            if wanted is not None:
-                self._core.add_history(subscriber, *wanted)
-                self._send_outbox()
-            return handler
-
-        return register
-
-    async def sync(self, timeout: float = 5.0) -> bool:
+    async def sync(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
         """Wait until the bridge has applied every subscription made so far."""
         seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
-        token = os.urandom(8)
-        request = self._core.sync_request(token)
+        token = new_token()
+        return await self._run(sync_plan(token, seconds), token)
 
-        async def keep_asking() -> None:
-            # Repeated: a request sent while the socket is reconnecting is dropped.
-            while True:
-                self._send_outbox()  # the subscriptions first: the request covers them
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sub_now.send(request, zmq.NOBLOCK)
-                await asyncio.sleep(SYNC_RETRY)
-
-        asking = asyncio.create_task(keep_asking())
-        try:
-            return await self._wait_marker(token, seconds)
-        finally:
-            asking.cancel()
-
-    async def flush(self, timeout: float = 5.0) -> bool:
+    async def flush(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
         """Wait until the bridge has taken everything published so far."""
         seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
-        deadline = time.monotonic() + seconds
-        # The marker comes back on our inbox: make sure the bridge knows it first.
-        if not await self.sync(seconds):
-            return False
-        token = os.urandom(8)
-        while True:  # repeated: a marker can be lost if the bridge restarts meanwhile
-            remaining = deadline - time.monotonic()
-            try:
-                await self._send(self._core.flush_frame(token), max(remaining, 0))
-            except PublishTimeout:
-                return False
-            except zmq.ZMQError as exc:
-                raise transport_error(exc, self.closed) from exc
-            if await self._wait_marker(token, min(FLUSH_RETRY, max(remaining, 0))):
-                return True
-            if remaining <= FLUSH_RETRY:
-                return False
+        sync_token, token = new_token(), new_token()
+        return await self._run(flush_plan(sync_token, token, seconds), sync_token, token)
 
-    async def _wait_marker(self, token: bytes, timeout: float) -> bool:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters[token] = waiter
-        try:
-            await asyncio.wait_for(waiter, timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._waiters.pop(token, None)
-
-    def _flushed(self, token: bytes) -> None:
-        waiter = self._waiters.get(token)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def stats(self) -> dict[str, int]:
-        """Counters, as :meth:`Bus.stats`."""
-        return self._core.stats()
+    async def _run(self, plan: Plan, *tokens: bytes) -> bool:
+        """Carry out a plan of :mod:`circus_events._client.plans` on the loop."""
+        with self._markers(tokens, asyncio.Event) as markers:
+            step = advance(plan, None)
+            while not isinstance(step, bool):
+                answer: Any = None
+                if isinstance(step, str):  # NOW
+                    answer = time.monotonic()
+                elif isinstance(step, AskSync):
+                    self._send_outbox()  # the subscriptions first: the request covers them
+                    send_up(self._sub_now, [self._core.sync_request(step.token)])
+                elif isinstance(step, AwaitMarker):
+                    answer = await _within(markers[step.token].wait(), step.timeout)
+                else:
+                    frame = self._core.flush_frame(step.token, time.time())
+                    answer = await _within(self._send(frame, step.timeout), None)
+                step = advance(plan, answer)
+            return step
 
     async def close(self) -> None:
-        """Stop the reader, end iterators, let queued messages leave (1 s at most).
-
-        Safe twice, and from a handler or an ``on_gap`` callback.
+        """Stop the reader, end iterators, let queued messages leave
+        (PUBLISH_LINGER, 1 s, at most for the held batch, as long again for
+        what is queued). Safe twice, and from a handler or an ``on_gap`` callback.
         """
         if self.closed:
             return
@@ -394,19 +259,14 @@ class AsyncBus:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        for subscription in list(self._subscriptions):
-            subscription._end()
-        self._subscriptions.clear()
+        self._end_subscriptions()
         try:
             if self._core.batch is not None:
                 try:
-                    await self._send_locked(self._core.batch_frame(), PUBLISH_LINGER_MS / 1000)
+                    await self._send_locked(self._core.batch_frame(), PUBLISH_LINGER)
                     self._core.batch_sent()
                 except PublishTimeout:
-                    log.warning(
-                        "closing: %d held messages could not reach the bridge",
-                        len(self._core.batch.payloads),
-                    )
+                    self._lost_on_close()
             self._sub.close(linger=0)
             self._push.close()
             # term() waits for the PUSH linger; keep the loop free meanwhile.
@@ -430,13 +290,25 @@ class AsyncBus:
 
     # -- internals ------------------------------------------------------------------
 
-    def _add(self, subscriber: Subscriber) -> None:
+    def _ready(self) -> None:
+        self._ensure_reader()
+
+    def _register(
+        self, subscriber: Subscriber, wanted: tuple[int | None, int | None] | None
+    ) -> None:
         self._core.add(subscriber)
-        self._schedule_outbox()
+        if wanted is None:
+            self._schedule_outbox()
+        else:
+            self._load_history(subscriber, wanted)
+            self._send_outbox()
+
+    def _guard(self, handler: Callable[[Event], Any]) -> Callable[[Event], Awaitable[None]]:
+        return _guarded(handler)
 
     def _unsubscribe(self, subscription: AsyncSubscription) -> None:
         self._subscriptions.pop(subscription, None)
-        if self._core.remove(subscription.subscriber) and not self.closed:
+        if self._core.remove(subscription._subscriber) and not self.closed:
             self._schedule_outbox()
 
     def _schedule_outbox(self) -> None:
@@ -452,6 +324,8 @@ class AsyncBus:
         async with self._send_lock:  # uncontended: no wait, no loop turn
             try:
                 await self._publish_locked(prepared)
+            except zmq.ZMQError as exc:  # the sockets were closed under us
+                raise transport_error(exc, self.closed) from exc
             finally:
                 # As in Bus: the gap to the next publish counts from here.
                 self._core.last_publish = time.monotonic()
@@ -459,21 +333,19 @@ class AsyncBus:
     async def _publish_locked(self, prepared: Prepared) -> None:
         core = self._core
         burst = core.in_burst(time.monotonic())
-        batch = core.batch
-        if batch is not None:
-            held = core.hold(prepared)
-            if held:
-                if held == 2 or not burst:  # full, or the burst is over
-                    self._send_batch_nowait()
-                return
-            await self._send_locked(core.batch_frame())  # raises: not taken
+        wall = time.time()
+        step = core.place(prepared, burst, wall)
+        if step is _BATCH_FIRST:
+            await self._send_locked(core.batch_frame())  # raises: this one is not taken
             core.batch_sent()
-        if burst:
-            core.hold(prepared)
+            step = core.place(prepared, burst, wall)
+        if step is _SEND_ALONE:
+            await self._send_locked(core.single_frame(prepared, wall))
+            core.commit(prepared)
+        elif step is _SEND_BATCH:
+            self._send_batch_nowait()
+        elif step is _OPENED:
             self._schedule_flush()
-            return
-        await self._send_locked(core.single_frame(prepared))
-        core.commit(prepared)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -487,7 +359,7 @@ class AsyncBus:
         if self._send_lock.locked() or not self._send_batch_nowait():
             # A send is waiting for room, or the pipe is full: try again shortly.
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(0.002, self._flush_held)
+            asyncio.get_running_loop().call_later(_HELD_RETRY, self._flush_held)
 
     def _send_batch_nowait(self) -> bool:
         try:
@@ -507,21 +379,15 @@ class AsyncBus:
             await self._send_locked(frame, timeout)
 
     async def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
+        """Send now if the pipe has room, else wait for it (PublishTimeout)."""
         try:
             self._push_now.send(frame, zmq.NOBLOCK)
-            return
         except zmq.Again:
-            pass
-        if timeout is None:
-            timeout = self._core.options.publish_timeout
-        try:
-            await asyncio.wait_for(self._push.send(frame), timeout)
-        except TimeoutError:
-            raise PublishTimeout(
-                f"the bridge at {self._core.options.paths.pull} took no message for "
-                f"{timeout}s and {self._core.options.send_queue} are queued; "
-                "is the bridge running?"
-            ) from None
+            seconds = self._send_timeout(timeout)
+            try:
+                await asyncio.wait_for(self._push.send(frame), seconds)
+            except TimeoutError:
+                raise self._timed_out(seconds) from None
 
     async def _read_loop(self) -> None:
         try:
@@ -540,53 +406,48 @@ class AsyncBus:
         sub = self._sub
         sub_now = self._sub_now
         core = self._core
+        deliver = core.deliver
         while True:
             if core.loads:  # while history loads, wake now and then to ask again
                 try:
-                    frames: list[bytes] = [await asyncio.wait_for(sub.recv(), 0.5)]
+                    frames: list[bytes] = [await asyncio.wait_for(sub.recv(), HISTORY_POLL)]
                 except TimeoutError:
                     frames = []
             else:
                 frames = [await sub.recv()]
-            for _ in range(_RECEIVE_BATCH - 1):
+            for _ in range(RECEIVE_BATCH - 1):
                 try:
                     frames.append(sub_now.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
             for frame in frames:
-                events = core.accept(frame)
-                if events is not None:
-                    for subscriber in core.route(events):
-                        if subscriber.sink_many is not None:
-                            subscriber.sink_many(events, len(frame))
-                        else:
-                            for event in events:
-                                await _call(subscriber.sink, event)
-            if core.loads or core.finished:
-                core.check_history()
-                await self._deliver_completed()
-            if core.dropping:
-                core.report_drops()
+                handled = deliver(frame)
+                if handled is not None:  # handlers to call (or await), in order
+                    events, handlers = handled
+                    for handler in handlers:
+                        for event in events:
+                            await handler.sink(event)
+            if core.loads or core.finished or core.dropping:
+                for subscriber, replayed in core.settle(time.monotonic()):
+                    for event in replayed:
+                        await _call(subscriber.sink, event)
             if core.outbox_pending:
                 self._send_outbox()
 
     def _send_outbox(self) -> None:
         self._outbox_scheduled = False
-        if self.closed:
-            return
-        for request in self._core.take_outbox():
-            with contextlib.suppress(zmq.Again):
-                self._sub_now.send(request, zmq.NOBLOCK)
+        if not self.closed:
+            send_up(self._sub_now, self._core.take_outbox())
 
-    async def _deliver_completed(self) -> None:
-        for subscriber, events, error in self._core.take_completed():
-            if error is not None:
-                if subscriber.fail is not None:
-                    subscriber.fail(error)
-                else:
-                    log.warning("history for %s: %s", subscriber.pattern.text, error)
-            for event in events:
-                await _call(subscriber.sink, event)
+
+async def _within(waiting: Awaitable[Any], timeout: float | None) -> bool:
+    """True if ``waiting`` finished within ``timeout`` (None: the publish
+    timeout of a send), False if it timed out."""
+    try:
+        await asyncio.wait_for(waiting, timeout)
+    except (TimeoutError, PublishTimeout):
+        return False
+    return True
 
 
 async def _call(sink: Callable[[Event], Any], event: Event) -> None:

@@ -35,7 +35,9 @@ import zmq
 import zmq.asyncio
 from circus.plugins import CircusPlugin
 
-from ._client_core import BusCore, ClientOptions
+from ._client.core import BusCore
+from ._client.driver import new_epoch
+from ._client.options import ClientOptions
 from ._config import (
     BridgeConfig,
     NumberSpec,
@@ -198,12 +200,14 @@ class CircusWatch:
             max_message_bytes=bridge.config.max_message_bytes,
             environ={},
         )
-        self.core = BusCore(options, None)
+        self.core = BusCore(options, None, new_epoch())
 
     def publish(self, watcher: str, event: str, data: dict[str, Any]) -> None:
         channel = f"circus.{watcher}.{event}"
         try:
-            frame = self.core.encode(channel, {"watcher": watcher, **data}, "cluster")
+            frame = self.core.encode(
+                channel, {"watcher": watcher, **data}, "cluster", wall=time.time()
+            )
         except (CircusEventsError, ValueError) as exc:
             log.warning("cannot republish %s: %s", channel, exc)
             return

@@ -89,7 +89,7 @@ def test_oversized_publish_raises_in_the_client_and_bridge_is_unaffected(
     context, sock = _push_socket(bridge)
     try:
         with Bus(dir=str(bridge.directory), max_message_bytes=4 * 1024 * 1024) as big:
-            frame = big._core.encode("big", "x" * (1024 * 1024 + 10), "cluster")
+            frame = big._core.encode("big", "x" * (1024 * 1024 + 10), "cluster", wall=0.0)
         sock.send(frame)
     finally:
         sock.close()

@@ -23,6 +23,7 @@ from circus_events import (
     Gap,
     MessageTooLarge,
 )
+from circus_events._client.driver import history_token, new_epoch
 from circus_events._client_core import (
     BATCH_MAX_COUNT,
     BATCH_MAX_WAIT,
@@ -46,7 +47,7 @@ from circus_events.protocol import Codec, Pattern, decode_frame, encode_batch
 
 def core(worker: str, *, gaps: list[Gap] | None = None, **options: Any) -> BusCore:
     resolved = ClientOptions.resolve(dir="/nonexistent", host="h", worker=worker, **options)
-    return BusCore(resolved, gaps.append if gaps is not None else None)
+    return BusCore(resolved, gaps.append if gaps is not None else None, new_epoch())
 
 
 def batch(
@@ -65,7 +66,7 @@ def seqs(events: list[Any] | None) -> list[int]:
 def test_held_messages_leave_as_one_numbered_batch() -> None:
     publisher = core("pub", codec="raw")
     for n in range(3):
-        assert publisher.hold(publisher.prepare("ch", b"%d" % n, "cluster"))
+        assert publisher.hold(publisher.prepare("ch", b"%d" % n, "cluster"), time.time())
     frame = publisher.batch_frame()
     publisher.batch_sent()
     assert publisher.batch is None
@@ -75,31 +76,32 @@ def test_held_messages_leave_as_one_numbered_batch() -> None:
         (1, b"0", "ch", "pub"), (2, b"1", "ch", "pub"), (3, b"2", "ch", "pub"),
     ]  # fmt: skip
     # The numbering goes on after the batch, whichever way the next one leaves.
-    single = publisher.single_frame(publisher.prepare("ch", b"3", "cluster"))
+    single = publisher.single_frame(publisher.prepare("ch", b"3", "cluster"), time.time())
     assert decode_frame(single).seq == 4
     assert publisher.stats()["published"] == 3
 
 
 def test_a_batch_takes_only_its_own_kind_and_only_while_there_is_room() -> None:
     publisher = core("pub", codec="raw", max_message_bytes=10_000)
-    assert publisher.hold(publisher.prepare("ch", b"x", "cluster"))
-    assert not publisher.hold(publisher.prepare("other", b"x", "cluster"))
-    assert not publisher.hold(publisher.prepare("ch", b"x", "host"))
-    assert not publisher.hold(publisher.prepare("ch", b"x", "cluster", target="w2"))
-    assert not publisher.hold(publisher.prepare("ch", b"x" * 9950, "cluster"))  # past the size
+    assert publisher.hold(publisher.prepare("ch", b"x", "cluster"), time.time())
+    assert not publisher.hold(publisher.prepare("other", b"x", "cluster"), time.time())
+    assert not publisher.hold(publisher.prepare("ch", b"x", "host"), time.time())
+    assert not publisher.hold(publisher.prepare("ch", b"x", "cluster", target="w2"), time.time())
+    big = publisher.prepare("ch", b"x" * 9950, "cluster")
+    assert not publisher.hold(big, time.time())  # past the size
     assert publisher.batch is not None and len(publisher.batch.payloads) == 1
     publisher.batch_sent()
     for _ in range(BATCH_MAX_COUNT):
-        assert publisher.hold(publisher.prepare("ch", b"", "cluster"))
+        assert publisher.hold(publisher.prepare("ch", b"", "cluster"), time.time())
     assert publisher.batch.full
-    assert not publisher.hold(publisher.prepare("ch", b"", "cluster"))
+    assert not publisher.hold(publisher.prepare("ch", b"", "cluster"), time.time())
     assert len(publisher.batch_frame()) <= 10_000
 
 
 def test_a_batch_frame_never_exceeds_max_message_bytes() -> None:
     publisher = core("pub", codec="raw", max_message_bytes=1024)
     held = 0
-    while publisher.hold(publisher.prepare("ch", b"y" * 40, "cluster")):
+    while publisher.hold(publisher.prepare("ch", b"y" * 40, "cluster"), time.time()):
         held += 1
     assert held > 1
     assert not publisher.batch.full or len(publisher.batch_frame()) > 1024 - 52
@@ -122,13 +124,13 @@ def test_repeats_inside_a_batch_are_dropped_and_holes_reported() -> None:
 
 def test_own_batches_are_not_echoed_unless_asked() -> None:
     publisher = core("pub", codec="raw")
-    publisher.hold(publisher.prepare("ch", b"a", "cluster"))
-    publisher.hold(publisher.prepare("ch", b"b", "cluster"))
+    publisher.hold(publisher.prepare("ch", b"a", "cluster"), time.time())
+    publisher.hold(publisher.prepare("ch", b"b", "cluster"), time.time())
     frame = publisher.batch_frame()
     assert publisher.accept(frame) is None
     echoing = core("pub", codec="raw", echo=True)
-    echoing.hold(echoing.prepare("ch", b"a", "cluster"))
-    echoing.hold(echoing.prepare("ch", b"b", "cluster"))
+    echoing.hold(echoing.prepare("ch", b"a", "cluster"), time.time())
+    echoing.hold(echoing.prepare("ch", b"b", "cluster"), time.time())
     assert seqs(echoing.accept(echoing.batch_frame())) == [1, 2]
 
 
@@ -138,7 +140,7 @@ def test_subscribers_loading_history_hold_a_whole_batch() -> None:
     ready = Subscriber(Pattern("c*"), lambda event: None)
     receiver.add(loading)
     receiver.add(ready)
-    receiver.add_history(loading, 5, None)
+    receiver.add_history(loading, 5, None, history_token(), time.monotonic())
     events = receiver.accept(batch(1, [b"a", b"b"]))
     assert events is not None
     assert receiver.route(events) == [ready]
@@ -154,7 +156,7 @@ def test_a_burst_is_held_after_burst_min_quick_follow_ups_and_at_once_after_a_pa
         held.append(publisher.in_burst(now))
     # The first publish starts the burst; holding starts at the BURST_MIN-th after it.
     assert held == [False] * BURST_MIN + [True] * 2
-    publisher.hold(publisher.prepare("ch", b"x", "cluster"))  # a batch opens
+    publisher.hold(publisher.prepare("ch", b"x", "cluster"), time.time())  # a batch opens
     publisher.batch_sent()
     now += BURST_MEMORY / 2  # preempted, not idle: the next burst batches at once
     assert not publisher.in_burst(now)
@@ -170,7 +172,7 @@ def test_a_filling_batch_is_due_when_its_publisher_pauses_or_it_is_old() -> None
     opened = 100.0
     for i in range(BURST_MIN + 1):
         publisher.in_burst(opened - (BURST_MIN - i) * HOT_GAP / 2)
-    publisher.hold(publisher.prepare("ch", b"x", "cluster"))
+    publisher.hold(publisher.prepare("ch", b"x", "cluster"), time.time())
     # Publishing goes on: not due, until the batch is BATCH_MAX_WAIT old.
     now = opened + HOT_GAP / 2
     while now - opened < BATCH_MAX_WAIT:
@@ -180,7 +182,7 @@ def test_a_filling_batch_is_due_when_its_publisher_pauses_or_it_is_old() -> None
     assert publisher.batch_due(now)
     # A pause of HOT_GAP after the last publish: due, however young the batch.
     publisher.batch_sent()
-    publisher.hold(publisher.prepare("ch", b"y", "cluster"))
+    publisher.hold(publisher.prepare("ch", b"y", "cluster"), time.time())
     assert not publisher.batch_due(publisher.last_publish)
     assert publisher.batch_due(publisher.last_publish + HOT_GAP)
 
@@ -189,7 +191,7 @@ def test_batched_messages_carry_their_own_publish_times() -> None:
     publisher = core("pub", codec="raw")
     before = time.time()
     publisher.last_publish = time.monotonic()
-    assert publisher.hold(publisher.prepare("ch", b"a", "cluster"))
+    assert publisher.hold(publisher.prepare("ch", b"a", "cluster"), time.time())
     for payload in (b"b", b"c"):
         assert publisher.join("ch", payload, "cluster", time.monotonic())
     after = time.time()
@@ -423,8 +425,8 @@ def test_live_events_held_while_history_loads_stay_within_the_bounds() -> None:
     handler = Subscriber(Pattern("ch"), print)
     receiver.add(loading)
     receiver.add(handler)
-    receiver.add_history(loading, 5, None)
-    receiver.add_history(handler, 5, None)
+    receiver.add_history(loading, 5, None, history_token(), time.monotonic())
+    receiver.add_history(handler, 5, None, history_token(), time.monotonic())
     assert receiver.route(frame_events("pub", 1, 5)) == []
     assert loading.history is not None and len(loading.history.held) == 3
     receiver.report_drops()
