@@ -13,11 +13,11 @@ import logging
 import signal
 import sys
 import threading
-import time
 from typing import Any, Final, NoReturn
 
 import click
 
+from ._cli_output import format_event, print_status
 from ._config import (
     DEFAULT_MAX_PATTERNS,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -263,39 +263,6 @@ def _bus_kwargs(dir_: str | None, namespace: str | None, host: str | None) -> di
     return {"dir": dir_, "namespace": namespace, "host": host}
 
 
-_COLOURS: Final = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green")
-
-
-def _format_event(event: Event, as_json: bool) -> str:
-    try:
-        data: Any = event.data
-    except CircusEventsError:
-        data = event.payload.decode("utf-8", "replace")
-    if isinstance(data, bytes):
-        data = data.decode("utf-8", "replace")
-    if as_json:
-        return json.dumps(
-            {
-                "time": event.time,
-                "host": event.host,
-                "origin": event.origin,
-                "channel": event.channel,
-                "id": str(event.id),
-                "data": data,
-            },
-            default=repr,
-        )
-    stamp = (
-        time.strftime("%H:%M:%S", time.localtime(event.time)) + f".{int(event.time % 1 * 1000):03d}"
-    )
-    colour = _COLOURS[hash(event.host) % len(_COLOURS)]
-    body = json.dumps(data, default=repr, ensure_ascii=False) if not isinstance(data, str) else data
-    return (
-        f"{click.style(stamp, dim=True)} {click.style(event.host, fg=colour)} "
-        f"{click.style(event.origin, dim=True)} {click.style(event.channel, bold=True)} {body}"
-    )
-
-
 @cli.command()
 @common_options
 @click.argument("patterns", nargs=-1, required=True)
@@ -333,7 +300,7 @@ def tail(
         with lock:
             if count is not None and printed >= count:
                 return
-            click.echo(_format_event(event, as_json), color=None if not as_json else False)
+            click.echo(format_event(event, as_json), color=None if not as_json else False)
             printed += 1
             if count is not None and printed >= count:
                 seen.set()
@@ -469,24 +436,7 @@ def status(
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    _print_status(report)
-
-
-def _print_status(report: dict[str, Any]) -> None:
-    click.secho(
-        f"bridge {report['host']} ({report['namespace']}) up {report['uptime']:.0f}s, "
-        f"pid {report['pid']}, mode {report.get('mode', '?')}",
-        bold=True,
-    )
-    workers = report.get("workers", [])
-    click.echo(f"  workers ({len(workers)}): " + (", ".join(workers) if workers else "none"))
-    counters = report.get("counters", {})
-    click.echo("  counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
-    redis = report.get("redis")
-    if redis:
-        click.echo("  redis: " + ", ".join(f"{k}={v}" for k, v in redis.items()))
-    if report.get("last_error"):
-        click.secho(f"  last error: {report['last_error']}", fg="yellow")
+    print_status(report)
 
 
 def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
@@ -509,7 +459,7 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
     if not hosts:
         click.echo("no bridge has reported to Redis")
     for report in hosts:
-        _print_status(report)
+        print_status(report)
 
 
 @cli.command()

@@ -32,12 +32,18 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from importlib import resources
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from ._event import Event
 from ._exceptions import BridgeError, BusClosed, CircusEventsError
+from ._ws_adapters import (
+    AsgiApp,
+    StarletteTransport,
+    Transport,
+    WebsocketsTransport,
+    client_js,
+)
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
@@ -81,21 +87,12 @@ CanSubscribe = Callable[[Principal, str], bool | Awaitable[bool]]
 CanPublish = Callable[[Principal, str], bool | Awaitable[bool]]
 
 
-class _Transport(Protocol):
-    """What the hub needs from a websocket, whatever the framework."""
-
-    async def receive(self) -> str | bytes | None: ...  # None: the peer went away
-    async def send(self, text: str) -> None: ...
-    async def close(self, code: int, reason: str) -> None: ...
-    def abort(self) -> None: ...
-
-
 class _Socket:
     """One connected socket: its state machine, transport and tasks."""
 
     __slots__ = ("connection", "principal", "resumes", "tasks", "transport", "wake")
 
-    def __init__(self, connection: Connection, transport: _Transport, principal: Any) -> None:
+    def __init__(self, connection: Connection, transport: Transport, principal: Any) -> None:
         self.connection = connection
         self.transport = transport
         self.principal = principal
@@ -156,7 +153,7 @@ class Hub:
         self._direct_numbers = itertools.count(1)
         self.closed = False
         #: The ASGI app: mount it as a websocket route (and an HTTP one for client.js).
-        self.asgi = _AsgiApp(self)
+        self.asgi = AsgiApp(self)
         #: Counters for status pages and tests.
         self.counters = {
             "accepted": 0,
@@ -258,11 +255,11 @@ class Hub:
 
     async def serve(self, websocket: Any) -> None:
         """Serve one Starlette/FastAPI ``WebSocket`` until it closes."""
-        await self._run(_StarletteTransport(websocket), websocket)
+        await self._run(StarletteTransport(websocket), websocket)
 
     async def serve_websockets(self, connection: Any) -> None:
         """Handler for ``websockets.serve`` (``websockets.asyncio.server``)."""
-        transport = _WebsocketsTransport(connection)
+        transport = WebsocketsTransport(connection)
         await self._run(transport, connection, keepalive=transport)
 
     def process_request(self, connection: Any, request: Any) -> Any:
@@ -284,7 +281,7 @@ class Hub:
     # -- one socket ------------------------------------------------------------------
 
     async def _run(
-        self, transport: _Transport, handle: Any, keepalive: _WebsocketsTransport | None = None
+        self, transport: Transport, handle: Any, keepalive: WebsocketsTransport | None = None
     ) -> None:
         try:
             principal = None
@@ -296,7 +293,7 @@ class Hub:
             refused = True
         else:
             refused = self._authorize is not None and principal is None
-        if isinstance(transport, _StarletteTransport):
+        if isinstance(transport, StarletteTransport):
             await transport.accept()
         if refused or self.closed:
             # Accepted then closed, so that a browser sees the code (a refused
@@ -391,7 +388,7 @@ class Hub:
                 await transport.send(frame)
         await self._close_transport(socket)
 
-    async def _ping(self, socket: _Socket, transport: _WebsocketsTransport) -> None:
+    async def _ping(self, socket: _Socket, transport: WebsocketsTransport) -> None:
         interval = self.limits.ping_interval
         while True:
             await asyncio.sleep(interval)
@@ -571,100 +568,3 @@ def _encode(event: Event, pattern: str) -> str:
     return encode_event(
         event.channel, data, str(event.id), event.origin, event.host, event.time, pattern=pattern
     )
-
-
-class _AsgiApp:
-    """``hub.asgi``: an ASGI app object, not a method, so that Starlette's
-    ``WebSocketRoute``/``Mount`` pass it ``(scope, receive, send)``."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        """Websockets are served; ``GET .../client.js`` gets the JS client."""
-        if scope["type"] == "websocket":
-            from starlette.websockets import WebSocket  # noqa: PLC0415
-
-            await self.hub.serve(WebSocket(scope, receive, send))
-        elif scope["type"] == "http":
-            if scope.get("method") in ("GET", "HEAD") and scope["path"].endswith("/client.js"):
-                body = client_js()
-                status = 200
-                headers = [
-                    (b"content-type", b"text/javascript; charset=utf-8"),
-                    (b"cache-control", b"max-age=300"),
-                ]
-            else:
-                body, status, headers = b"not found\n", 404, [(b"content-type", b"text/plain")]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        elif scope["type"] == "lifespan":  # served alone: nothing to start or stop
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-
-
-def client_js() -> bytes:
-    """The dependency-free JavaScript client, as served by the hub."""
-    return resources.files("circus_events").joinpath("static/client.js").read_bytes()
-
-
-# -- transports ------------------------------------------------------------------------
-
-
-class _StarletteTransport:
-    def __init__(self, websocket: Any) -> None:
-        self.websocket = websocket
-
-    async def accept(self) -> None:
-        await self.websocket.accept()
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            message = await self.websocket.receive()
-        except Exception:
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        return bytes(message.get("bytes") or b"")
-
-    async def send(self, text: str) -> None:
-        await self.websocket.send_text(text)
-
-    async def close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code, reason)
-
-    def abort(self) -> None:
-        """ASGI has no abort: the server's ping timeout ends a peer that does not read."""
-
-
-class _WebsocketsTransport:
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            message: str | bytes = await self.connection.recv()
-        except Exception:
-            return None
-        return message
-
-    async def send(self, text: str) -> None:
-        await self.connection.send(text)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.connection.close(code, reason)
-
-    def abort(self) -> None:
-        transport = getattr(self.connection, "transport", None)
-        if transport is not None:
-            transport.abort()
