@@ -560,4 +560,7 @@ def test_close_from_on_gap_on_a_reader_receiving_for_itself(bridge: BridgeProces
     reader.join(15)
     assert len(outcome) == 1 and isinstance(outcome[0], BusClosed)
     wait_until(lambda: not bus._thread.is_alive(), 10, "the receiver thread to end")
-    assert bus.closed and sum(g.missed for g in gaps) == 2
+    # Gaps are reported after each receive round, and this one closes the bus
+    # at the first report: if the 3 frames came in two rounds, the third was
+    # never looked at, so 1 or 2 were reported lost (1 of 15 runs saw 1).
+    assert bus.closed and 1 <= sum(g.missed for g in gaps) <= 2
