@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from conftest import BridgeProcess
@@ -145,18 +145,37 @@ def _others_can_reach(path: str) -> bool:
     return bool(os.stat(real).st_mode & stat.S_IROTH)
 
 
-def _interpreter_for_others() -> tuple[str, str]:
-    """This venv's Python if other users can run it, else the system's same version."""
-    site = [p for p in sys.path if p.endswith("site-packages")]
+#: What a worker or bridge run as another user imports from site-packages (libzmq comes
+#: inside ``pyzmq.libs``; the codecs are optional and copied when installed).
+OTHERS_PACKAGES: Final = ("zmq", "pyzmq.libs", "click", "orjson", "msgpack")
+
+
+def _interpreter_for_others(runtime: Path) -> tuple[str, str]:
+    """This venv's Python if other users can run it; else the system's same version
+    with a copy of the package and what it imports in ``runtime``, which others
+    can read (a checkout or venv under a private folder, such as CI's clone or
+    /root, is out of their reach)."""
     if _others_can_reach(sys.executable) and all(_others_can_reach(p) for p in sys.path if p):
         return sys.executable, ""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
-    if system is None or not all(_others_can_reach(p) for p in [*site, str(REPO)]):
-        pytest.skip(f"no {version} other users can run with this checkout's packages")
-    # The same CPython version loads the venv's compiled wheels; the checkout
-    # comes first (the editable install's .pth is not read from PYTHONPATH).
-    return system, os.pathsep.join([str(REPO), *site])
+    if system is None or not _others_can_reach(system):
+        pytest.fail(
+            f"these tests run workers as other users and need {version} outside root's "
+            f"folders: install it (apt-get install {version})"
+        )
+    site = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    shutil.copytree(REPO / "circus_events", runtime / "circus_events")
+    for name in OTHERS_PACKAGES:
+        if (site / name).is_dir():
+            shutil.copytree(site / name, runtime / name)
+    for folder, _, files in os.walk(runtime):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            os.chmod(path, os.stat(path).st_mode | 0o444)
+    # The same CPython version loads the venv's compiled wheels.
+    return system, str(runtime)
 
 
 def _run(*cmd: str) -> None:
@@ -169,11 +188,12 @@ def users() -> Iterator[LocalUsers]:
     for tool in ("useradd", "userdel", "groupadd", "groupdel", "setpriv"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    python, pythonpath = _interpreter_for_others()
     suffix = secrets.token_hex(3)
     group, attacker, member = f"cegrp{suffix}", f"ceatk{suffix}", f"cemem{suffix}"
     home = Path(tempfile.mkdtemp(prefix="ce-home-", dir="/tmp"))
     home.chmod(0o755)
+    runtime = home / "runtime"
+    python, pythonpath = _interpreter_for_others(runtime)
     made_users: list[str] = []
     made_group = False
     try:
