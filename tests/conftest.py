@@ -300,7 +300,8 @@ class AsyncioThread:
         self.loop.close()
 
 
-CIRCUS_INI = """
+#: The [circus] section of every test circusd (ports filled in by str.format).
+CIRCUS_SECTION = """
 [circus]
 endpoint = tcp://127.0.0.1:{endpoint}
 pubsub_endpoint = tcp://127.0.0.1:{pubsub}
@@ -308,7 +309,11 @@ stats_endpoint = tcp://127.0.0.1:{stats}
 statsd = False
 check_delay = 1
 warmup_delay = 0
+"""
 
+CIRCUS_INI = (
+    CIRCUS_SECTION
+    + """
 [env]
 CIRCUS_EVENTS_DIR = {sockets}
 CIRCUS_EVENTS_HOST = {host}
@@ -326,6 +331,7 @@ numprocesses = {recorders}
 copy_env = True
 graceful_timeout = 5
 """
+)
 
 
 class CircusHost:

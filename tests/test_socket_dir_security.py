@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from conftest import BridgeProcess
+from conftest import CIRCUS_SECTION, BridgeProcess
 
 from circus_events import Bus, UnsafePathError
 from circus_events._client_core import ClientOptions
@@ -626,15 +626,9 @@ def test_unknown_group_exits_2_before_anything_is_made(arena: Path) -> None:
 
 # -- the plugin: the same checks, the same message, workers under another uid ---
 
-CIRCUS = """
-[circus]
-endpoint = tcp://127.0.0.1:{endpoint}
-pubsub_endpoint = tcp://127.0.0.1:{pubsub}
-stats_endpoint = tcp://127.0.0.1:{stats}
-statsd = False
-check_delay = 1
-warmup_delay = 0
-
+CIRCUS = (
+    CIRCUS_SECTION
+    + """
 [env]
 CIRCUS_EVENTS_DIR = {sockets}
 
@@ -642,6 +636,7 @@ CIRCUS_EVENTS_DIR = {sockets}
 use = circus_events.plugin.EventsPlugin
 dir = $(circus.env.CIRCUS_EVENTS_DIR)
 """
+)
 
 #: circus runs this watcher as the member (uid/gid), its groups set by initgroups.
 MEMBER_WATCHER = """
