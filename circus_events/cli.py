@@ -177,7 +177,7 @@ def cli(verbose: int) -> None:
 @click.option(
     "--subscriber-max-bytes",
     help="Bytes the bridge may hold per local subscriber that does not read "
-    f"[subscriber-hwm frames of max-message-bytes; {_range('subscriber_max_bytes')}].",
+    f"[512 MiB; {_range('subscriber_max_bytes')}].",
 )
 @click.option(
     "--publisher-max-bytes",

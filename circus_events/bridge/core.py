@@ -41,13 +41,14 @@ from typing import Any, Final, cast
 
 import zmq
 
-from .._config import FRAME_SLACK, BridgeConfig
+from .._config import FRAME_SLACK, BridgeConfig, local_frame_max
 from .._exceptions import ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
     HISTORY_REQUEST,
+    LOCAL_FRAME_MAX,
     MAX_CONTROL_PARTS,
     SYNC_REQUEST,
     InterestTable,
@@ -59,7 +60,7 @@ from ..protocol import (
     worst_case,
 )
 from .heap import settle_heap, trim_heap
-from .local import LocalSockets, publisher_hwm, subscriber_hwm
+from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
 from .replies import RedisPort, WorkerReplies
 
 __all__ = ["BATCH", "Bridge", "run_bridge"]
@@ -131,7 +132,7 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
-                subscriber_max_bytes=self.config.subscriber_budget,
+                subscriber_max_bytes=self.config.subscriber_max_bytes,
                 publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
@@ -150,7 +151,7 @@ class Bridge:
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
         self._replies = WorkerReplies(
-            send=lambda frame: xpub.send(frame, zmq.NOBLOCK),
+            send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
             stream_mode=self.config.mode == "stream",
             origin=self.config.host.encode("utf-8"),
@@ -309,7 +310,10 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            xpub_send(frame, zmq.NOBLOCK)
+            if size <= LOCAL_FRAME_MAX:
+                xpub_send(frame, zmq.NOBLOCK)
+            else:
+                send_pieces(xpub_send, frame)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
             if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
@@ -335,7 +339,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        self._sockets.xpub.send(frame, zmq.NOBLOCK)
+        send_local(self._sockets.xpub.send, frame)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -375,7 +379,10 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
-            xpub_send(frame, zmq.NOBLOCK)
+            if len(frame) <= LOCAL_FRAME_MAX:
+                xpub_send(frame, zmq.NOBLOCK)
+            else:
+                send_pieces(xpub_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
         self._schedule_service()
@@ -533,14 +540,14 @@ class Bridge:
         config = self.config
         frame = config.max_message_bytes + FRAME_SLACK
         sub_hwm = subscriber_hwm(
-            config.subscriber_budget, config.max_message_bytes, config.subscriber_hwm
+            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
         )
         pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
         return {
             "max_subscriptions": config.max_subscriptions,
             "max_patterns": config.max_patterns,
             "subscriber_hwm_frames": sub_hwm,
-            "per_subscriber_bytes": worst_case(sub_hwm, frame),
+            "per_subscriber_bytes": worst_case(sub_hwm, local_frame_max(config.max_message_bytes)),
             "publisher_hwm_frames": pub_hwm,
             "per_publisher_bytes": worst_case(pub_hwm, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
