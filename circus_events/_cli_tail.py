@@ -84,10 +84,8 @@ class BridgeWatch:
             self.say(f"-- the bridge at {where} restarted (pid {now[0]})", "yellow")
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval):
             self.look()
-            if self._stop.wait(self.interval):
-                return
 
 
 def run_tail(
@@ -128,6 +126,9 @@ def run_tail(
     except CircusEventsError as exc:
         fail(str(exc), EXIT_USAGE)
         return
+    paths = bus._core.options.paths
+    watch = BridgeWatch(os.path.dirname(paths.directory), os.path.basename(paths.directory), say)
+    watch.look()  # the first look before subscribing: once subscribed, the watch is on
     try:
         for pattern in patterns:
             bus.on(pattern, history=history)(show)
@@ -135,8 +136,6 @@ def run_tail(
         bus.close()
         fail(str(exc), EXIT_USAGE)
         return
-    paths = bus._core.options.paths
-    watch = BridgeWatch(os.path.dirname(paths.directory), os.path.basename(paths.directory), say)
     signal.signal(signal.SIGTERM, lambda *_: seen.set())
     try:
         if not bus.sync(2):
