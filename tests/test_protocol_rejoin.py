@@ -1,4 +1,5 @@
-"""The rejoin hold's policy (sans-IO): when a starting bridge keeps frames, and when it lets them out."""
+"""The rejoin hold's policy (sans-IO): when a starting bridge keeps frames, and when
+it lets them out."""
 
 from __future__ import annotations
 
