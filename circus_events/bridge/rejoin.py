@@ -34,11 +34,12 @@ from typing import Any, Final
 import zmq
 
 from .._config import BridgeConfig
-from .._exceptions import ChannelError, UnsafePathError
+from .._exceptions import ChannelError, ProtocolError, UnsafePathError
 from .._sockdir import open_private_file
+from ..protocol import FLAG_DIRECT, FLUSH_CHANNEL, check_frame
 from ..protocol.envelope import HEADER
 from ..protocol.rejoin import RejoinHold
-from ..protocol.topics import validate_worker_id
+from ..protocol.topics import INBOX_PREFIX, validate_worker_id
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -61,7 +62,7 @@ MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 #: are saved together): the list a SIGKILLed bridge leaves is this old at most.
 SAVE_DELAY: Final = 1.0
 
-_STAMP_AT: Final = HEADER.size - 8  # the header ends with its time, a double
+_INBOX: Final = INBOX_PREFIX.encode()
 
 
 def frame_stamp(frame: bytes) -> float | None:
@@ -117,8 +118,13 @@ class LocalHold:
     # -- the send path while the hold is not open ---------------------------------
 
     def send(self, frame: bytes, flags: int = 0) -> None:
-        """Instead of ``XPUB.send``: keep the frame, or pass it on."""
+        """Instead of ``XPUB.send``: keep the frame, or pass it on. A flush
+        marker passes: it says the bridge has taken what its worker sent
+        before it, which stays true of frames held (``flush()`` need not wait)."""
         policy = self.policy
+        if frame.startswith(_INBOX) and _is_flush_marker(frame):
+            self._deliver(frame)
+            return
         if policy.keep(frame, frame_stamp(frame) if policy.phase == "watching" else None):
             if policy.bytes >= policy.max_bytes:
                 self.check()
@@ -200,6 +206,14 @@ class LocalHold:
 
     def status(self) -> dict[str, Any]:
         return self.policy.status()
+
+
+def _is_flush_marker(frame: bytes) -> bool:
+    try:
+        envelope = check_frame(frame)
+    except ProtocolError:
+        return False
+    return envelope.channel == FLUSH_CHANNEL and bool(envelope.flags & FLAG_DIRECT)
 
 
 def start_hold(
