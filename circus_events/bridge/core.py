@@ -564,6 +564,7 @@ class Bridge:
             "publisher_hwm_frames": pub_hwm,
             "per_publisher_bytes": worst_case(pub_hwm, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
+            "hold_max_bytes": config.hold_max_bytes,
         }
 
     def status(self) -> dict[str, Any]:
