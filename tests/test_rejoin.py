@@ -140,6 +140,25 @@ def test_hold_off_and_its_bounds(bridge_factory: Callable[..., BridgeProcess]) -
         assert state["missing_workers"] == 1
 
 
+def test_stopping_while_holding_delivers_and_keeps_awaiting(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory("host-stop", start=False, args=("--rejoin-timeout", "60"))
+    folder = bridge.directory / bridge.namespace
+    folder.mkdir(mode=0o700)
+    save_workers(str(folder / WORKERS_FILE), ["host-stop/ghost"])
+    bridge.start()
+    with Bus(dir=str(bridge.directory), host="host-stop", worker="host-stop/w/1", echo=True) as bus:
+        received = bus.subscribe("x")
+        assert bus.sync(10)
+        bus.publish("x", "held")
+        assert bus.flush(10)  # a flush marker is not held
+        assert rejoin(bridge)["held_total"] == 1
+        assert bridge.terminate() == 0
+        assert received.get(timeout=10).data == "held"
+    assert saved_workers(bridge) == ["host-stop/ghost", "host-stop/w/1"]
+
+
 # -- the saved list of workers, read as hostile input ----------------------------------
 
 

@@ -198,11 +198,15 @@ class LocalHold:
             save_workers(self.path, self._workers())
 
     def close(self) -> None:
-        """On shutdown: deliver what is held, save the list, stop the timers."""
+        """On shutdown: deliver what is held, save the list (with the workers
+        still awaited, if it stops while holding), stop the timers."""
+        awaited = set() if self.policy.open else set(self.policy.missing)
         self.release("stopping")
         if self._save_timer is not None:
             self._save_timer.cancel()
-        self.save()
+            self._save_timer = None
+        if self._workers is not None:
+            save_workers(self.path, sorted(awaited.union(self._workers())))
 
     def status(self) -> dict[str, Any]:
         return self.policy.status()
