@@ -37,7 +37,7 @@ from .._config import BridgeConfig
 from .._exceptions import ChannelError, ProtocolError, UnsafePathError
 from .._sockdir import open_private_file
 from ..protocol import FLAG_DIRECT, FLUSH_CHANNEL, check_frame
-from ..protocol.envelope import HEADER
+from ..protocol.envelope import HEADER, VERSION
 from ..protocol.rejoin import RejoinHold
 from ..protocol.topics import INBOX_PREFIX, validate_worker_id
 
@@ -66,12 +66,15 @@ _INBOX: Final = INBOX_PREFIX.encode()
 
 
 def frame_stamp(frame: bytes) -> float | None:
-    """The wall-clock time a frame's (first) message was stamped with; None if unreadable."""
+    """The wall-clock time a frame's (first) message was stamped with; None if
+    unreadable, and for a piece of a large frame (``protocol.chunks``): the hold
+    starts only on a whole frame, so a frame's pieces are all held or none."""
     try:
         start = frame.index(b"\0") + 1
-        return float(HEADER.unpack_from(frame, start)[-1])
+        fields = HEADER.unpack_from(frame, start)
     except (ValueError, struct.error):
         return None
+    return float(fields[-1]) if fields[0] == VERSION else None
 
 
 class LocalHold:
