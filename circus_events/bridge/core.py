@@ -16,8 +16,7 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
-A bridge that starts while workers run holds local delivery until they are
-back (:mod:`.rejoin`): its sends to XPUB go through ``_local_send``.
+A starting bridge holds local delivery until its workers are back (:mod:`.rejoin`).
 
 Memory is bounded in bytes (see the README's "Memory" section): per
 subscriber by a high-water mark derived from ``subscriber_max_bytes``
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -122,8 +122,7 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
-        #: Where frames for the workers go: XPUB, or the rejoin hold while it is on.
-        self._local_send: Callable[..., Any] = lambda frame, flags=0: None
+        self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
         self._hold: LocalHold | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -156,7 +155,8 @@ class Bridge:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
-        self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, self._use)
+        use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
+        self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
@@ -219,9 +219,6 @@ class Bridge:
         assert self._context is not None
         self._context.term()
         log.info("bridge stopped")
-
-    def _use(self, send: Callable[..., Any]) -> None:
-        self._local_send = send
 
     def _make_redis_side(self) -> RedisPort:
         # Imported only with redis_url.
