@@ -29,8 +29,9 @@ __all__ = ["WATCH_INTERVAL", "BridgeWatch", "run_tail"]
 
 #: Seconds between two looks at the bridge: a restart shows within about this.
 WATCH_INTERVAL: Final = 1.0
-#: Seconds a look waits for the bridge's answer (a loaded bridge still answers).
-WATCH_TIMEOUT: Final = 1.0
+#: Seconds a look waits for the bridge's answer: twice the control client's
+#: default, so a bridge slowed by a loaded machine is not reported gone.
+WATCH_TIMEOUT: Final = 2.0
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 
