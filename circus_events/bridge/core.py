@@ -16,6 +16,7 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+A starting bridge holds local delivery until its workers are back (:mod:`.rejoin`).
 
 Memory is bounded in bytes (see the README's "Memory" section): per
 subscriber by a high-water mark derived from ``subscriber_max_bytes``
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -61,6 +63,7 @@ from ..protocol import (
 )
 from .heap import settle_heap, trim_heap
 from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
+from .rejoin import LocalHold, start_hold
 from .replies import RedisPort, WorkerReplies
 
 __all__ = ["BATCH", "Bridge", "run_bridge"]
@@ -119,6 +122,8 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
+        self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
+        self._hold: LocalHold | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -150,6 +155,8 @@ class Bridge:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
+        use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
+        self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
@@ -193,9 +200,12 @@ class Bridge:
         with contextlib.suppress(ValueError, RuntimeError):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)
-        # 2. Forward what is already queued from workers, so nothing accepted is lost.
+        # 2. Forward what is already queued from workers, so nothing accepted is lost;
+        #    let out what the rejoin hold kept, and save who is connected.
         while self._drain_pull():
             pass
+        if self._hold is not None:
+            self._hold.close()
         # 3. Give the Redis side its chance to flush, then close it.
         if self._redis is not None:
             await self._redis.close()
@@ -273,7 +283,7 @@ class Bridge:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
         assert self._sockets is not None
         pull = self._sockets.pull
-        xpub_send = self._sockets.xpub.send
+        xpub_send = self._local_send
         redis = self._redis
         limit = self.config.max_message_bytes
         counters = self.counters
@@ -339,7 +349,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        send_local(self._sockets.xpub.send, frame)
+        send_local(self._local_send, frame)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -350,7 +360,6 @@ class Bridge:
         """Deliver frames that other hosts sent (called by the Redis side)."""
         if self._sockets is None:
             return
-        xpub_send = self._sockets.xpub.send
         for frame in frames:
             if len(frame) > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
@@ -379,10 +388,10 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
-            if len(frame) <= LOCAL_FRAME_MAX:
-                xpub_send(frame, zmq.NOBLOCK)
+            if len(frame) <= LOCAL_FRAME_MAX:  # the hold may change _local_send meanwhile
+                self._local_send(frame, zmq.NOBLOCK)
             else:
-                send_pieces(xpub_send, frame)
+                send_pieces(self._local_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
         self._schedule_service()
@@ -422,6 +431,8 @@ class Bridge:
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
+                if self._hold is not None:
+                    self._hold.worker_changed(worker, change.added)
             if self._redis is not None:
                 if change.added:
                     self._redis.add_interest(change.topic)
@@ -479,8 +490,8 @@ class Bridge:
             return json.dumps({"error": f"bad request: {exc}"}).encode()
         if command == "status":
             return json.dumps(self.status()).encode()
-        if command == "ping":
-            return b'{"ok": true}'
+        if command == "ping":  # the pid and start tell a restarted bridge (``tail``)
+            return json.dumps({"ok": True, "pid": os.getpid(), "started": self.started_at}).encode()
         return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
 
     async def _trim_now_and_then(self) -> None:
@@ -532,6 +543,7 @@ class Bridge:
                 "gaps": self.tracker.gaps,
                 "missed": self.tracker.missed,
             },
+            "rejoin": self._hold.status() if self._hold is not None else None,
             "last_error": self.last_error,
         }
 
@@ -551,6 +563,7 @@ class Bridge:
             "publisher_hwm_frames": pub_hwm,
             "per_publisher_bytes": worst_case(pub_hwm, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
+            "hold_max_bytes": config.hold_max_bytes,
         }
 
     def status(self) -> dict[str, Any]:
