@@ -52,8 +52,24 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # -- roles run in child processes ----------------------------------------------------
 
 
+async def profile_to(path: str) -> None:
+    """Profile this server, written every second (uvicorn exits by re-raising SIGTERM)."""
+    import cProfile  # noqa: PLC0415
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    while True:
+        await asyncio.sleep(1.0)
+        profiler.dump_stats(path)
+        profiler.enable()  # dump_stats stops it
+
+
 async def serve(args: argparse.Namespace) -> None:
     import uvicorn  # noqa: PLC0415
+
+    if os.environ.get("WSB_PROFILE"):  # a developer's switch: profile the server processes
+        profiling = asyncio.create_task(profile_to(f"{os.environ['WSB_PROFILE']}.{args.port}"))
+        assert profiling
 
     options: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -70,7 +86,7 @@ async def serve(args: argparse.Namespace) -> None:
         from circus_events.websocket import Hub  # noqa: PLC0415
 
         async with AsyncBus(dir=args.dir, worker=args.worker, host="host-b") as bus:
-            hub = Hub(bus)
+            hub = Hub(bus, direct_writes=not args.no_direct)
             app = Starlette(routes=[WebSocketRoute("/events", hub.asgi)])
             config = uvicorn.Config(app, lifespan="off", **{**options, **hub.uvicorn_options()})
             await uvicorn.Server(config).serve()
@@ -196,6 +212,19 @@ def free_port() -> int:
     return free()
 
 
+def wait_listening(port: int, timeout: float) -> None:
+    """Wait until a server accepts TCP connections on ``port``."""
+    import socket  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no server on port {port} after {timeout:g}s")
+        time.sleep(0.05)  # polling the port
+
+
 def ask(process: subprocess.Popen[bytes], command: str) -> Any:
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(command.encode() + b"\n")
@@ -290,6 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.system,
                     "--redis-url",
                     redis.url,
+                    *(["--no-direct"] if args.no_direct else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -297,7 +327,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n, port in enumerate(ports)
         ]
         started += servers
-        time.sleep(2.0)  # uvicorn starts; the clients retry nothing, so give it time
+        for port in ports:
+            wait_listening(port, 60)
         idle_rss = sum(rss_bytes(s.pid) for s in servers)
         urls = ",".join(f"ws://127.0.0.1:{p}/events" for p in ports)
         per_process = args.sockets // CLIENT_PROCESSES
@@ -413,6 +444,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="events/s published on host A")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="200 sockets, 2 workers, 5 s")
+    parser.add_argument(
+        "--no-direct", action="store_true", help="circus-events: no direct frame writes"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # child roles
     parser.add_argument("--dir")

@@ -45,6 +45,7 @@ from ._ws_adapters import (
     client_js,
 )
 from .aio import AsyncBus, AsyncSubscription
+from .protocol.wsframe import text_frame
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -90,13 +91,26 @@ CanPublish = Callable[[Principal, str], bool | Awaitable[bool]]
 class _Socket:
     """One connected socket: its state machine, transport and tasks."""
 
-    __slots__ = ("connection", "principal", "resumes", "tasks", "transport", "wake")
+    __slots__ = (
+        "busy",
+        "connection",
+        "direct",
+        "principal",
+        "resumes",
+        "tasks",
+        "transport",
+        "wake",
+    )
 
     def __init__(self, connection: Connection, transport: Transport, principal: Any) -> None:
         self.connection = connection
         self.transport = transport
+        self.direct = transport.direct
         self.principal = principal
         self.wake = asyncio.Event()
+        #: True while the writer task has taken frames it has not sent yet: a
+        #: direct write now would overtake them.
+        self.busy = False
         self.tasks: list[asyncio.Task[None]] = []
         #: pattern -> (the resume seam, its replay subscription).
         self.resumes: dict[str, tuple[Resume, AsyncSubscription]] = {}
@@ -128,6 +142,9 @@ class Hub:
     ``can_publish(principal, channel)``: default refuses: browsers only listen.
     The bus must have ``echo=False`` (the default): the hub delivers its own
     worker's publications to its sockets itself.
+    ``direct_writes``: write each event's pre-built frame straight to the
+    sockets that have nothing queued (uvicorn's default websocket protocol and
+    the ``websockets`` library); False: always through the library's ``send``.
     """
 
     def __init__(
@@ -138,9 +155,11 @@ class Hub:
         can_subscribe: CanSubscribe | None = None,
         can_publish: CanPublish | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        direct_writes: bool = True,
     ) -> None:
         self.bus = bus
         self.limits = limits
+        self.direct_writes = direct_writes
         self._authorize = authorize
         self._can_subscribe = can_subscribe or _allow_all
         self._can_publish = can_publish or _deny_all
@@ -163,6 +182,7 @@ class Hub:
             "closed_abuse": 0,
             "events": 0,
             "frames_queued": 0,
+            "frames_direct": 0,
             "dropped": 0,
             "bad_frames": 0,
             "published": 0,
@@ -307,6 +327,8 @@ class Hub:
             return
         socket_id = f"{self.bus.worker}#{next(self._numbers)}.{self._token}"
         socket = _Socket(Connection(socket_id, self.limits), transport, principal)
+        if not self.direct_writes:
+            socket.direct = None
         self._sockets[socket_id] = socket
         self.counters["accepted"] += 1
         self._ensure_direct()
@@ -378,8 +400,10 @@ class Hub:
             while connection.state == OPEN:
                 await wake.wait()
                 wake.clear()
+                socket.busy = True
                 for frame in connection.take():
                     await transport.send(frame)
+                socket.busy = False
         except Exception:  # the peer went away mid-send: the reader sees it too
             return
         # Closing (too slow, abuse): what was queued before the decision still goes.
@@ -455,6 +479,7 @@ class Hub:
             if event.direct:
                 continue  # a send_to for this worker: never fanned out
             frame = _encode(event, pattern)
+            wire: bytes | None = None  # the frame's bytes, built for the first direct write
             event_id = str(event.id)
             channel = event.channel
             counters["events"] += 1
@@ -471,6 +496,22 @@ class Hub:
                     socket.push(resume[0].live(event_id, frame), channel)
                     if resume[0].done:
                         self._end_resume(socket, pattern)
+                    continue
+                direct = socket.direct
+                if (
+                    direct is not None
+                    and not socket.busy
+                    and not connection.pending
+                    and connection.state == OPEN
+                    and direct.ready()
+                ):
+                    # Nothing waits for this socket: the shared bytes go out now,
+                    # without a queue, a task switch or a framing per socket.
+                    if wire is None:
+                        wire = text_frame(frame)
+                    direct.write(wire)
+                    connection.sent += 1
+                    counters["frames_direct"] += 1
                     continue
                 if connection.push(frame, channel):
                     counters["frames_queued"] += 1
