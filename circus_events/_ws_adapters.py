@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from importlib import resources
 from typing import Any, Final, Protocol
 
@@ -100,19 +100,23 @@ class DirectWriter:
     interleave safely with the library's own pings and close frame, and none
     is written once the library has sent its close frame."""
 
-    __slots__ = ("_open", "transport")
+    __slots__ = ("is_open", "transport")
 
-    def __init__(self, transport: asyncio.WriteTransport, is_open: Any) -> None:
+    def __init__(
+        self, transport: asyncio.WriteTransport, is_open: Callable[[], bool] | None
+    ) -> None:
         self.transport = transport
-        self._open = is_open
+        #: The library's own "no close frame sent" check; None when a closing
+        #: transport says it all. (The hub inlines ready() on its hot path.)
+        self.is_open = is_open
 
     def ready(self) -> bool:
         """True when a frame may be written now (open, little unsent)."""
         transport = self.transport
         return (
-            self._open()
-            and not transport.is_closing()
+            not transport.is_closing()
             and transport.get_write_buffer_size() <= DIRECT_HIGH_WATER
+            and (self.is_open is None or self.is_open())
         )
 
     def write(self, frame: bytes) -> None:
@@ -129,12 +133,10 @@ def _uvicorn_direct(receive: Any) -> DirectWriter | None:
         hasattr(protocol, name) for name in ("handshake_complete", "close_sent", "disconnected")
     ):
         return None
-    return DirectWriter(
-        transport,
-        lambda: (
-            protocol.handshake_complete and not protocol.close_sent and not protocol.disconnected
-        ),
-    )
+    # The hub writes only after its accept (handshake complete) and stops at its
+    # own close; every other close (the peer's, a ping timeout, a lost
+    # connection) closes the transport at once in this protocol.
+    return DirectWriter(transport, None)
 
 
 def _websockets_direct(connection: Any) -> DirectWriter | None:

@@ -38,6 +38,7 @@ from typing import Any, Final
 from ._event import Event, Gap
 from ._exceptions import BusClosed, CircusEventsError
 from ._ws_adapters import (
+    DIRECT_HIGH_WATER,
     AsgiApp,
     StarletteTransport,
     Transport,
@@ -457,6 +458,7 @@ class Hub:
 
     async def _fan_out(self, pattern: str, subscription: AsyncSubscription) -> None:
         fan, sockets, counters, fresh = self._fan, self._sockets, self.counters, self._fresh
+        direct_writes = 0
         async for event in subscription:
             if event.direct:
                 continue  # a send_to for this worker: never fanned out
@@ -486,16 +488,22 @@ class Hub:
                     and not socket.busy
                     and not connection.pending
                     and connection.state == OPEN
-                    and direct.ready()
                 ):
                     # Nothing waits for this socket: the shared bytes go out now,
-                    # without a queue, a task switch or a framing per socket.
-                    if wire is None:
-                        wire = text_frame(frame)
-                    direct.write(wire)
-                    connection.sent += 1
-                    counters["frames_direct"] += 1
-                    continue
+                    # without a queue, a task switch or a framing per socket
+                    # (DirectWriter.ready, inlined: this runs per socket per event).
+                    transport, is_open = direct.transport, direct.is_open
+                    if (
+                        not transport.is_closing()
+                        and transport.get_write_buffer_size() <= DIRECT_HIGH_WATER
+                        and (is_open is None or is_open())
+                    ):
+                        if wire is None:
+                            wire = text_frame(frame)
+                        transport.write(wire)
+                        connection.sent += 1
+                        direct_writes += 1
+                        continue
                 if connection.push(frame, channel):
                     counters["frames_queued"] += 1
                 else:
@@ -505,6 +513,8 @@ class Hub:
                         self._kill_slow(socket)
                         continue
                 socket.wake.set()
+            counters["frames_direct"] += direct_writes
+            direct_writes = 0
             # Let the writers run before the next event: a burst read from the bus
             # in one go would otherwise fill every queue, fast sockets' too.
             await asyncio.sleep(0)
