@@ -38,17 +38,15 @@ from typing import Any, Final
 from ._event import Event, Gap
 from ._exceptions import BusClosed, CircusEventsError
 from ._ws_adapters import (
-    DIRECT_HIGH_WATER,
     AsgiApp,
     StarletteTransport,
     Transport,
     WebsocketsTransport,
     client_js,
 )
-from ._ws_socket import Socket, encode_bus_event
+from ._ws_socket import Frame, Socket, deliver, encode_bus_event
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.topics import Pattern
-from .protocol.wsframe import text_frame
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -74,6 +72,10 @@ DIRECT_CHANNEL: Final = "circus-events.websocket.direct"
 #: a frame up to it gets an ``error`` frame from the hub; past it the library
 #: closes the socket (1009) without reading it all into memory.
 TRANSPORT_FRAME_FACTOR: Final = 4
+#: Events fanned out together at most, when several wait (one write per socket
+#: for all of them), and their frames' bytes at most.
+FANOUT_BATCH_EVENTS: Final = 64
+FANOUT_BATCH_BYTES: Final = 32 * 1024
 #: Longest wait for a closing socket's close handshake before the TCP
 #: connection is cut (a peer that never reads never answers).
 CLOSE_TIMEOUT: Final = 2.0
@@ -457,67 +459,36 @@ class Hub:
             log.exception("the hub's reader for %r failed", pattern)
 
     async def _fan_out(self, pattern: str, subscription: AsyncSubscription) -> None:
-        fan, sockets, counters, fresh = self._fan, self._sockets, self.counters, self._fresh
-        direct_writes = 0
-        async for event in subscription:
-            if event.direct:
-                continue  # a send_to for this worker: never fanned out
-            frame = encode_bus_event(event, pattern)
-            wire: bytes | None = None  # the frame's bytes, built for the first direct write
-            event_id = str(event.id)
-            channel = event.channel
-            counters["events"] += 1
-            fresh.discard(pattern)
-            if fan.relayed(pattern):
-                targets = [s.connection for s in sockets.values()]
-            else:
-                targets = list(fan.targets(pattern))
-            for connection in targets:
-                socket = sockets.get(connection.socket_id)
-                if socket is None:
-                    continue
-                resume = socket.resumes.get(pattern)
-                if resume is not None:
-                    socket.push(resume[0].live(event_id, frame), channel)
-                    if resume[0].done:
-                        socket.end_resume(pattern)
-                    continue
-                direct = socket.direct
-                if (
-                    direct is not None
-                    and not socket.busy
-                    and not connection.pending
-                    and connection.state == OPEN
-                ):
-                    # Nothing waits for this socket: the shared bytes go out now,
-                    # without a queue, a task switch or a framing per socket
-                    # (DirectWriter.ready, inlined: this runs per socket per event).
-                    transport, is_open = direct.transport, direct.is_open
-                    if (
-                        not transport.is_closing()
-                        and transport.get_write_buffer_size() <= DIRECT_HIGH_WATER
-                        and (is_open is None or is_open())
-                    ):
-                        if wire is None:
-                            wire = text_frame(frame)
-                        transport.write(wire)
-                        connection.sent += 1
-                        direct_writes += 1
-                        continue
-                if connection.push(frame, channel):
-                    counters["frames_queued"] += 1
-                else:
-                    counters["dropped"] += 1
-                    if connection.state != OPEN:
-                        socket.wake.set()  # the writer closes it (or is cancelled by _shut)
-                        self._kill_slow(socket)
-                        continue
-                socket.wake.set()
-            counters["frames_direct"] += direct_writes
-            direct_writes = 0
-            # Let the writers run before the next event: a burst read from the bus
+        counters, fresh = self.counters, self._fresh
+        async for first in subscription:
+            # The events already waiting (a backlog, or several in one bus frame)
+            # go together: one write per socket for all of them.
+            frames: list[Frame] = []
+            size = 0
+            event: Event | None = first
+            while event is not None:
+                if not event.direct:  # a send_to for this worker: never fanned out
+                    frame = encode_bus_event(event, pattern)
+                    frames.append((str(event.id), event.channel, frame))
+                    size += len(frame)
+                if len(frames) >= FANOUT_BATCH_EVENTS or size >= FANOUT_BATCH_BYTES:
+                    break
+                event = subscription.get_nowait()
+            if frames:
+                counters["events"] += len(frames)
+                fresh.discard(pattern)
+                self._deliver(pattern, frames)
+            # Let the writers run before the next events: a burst read from the bus
             # in one go would otherwise fill every queue, fast sockets' too.
             await asyncio.sleep(0)
+
+    def _deliver(self, pattern: str, frames: list[Frame]) -> None:
+        sockets = self._sockets
+        if self._fan.relayed(pattern):
+            targets = [s.connection for s in sockets.values()]
+        else:
+            targets = list(self._fan.targets(pattern))
+        deliver(pattern, frames, targets, sockets, self.counters, self._kill_slow)
 
     def _bus_gap(self, gap: Gap) -> None:
         """The bus lost events (upstream, or a full queue of one of the hub's
