@@ -56,7 +56,11 @@ TARGET_IDLE_BYTES: Final = 50 * 1024
 class WsOptions:
     sockets: tuple[int, ...] = (1000, 5000)
     workers: int = 4
-    rate: float = 20.0
+    #: Events/s published: ``deliveries`` (per second, all sockets together)
+    #: divided by the socket count, unless ``rate`` is given. The same
+    #: deliveries/s at every count: what two client processes keep up with.
+    deliveries: float = 20_000.0
+    rate: float | None = None
     duration: float = 10.0
     systems: tuple[str, ...] = SYSTEMS
     direct_writes: bool = True
@@ -67,7 +71,7 @@ class WsOptions:
         if smoke:
             return cls(sockets=(40,), workers=1, rate=20.0, duration=2.0, systems=("ce",))
         if quick:
-            return cls(sockets=(200, 1000), workers=4, rate=20.0, duration=5.0, systems=systems)
+            return cls(sockets=(200, 1000), workers=4, duration=5.0, systems=systems)
         return cls(systems=systems)
 
 
@@ -192,8 +196,9 @@ class Run:
         redis_total = self.redis_clients()
         cpu_before = sum(cpu_seconds(s.pid) for s in servers)
         start = time.monotonic()
-        count = int(options.rate * options.duration)
-        if ask(publisher, f"RUN {options.rate} {count}") != "DONE":
+        rate = options.rate or options.deliveries / sockets
+        count = max(1, int(rate * options.duration))
+        if ask(publisher, f"RUN {rate} {count}") != "DONE":
             raise RuntimeError("the publisher failed")
         expected = count * sockets
         drain_deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -213,7 +218,7 @@ class Run:
             "system": self.system,
             "sockets": sockets,
             "workers": options.workers,
-            "rate": options.rate,
+            "rate": round(rate, 2),
             "duration": options.duration,
             "expected": expected,
             "received": received,
@@ -328,7 +333,7 @@ def print_table(report: dict[str, Any], say: Callable[[str], None]) -> None:
     if not results:
         say("websocket fan-out: nothing measured")
         return
-    keys = [k for k in results[0] if k not in ("workers", "rate", "duration")]
+    keys = [k for k in results[0] if k not in ("workers", "duration")]
     say("")
     for key in keys:
         say(f"{key:>26}: " + "".join(f"{r.get(key)!s:>13}" for r in results))
@@ -349,7 +354,10 @@ def main(argv: list[str] | None = None, stream: IO[str] | None = None) -> None:
     parser.add_argument("--system", default=",".join(SYSTEMS), help="comma-separated")
     parser.add_argument("--sockets", default="1000,5000", help="comma-separated counts")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=20.0, help="events/s published on host A")
+    parser.add_argument(
+        "--deliveries", type=float, default=20_000.0, help="deliveries/s: the rate's default"
+    )
+    parser.add_argument("--rate", type=float, help="events/s published on host A")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="200 and 1000 sockets, 5 s")
     parser.add_argument("--no-direct", action="store_true", help="circus-events: no direct writes")
@@ -358,6 +366,7 @@ def main(argv: list[str] | None = None, stream: IO[str] | None = None) -> None:
     options = WsOptions(
         sockets=tuple(int(n) for n in args.sockets.split(",")),
         workers=args.workers,
+        deliveries=args.deliveries,
         rate=args.rate,
         duration=args.duration,
         systems=tuple(args.system.split(",")),
