@@ -165,9 +165,11 @@ def test_a_gap_on_the_bus_reaches_the_sockets_that_lost_the_events(bridge: Bridg
                     watch.get(timeout=10)
             await wait_for(lambda: client.of("gap"), 10, "the gap frame")
             await wait_for(
-                lambda: len([e for e in client.events("burst") if "i" in e["data"]])
-                + sum(g["missed"] for g in client.of("gap"))
-                >= count,
+                lambda: (
+                    len([e for e in client.events("burst") if "i" in e["data"]])
+                    + sum(g["missed"] for g in client.of("gap"))
+                    >= count
+                ),
                 10,
                 "the events and gaps to add up",
             )
