@@ -11,9 +11,15 @@ writer task per socket and the framework adapters:
 * the ``websockets`` library: ``websockets.serve(hub.serve_websockets, ...,
   process_request=hub.process_request)`` (the latter serves ``client.js``).
 
-Each bus event is encoded to JSON once and the same string is queued on every
-socket that wants it; a queue never waits, so one slow browser never slows
-the others (it gets ``gap`` frames, then a 1013 close). Ping/pong: the
+Each bus event is encoded to JSON once, and its websocket frame built once
+(server frames are unmasked: the same bytes for every socket). A socket with
+nothing queued gets those bytes written straight to its transport (under
+uvicorn's default protocol and the ``websockets`` library: no per-socket task
+switch, framing or await); events already waiting go together, one write per
+socket. A socket that has a backlog gets the same string queued; a queue never
+waits, so one slow browser never slows the others (it gets ``gap`` frames,
+then a 1013 close). The bus's own gaps (``on_gap``) reach the sockets that
+lost the events as ``gap`` frames too. Ping/pong: the
 ``websockets`` adapter pings every ``ping_interval`` and drops a peer that
 does not answer within the next one; under uvicorn, the server pings: run it
 with ``ws_ping_interval=ping_interval, ws_ping_timeout=ping_interval`` (see
