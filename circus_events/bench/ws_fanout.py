@@ -227,7 +227,7 @@ class Run:
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 2)
             if latencies
             else None,
-            "cpu_s_per_10k": round(cpu / max(received, 1) * 10_000, 4),
+            "cpu_s_per_10k": round(cpu / received * 10_000, 4) if received else None,
             "deliveries_per_cpu_s": round(received / cpu) if cpu > 0 else None,
             "bytes_per_idle_socket": round((connected_rss - idle_rss) / max(sockets, 1)),
             "redis_connections_host_b": host_b_redis,
