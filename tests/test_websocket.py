@@ -477,7 +477,19 @@ def test_resume_in_stream_mode_after_two_seconds_away_gets_every_event_once(
         await client.send(
             type="subscribe", pattern="ticks", last_id=last["id"], last_time=last["time"]
         )
-        await wait_for(lambda: len(events) + len(client.events("ticks")) >= count, 60, "every tick")
+        try:
+            await wait_for(
+                lambda: len(events) + len(client.events("ticks")) >= count, 60, "every tick"
+            )
+        except AssertionError as exc:  # say which ticks are missing, and what the socket got
+            got = {
+                e["data"]["i"] for e in events + client.events("ticks") if e["origin"] == "ticker"
+            }
+            missing = sorted(set(range(count)) - got)
+            raise AssertionError(
+                f"{exc}: {len(missing)} missing, from {missing[:3]} to {missing[-3:]}; "
+                f"gaps {client.of('gap')}, errors {client.of('error')}"
+            ) from None
         assert time.monotonic() - away > 2.0
         await asyncio.sleep(0.3)  # a duplicate would arrive right behind
         events += [e for e in client.events("ticks") if e["origin"] == "ticker"]
