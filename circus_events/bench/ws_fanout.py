@@ -38,8 +38,10 @@ from typing import IO, Any, Final
 from .servers import RedisServer, free_port
 
 #: The systems, circus-events first; the others are peers.
-SYSTEMS: Final = ("ce", "socketio", "broadcaster", "channels")
-PEERS: Final = SYSTEMS[1:]
+SYSTEMS: Final = ("ce", "socketio", "broadcaster", "channels", "ce-queued")
+PEERS: Final = ("socketio", "broadcaster", "channels")
+#: Measured by default: circus-events and the peers (ce-queued on request).
+DEFAULT_SYSTEMS: Final = SYSTEMS[:4]
 ROLES: Final = str(Path(__file__).with_name("ws_roles.py"))
 CLIENT_PROCESSES: Final = 2
 TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -62,12 +64,12 @@ class WsOptions:
     deliveries: float = 20_000.0
     rate: float | None = None
     duration: float = 10.0
-    systems: tuple[str, ...] = SYSTEMS
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS
     direct_writes: bool = True
 
     @classmethod
     def preset(cls, quick: bool = False, smoke: bool = False, peers: bool = True) -> WsOptions:
-        systems = SYSTEMS if peers else ("ce",)
+        systems = DEFAULT_SYSTEMS if peers else ("ce",)
         if smoke:
             return cls(sockets=(40,), workers=1, rate=20.0, duration=2.0, systems=("ce",))
         if quick:
@@ -123,7 +125,7 @@ class Run:
 
     def __init__(self, system: str, sockets: int, options: WsOptions, peer_python: str) -> None:
         self.system, self.sockets, self.options = system, sockets, options
-        self.python = sys.executable if system == "ce" else peer_python
+        self.python = peer_python if system in PEERS else sys.executable
         self.home = Path(tempfile.mkdtemp(prefix="ce-wsb-", dir="/tmp"))
         self.started: list[subprocess.Popen[bytes]] = []
         self.redis = RedisServer(self.home)
@@ -146,7 +148,7 @@ class Run:
     def bridge(self, host: str) -> Path:
         directory = self.home / host
         directory.mkdir()
-        if self.system == "ce":
+        if self.system not in PEERS:
             self.spawn("-m", "circus_events", "bridge", "--dir", str(directory), "--host", host)
         return directory
 
@@ -264,7 +266,7 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         peers = [
             r
             for r in results
-            if r["sockets"] == sockets and r["system"] != "ce" and r.get("deliveries_per_cpu_s")
+            if r["sockets"] == sockets and r["system"] in PEERS and r.get("deliveries_per_cpu_s")
         ]
         if ce is None or not peers or not ce.get("deliveries_per_cpu_s"):
             continue
@@ -351,7 +353,11 @@ def main(argv: list[str] | None = None, stream: IO[str] | None = None) -> None:
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--system", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument(
+        "--system",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of {', '.join(SYSTEMS)}",
+    )
     parser.add_argument("--sockets", default="1000,5000", help="comma-separated counts")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(

@@ -5,6 +5,8 @@ A server (host B), the clients, or the publisher (host A), for one system:
 * ``ce``: circus-events, a :class:`~circus_events.websocket.Hub` per uvicorn
   worker (Starlette, the ASGI adapter) over an ``AsyncBus``; events published
   with an ``AsyncBus`` on host A. Runs with circus-events' own interpreter.
+* ``ce-queued``: the same with ``Hub(direct_writes=False)``: every frame
+  through the socket's queue, writer task and the framework's ``send``.
 * ``socketio``: python-socketio's documented multi-process set-up,
   ``AsyncServer(client_manager=AsyncRedisManager(url))`` as an ASGI app;
   ``AsyncRedisManager(url, write_only=True).emit`` on host A.
@@ -94,7 +96,10 @@ async def serve_ce(args: argparse.Namespace) -> None:
     from circus_events.websocket import Hub  # noqa: PLC0415
 
     async with AsyncBus(dir=args.dir, worker=args.worker, host="host-b") as bus:
-        hub = Hub(bus, direct_writes=not args.no_direct)
+        # ce-queued: every frame through the queue and Starlette's send, as
+        # before direct writes (Hub(direct_writes=False)).
+        direct = not args.no_direct and args.system != "ce-queued"
+        hub = Hub(bus, direct_writes=direct)
         app = Starlette(routes=[WebSocketRoute("/events", hub.asgi)])
         options = {**uvicorn_options(args.port), **hub.uvicorn_options()}
         await uvicorn.Server(uvicorn.Config(app, **options)).serve()
@@ -177,6 +182,7 @@ async def serve_channels(args: argparse.Namespace) -> None:
 
 SERVERS = {
     "ce": serve_ce,
+    "ce-queued": serve_ce,
     "socketio": serve_socketio,
     "broadcaster": serve_broadcaster,
     "channels": serve_channels,
@@ -197,7 +203,7 @@ async def open_socket(system: str, url: str) -> Any:
         await ws.recv()  # "40{sid...}"
         return ws
     ws = await connect(url, compression=None, open_timeout=120, max_size=None)
-    if system == "ce":
+    if system.startswith("ce"):
         await ws.recv()  # welcome
         await ws.send(json.dumps({"type": "subscribe", "pattern": "bench*"}))
     return ws
@@ -212,7 +218,7 @@ def payload(system: str, message: Any) -> Any:
             return None
         return json.loads(message[2:])[1]
     frame = json.loads(message)
-    return frame.get("data") if system == "ce" else frame
+    return frame.get("data") if system.startswith("ce") else frame
 
 
 async def clients(args: argparse.Namespace) -> None:
@@ -267,7 +273,7 @@ async def clients(args: argparse.Namespace) -> None:
 @contextlib.asynccontextmanager
 async def publisher(args: argparse.Namespace) -> Any:
     """A ``publish(dict)`` coroutine function, in the system's documented way."""
-    if args.system == "ce":
+    if args.system.startswith("ce"):
         from circus_events import AsyncBus  # noqa: PLC0415
 
         async with AsyncBus(dir=args.dir, worker="host-a/publisher", host="host-a") as bus:
