@@ -15,6 +15,7 @@ from typing import Any, Final, NoReturn
 
 import click
 
+from ._cli_bench import bench_command
 from ._cli_output import print_status
 from ._config import (
     DEFAULT_MAX_PATTERNS,
@@ -508,58 +509,7 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
         run_listener(sys.stdin, sys.stdout, bus)
 
 
-@cli.command("bench")
-@click.option("--quick", is_flag=True, help="1 and 8 workers, 1 repeat (under two minutes).")
-@click.option(
-    "--out",
-    "out_dir",
-    default="bench-results",
-    show_default=True,
-    help="Directory for bench.json and the PNG charts.",
-)
-@click.option("--no-peers", is_flag=True, help="Skip broadcaster and channels_redis.")
-@click.option("--no-faults", is_flag=True, help="Skip the stuck-subscriber and outage runs.")
-@click.option("--no-charts", is_flag=True, help="Write no PNG charts.")
-@click.option("--keep", is_flag=True, help="Keep the temp dir (bridge and Redis logs).")
-@click.option("--smoke", is_flag=True, hidden=True, help="A tiny run for the test suite.")
-def bench(
-    quick: bool,
-    out_dir: str,
-    no_peers: bool,
-    no_faults: bool,
-    no_charts: bool,
-    keep: bool,
-    smoke: bool,
-) -> None:
-    """Compare circus-events with raw Redis/ZeroMQ and with peer libraries.
-
-    \b
-    Starts its own redis-server (a free port) and bridges; the peers
-    (broadcaster, channels_redis) run in their own venv, created on first use
-    in ./.venv-bench-peers (or $CIRCUS_EVENTS_BENCH_PEERS).
-
-    \b
-    Examples:
-      circus-events bench --quick            # under two minutes
-      circus-events bench --out /tmp/bench   # the full run, several minutes
-    """
-    import dataclasses  # noqa: PLC0415
-
-    # The harness is not part of the runtime: loaded here, and only here.
-    from .bench.cases import Options  # noqa: PLC0415
-    from .bench.harness import bench as run_bench  # noqa: PLC0415
-
-    options = Options.preset(quick=quick, smoke=smoke)
-    changes: dict[str, Any] = {"keep": keep}
-    if no_peers:
-        changes["peers"] = False
-    if no_faults:
-        changes["faults"] = False
-    options = dataclasses.replace(options, **changes)
-    try:
-        run_bench(options, out_dir, charts=not (no_charts or smoke))
-    except RuntimeError as exc:
-        _fail(str(exc))
+cli.add_command(bench_command)
 
 
 def main() -> None:
