@@ -38,6 +38,7 @@ def _fail(message: str) -> None:
     is_flag=True,
     help="Only the websocket fan-out (Hub vs python-socketio, broadcaster, channels).",
 )
+@click.option("--paced", is_flag=True, help="Only the many-paced-publishers run (paced.json).")
 @click.option("--smoke", is_flag=True, hidden=True, help="A tiny run for the test suite.")
 def bench_command(
     quick: bool,
@@ -47,6 +48,7 @@ def bench_command(
     no_charts: bool,
     keep: bool,
     websocket: bool,
+    paced: bool,
     smoke: bool,
 ) -> None:
     """Compare circus-events with raw Redis/ZeroMQ and with peer libraries.
@@ -62,6 +64,7 @@ def bench_command(
       circus-events bench --out /tmp/bench   # the full run, several minutes
       circus-events bench --websocket        # 1,000 and 5,000 sockets, 4 systems
       circus-events bench --websocket --quick --no-peers
+      circus-events bench --paced --quick    # 8 paced publishers: see benchmarks/paced.py
     """
     import dataclasses  # noqa: PLC0415
 
@@ -72,6 +75,16 @@ def bench_command(
         report = bench_websocket(ws_options, out_dir)
         if not report["results"]:
             _fail("websocket fan-out: nothing measured: " + json_dumps(report["unavailable"]))
+        return
+
+    if paced:
+        from .bench.paced import PacedOptions, bench_paced  # noqa: PLC0415
+
+        paced_options = dataclasses.replace(PacedOptions.preset(quick or smoke), keep=keep)
+        try:
+            bench_paced(paced_options, out_dir, charts=not no_charts)
+        except RuntimeError as exc:
+            _fail(str(exc))
         return
 
     # The harness is not part of the runtime: loaded here, and only here.

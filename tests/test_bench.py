@@ -111,3 +111,43 @@ def test_bench_websocket_smoke_measures_the_hub(tmp_path: str) -> None:
     assert row["cpu_s_per_10k"] > 0 and row["bytes_per_idle_socket"] is not None
     assert row["redis_connections_host_b"] == 2 and row["redis_connections_host_a"] == 2
     assert "deliveries_per_s" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_paced_bench_quick_measures_both_systems(tmp_path: str) -> None:
+    """``circus-events bench --paced --quick``: every figure, both systems, the chart."""
+    out = os.path.join(str(tmp_path), "out")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "circus_events", "bench", "--paced", "--quick", "--out", out],
+        capture_output=True, text=True, timeout=110, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    with open(os.path.join(out, "paced.json")) as f:
+        report = json.load(f)
+    summary = report["summary"]
+    for system in ("ce", "raw"):
+        rows = summary[system]["by_load"]
+        assert [r["offered_per_s"] for r in rows] == report["config"]["loads"]
+        for row in rows:
+            assert row["delivered_fraction"] > 0.9
+            assert set(row["latency_ms"]) >= {"p50", "p99", "p999"}
+            assert set(row["cpu_s_per_10k_by_role"]) == {
+                "publishers", "bridges", "redis", "subscribers"
+            }  # fmt: skip
+    assert summary["raw"]["by_load"][0]["cpu_s_per_10k_by_role"]["bridges"] == 0
+    assert summary["ce"]["by_load"][0]["cpu_s_per_10k_by_role"]["bridges"] > 0
+    assert len(summary["ratios"]) == len(report["config"]["loads"])
+    assert os.path.exists(report["chart"])
+    assert "paced ce" in done.stderr  # progress while it runs
+    assert "carries" in done.stdout
+
+
+def test_paced_chart_without_matplotlib_is_an_svg(tmp_path: str) -> None:
+    from circus_events.bench.paced_report import write_svg  # noqa: PLC0415
+
+    lines = [("ce", "p50", [(1000.0, 0.5), (2000.0, 0.7)]), ("raw", "p99", [(1000.0, 12.0)])]
+    path = write_svg(lines, os.path.join(str(tmp_path), "paced.svg"))
+    with open(path) as f:
+        text = f.read()
+    assert text.startswith("<svg") and text.count("<polyline") == 2
