@@ -31,7 +31,16 @@ from ._client.limits import (
     RECEIVER_JOIN_TIMEOUT,
 )
 from ._client.options import Scope, check_timeout, or_forever
-from ._client.plans import AskSync, AwaitMarker, Plan, SendMarker, advance, flush_plan, sync_plan
+from ._client.plans import (
+    AskSync,
+    AwaitConfirmed,
+    AwaitMarker,
+    Plan,
+    SendMarker,
+    advance,
+    flush_plan,
+    sync_plan,
+)
 from ._client.sync_queue import Subscription
 from ._client.threaded import LIVE_BUSES, MAX_PENDING_COMMANDS, ThreadedBus
 from ._client.transport import transport_error
@@ -130,6 +139,8 @@ class Bus(ThreadedBus):
                 reply: Any = None
                 if isinstance(action, AwaitMarker):
                     reply = waiters[action.token].wait(action.timeout)
+                elif isinstance(action, AwaitConfirmed):
+                    reply = self.all_confirmed(action.timeout)
                 elif isinstance(action, AskSync):
                     self._command("sync", action.token)
                 elif isinstance(action, SendMarker):

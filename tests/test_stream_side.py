@@ -27,6 +27,7 @@ from helpers import (
     collecting_bus,
     kill_redis,
     make_frame,
+    paced,
     run,
     seqs,
     until,
@@ -457,19 +458,6 @@ def test_history_raises_bridge_error_when_redis_is_unreachable(redis_server: Red
 
 
 STREAM = ("--mode", "stream")
-
-
-def paced(bus: Bus, channel: str, rate: float, numbers: range, actions: dict[int, Any]) -> None:
-    """Publish ``numbers`` at ``rate`` per second; run ``actions[n]()`` before number n."""
-    start = time.monotonic()
-    for i, n in enumerate(numbers):
-        if n in actions:
-            actions[n]()
-        pause = start + i / rate - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)  # pacing the stream, not synchronisation
-        bus.publish(channel, n)
-    assert bus.flush(10)
 
 
 def test_redis_with_aof_restarted_during_a_2000_per_s_stream_loses_nothing(

@@ -51,6 +51,7 @@ from ..protocol import (
     LOCAL_FRAME_MAX,
     MAX_CONTROL_PARTS,
     SYNC_REQUEST,
+    Envelope,
     InterestTable,
     SequenceTracker,
     SubscriptionRefused,
@@ -59,6 +60,7 @@ from ..protocol import (
     parse_control_request,
     worst_case,
 )
+from .confirms import ConfirmDesk
 from .heap import settle_heap, trim_heap
 from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
 from .replies import RedisPort, WorkerReplies
@@ -119,6 +121,9 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
+        #: Publisher confirms (with Redis); ``_admit`` gates local frames (stream mode).
+        self._desk: ConfirmDesk | None = None
+        self._admit: Callable[[Envelope], bool] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -159,6 +164,9 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
+        if self._redis is not None:  # publisher confirms (see .confirms)
+            self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
+            self._admit = self._desk.gate
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -278,6 +286,7 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
+        admit = self._admit
         accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -306,6 +315,8 @@ class Bridge:
                 counters["rejected_malformed"] += 1
                 self._note_bad_frame(exc)
                 continue
+            if admit is not None and not admit(env):
+                continue  # before its resume marker: it comes again (confirms)
             accepted += env.messages
             frames += 1
             if env.host != host:
@@ -315,7 +326,7 @@ class Bridge:
             else:
                 send_pieces(xpub_send, frame)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
-                redis.publish(frame, frame.index(b"\0"), env.messages)
+                redis.publish(frame, frame.index(b"\0"), env.messages, env)
             if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
                 self._trim_due = True
                 taken += size
@@ -417,6 +428,8 @@ class Bridge:
                 continue
             if frame[0] == 0:
                 self._trim_due = True  # libzmq freed its trie entry
+            elif self._desk is not None:
+                self._desk.subscribed(frame)  # a worker's inbox: hello
             if change is None:
                 continue
             worker = change.topic.worker

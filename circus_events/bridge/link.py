@@ -219,9 +219,10 @@ class RedisLink:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None:
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1, tag: Any = None) -> None:
         """Queue one local frame (``channel NUL header payload``) for Redis;
-        ``messages`` is how many it carries (a batch), for the counters.
+        ``messages`` is how many it carries (a batch), for the counters;
+        ``tag`` goes to the queue's ``on_acked`` once Redis has it.
 
         Never blocks, never raises: the frame waits in the outbound queue
         until the next flush (this loop turn). Host-only frames and frames too
@@ -251,6 +252,7 @@ class RedisLink:
             )),
             size,
             messages,
+            tag,
         )  # fmt: skip
         if queue.pending_bytes > self._check_at:
             self.flush()  # write now, or keep the backlog within buffer_max_bytes

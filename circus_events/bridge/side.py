@@ -7,6 +7,8 @@ the face and each side's ``add_interest``/``remove_interest``/``history``.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .link import RedisLink
@@ -17,7 +19,9 @@ __all__ = ["LinkedSide", "Publish"]
 class Publish(Protocol):
     """:meth:`RedisLink.publish`'s signature."""
 
-    def __call__(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
+    def __call__(
+        self, frame: bytes, topic_end: int, messages: int = 1, tag: Any = None
+    ) -> None: ...
 
 
 class LinkedSide:
@@ -47,6 +51,10 @@ class LinkedSide:
     async def close(self) -> None:
         """Flush briefly, delete the presence record, close both connections. Safe twice."""
         await self._link.close()
+
+    def on_acked(self, callback: Callable[[deque[Any]], None]) -> None:
+        """Tell ``callback`` the tags of what Redis has taken (publisher confirms)."""
+        self._link.queue.on_acked = callback
 
     @property
     def connected(self) -> bool:

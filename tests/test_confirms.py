@@ -1,0 +1,94 @@
+"""Publisher confirms and a restarted bridge's local delivery, against real processes.
+
+Bridges run as ``circus-events bridge`` processes, workers as in-test
+``Bus``/``AsyncBus`` objects (see :mod:`conftest`, :mod:`helpers`); Redis is a
+real redis-server. No mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from conftest import AsyncioThread, BridgeProcess, RedisServer, wait_until
+from helpers import collecting_bus, paced
+
+from circus_events import AsyncBus, Bus
+
+pytestmark = pytest.mark.timeout(90)
+
+STREAM = ("--mode", "stream")
+
+
+def test_flush_returns_once_redis_has_everything_in_stream_mode(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=STREAM)
+    with Bus(dir=str(a.directory), host="host-a", worker="pub") as bus:
+        for n in range(2000):
+            bus.publish("ticks", n)
+        bus.publish("ticks", "host only", scope="host")
+        assert bus.flush(10)
+        stats = bus.stats()
+        assert stats["unconfirmed"] == 0 and stats["released"] == 0
+    counters = a.counters()
+    assert counters["confirms_sent"] >= 1 and counters["resumes"] >= 1
+    status = a.status()["redis"]
+    assert status["published"] == 2000
+
+
+def test_pubsub_mode_keeps_nothing(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    a = bridge_factory("host-a", redis_url=redis_server.url)
+    with Bus(dir=str(a.directory), host="host-a", worker="pub") as bus:
+        assert bus.sync(10)
+        for n in range(100):
+            bus.publish("ticks", n)
+        assert bus.flush(10)
+        assert bus.stats()["unconfirmed"] == 0
+    assert a.counters()["confirms_sent"] == 0
+
+
+def test_async_bus_resends_and_flush_waits_for_confirms(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=STREAM)
+    b = bridge_factory("host-b", redis_url=redis_server.url, args=STREAM)
+    remote_bus, remote = collecting_bus(b, "ticks", "remote")
+
+    async def publish() -> dict[str, int]:
+        async with AsyncBus(dir=str(a.directory), host="host-a", worker="apub") as bus:
+            for n in range(500):
+                await bus.publish("ticks", n)
+            assert await bus.flush(10)
+            return bus.stats()
+
+    with remote_bus, AsyncioThread() as loop:
+        stats = loop.run(publish())
+        assert stats["unconfirmed"] == 0
+        wait_until(lambda: len(remote.data()) >= 500, 20, "every message")
+        assert remote.data() == list(range(500))
+
+
+def test_bridge_sigkilled_during_a_2000_per_s_stream_and_restarted_1s_later(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=STREAM)
+    b = bridge_factory("host-b", redis_url=redis_server.url, args=STREAM)
+    local_bus, local = collecting_bus(a, "ticks", "local")
+    remote_bus, remote = collecting_bus(b, "ticks", "remote")
+    total = 8000
+    # Killed at 1 s, restarted 1 s later (2,000 msg/s), 2 s more after that.
+    actions = {2000: a.kill, 4000: lambda: a.start(wait=False)}
+    with Bus(dir=str(a.directory), host="host-a", worker="ticker") as ticker, local_bus, remote_bus:
+        paced(ticker, "ticks", 2000, range(total), actions)
+        # A last marker: any resent duplicate, being older, arrives before it.
+        ticker.publish("ticks", "end")
+        assert ticker.flush(20)
+        for name, collector in (("local", local), ("remote", remote)):
+            wait_until(lambda c=collector: c.data()[-1:] == ["end"], 30, f"{name}: the marker")
+            assert collector.data() == [*range(total), "end"], f"{name}: all, once, in order"
+            assert collector.missed == 0 and not collector.gaps, name
+        assert ticker.stats()["unconfirmed"] == 0
