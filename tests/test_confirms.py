@@ -7,12 +7,11 @@ real redis-server. No mocks.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import pytest
 from conftest import AsyncioThread, BridgeProcess, RedisServer, wait_until
-from helpers import collecting_bus, paced
+from helpers import Collector, collecting_bus, paced
 
 from circus_events import AsyncBus, Bus
 
@@ -92,3 +91,39 @@ def test_bridge_sigkilled_during_a_2000_per_s_stream_and_restarted_1s_later(
             assert collector.data() == [*range(total), "end"], f"{name}: all, once, in order"
             assert collector.missed == 0 and not collector.gaps, name
         assert ticker.stats()["unconfirmed"] == 0
+
+
+def test_a_subscriber_back_late_after_a_restart_gets_what_its_host_published_meanwhile(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    """Deliver 2: the restarted bridge holds local delivery while it catches
+    up with the stream (it waits for the saved subscriptions): a subscriber
+    that comes back 2.5 s after the restart still gets everything published
+    on its host since its bridge died, in order, once."""
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=STREAM)
+    first_bus, first = collecting_bus(a, "ticks", "first")
+    late: list[tuple[Bus, Collector]] = []
+
+    def restart() -> None:
+        # Gone for good: its saved inbox never comes back, so the restarted
+        # bridge waits its whole resume_grace (3 s) for it.
+        first_bus.close()
+        a.start(wait=False)
+
+    actions = {
+        1000: a.kill,
+        2000: restart,
+        4500: lambda: late.append(collecting_bus(a, "ticks", "late")),
+    }
+    with Bus(dir=str(a.directory), host="host-a", worker="ticker") as ticker:
+        paced(ticker, "ticks", 1000, range(5500), actions)
+        ticker.publish("ticks", "end")
+        assert ticker.flush(20)
+        late_bus, collector = late[0]
+        with late_bus:
+            wait_until(lambda: collector.data()[-1:] == ["end"], 30, "the marker")
+            data = collector.data()
+            assert data[0] <= 1000, "what was published while the bridge was down"
+            assert data == [*range(data[0], 5500), "end"], "all, once, in order"
+            assert not collector.gaps
+    assert first.data() == list(range(len(first.data())))

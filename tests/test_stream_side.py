@@ -509,7 +509,7 @@ def test_bridge_sigkilled_for_5s_resumes_where_it_stopped(
             ticker.publish("orders.paid", n)
         # A last marker: any replayed duplicate, being older, arrives before it.
         ticker.publish("ticks", "end")
-        assert ticker.flush(10)
+        assert ticker.flush(10), (ticker.stats(), a.status())
         wait_until(lambda: remote.data()[-1:] == ["end"], 20, "every tick, then the marker")
         wait_until(lambda: len(other.data()) >= 3, 10, "the other worker's channel")
         assert remote.data() == [*range(total), "end"], "all, in order, none twice"

@@ -40,6 +40,7 @@ class Unconfirmed:
 
     __slots__ = (
         "_by_key",
+        "_confirmed",
         "_frames",
         "_incoming",
         "_serial",
@@ -59,6 +60,8 @@ class Unconfirmed:
         #: sequence key -> (last seq in the frame, serial, messages), oldest first.
         self._by_key: dict[str, deque[tuple[int, int, int]]] = {}
         self._serial = 0
+        #: sequence key -> highest seq confirmed (a confirm may overtake the keep).
+        self._confirmed: dict[str, int] = {}
         #: Confirms received, not applied yet: (epoch, entries).
         self._incoming: deque[tuple[int, list[tuple[str, int, int]]]] = deque()
         #: Bytes kept (frames plus KEPT_FRAME_OVERHEAD each) and messages kept.
@@ -68,10 +71,8 @@ class Unconfirmed:
     def keep(self, key: str, last_seq: int, messages: int, frame: bytes, max_bytes: int) -> int:
         """Keep a frame that left; past ``max_bytes`` let the oldest go.
         Returns how many messages were let go."""
-        if not self.active:
+        if not self.active or last_seq <= self._confirmed.get(key, 0):
             return 0
-        if self._incoming:
-            self.apply()
         self._serial = serial = self._serial + 1
         self._frames[serial] = (frame, key)
         runs = self._by_key.get(key)
@@ -80,6 +81,9 @@ class Unconfirmed:
         runs.append((last_seq, serial, messages))
         self.nbytes += len(frame) + KEPT_FRAME_OVERHEAD
         self.messages += messages
+        if self._incoming:
+            # After keeping the frame: its confirm may have come before it was kept.
+            self.apply()
         released = 0
         while self.nbytes > max_bytes:
             # The oldest frame is the oldest of its key's runs.
@@ -112,8 +116,12 @@ class Unconfirmed:
         """Forget what ``entries`` (key, epoch, highest seq) confirm, for ``epoch``."""
         frames = self._frames
         for key, entry_epoch, seq in entries:
+            if entry_epoch != epoch:
+                continue
+            if seq > self._confirmed.get(key, 0):
+                self._confirmed[key] = seq
             runs = self._by_key.get(key)
-            if runs is None or entry_epoch != epoch:
+            if runs is None:
                 continue
             while runs and runs[0][0] <= seq:
                 _, serial, count = runs.popleft()
@@ -140,5 +148,6 @@ class Unconfirmed:
         """Forget everything kept."""
         self._frames = {}
         self._by_key = {}
+        self._confirmed = {}
         self.nbytes = 0
         self.messages = 0

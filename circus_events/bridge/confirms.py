@@ -46,6 +46,7 @@ from ..protocol import (
 from ..protocol.topics import INBOX_PREFIX
 
 if TYPE_CHECKING:
+    from .catchup import LocalHold
     from .replies import RedisPort, WorkerReplies
 
 __all__ = ["HELLO_INTERVAL", "MAX_CONFIRM_ENTRIES", "MAX_RESUMED", "ConfirmDesk"]
@@ -87,6 +88,7 @@ class ConfirmDesk:
         )
         if stream:
             redis.on_acked(desk.acked)
+            desk.hold = redis.local_hold
         return desk
 
     def __init__(
@@ -105,6 +107,8 @@ class ConfirmDesk:
         self._hello = encode_confirm(self._kind, self.instance, [])
         #: What the bridge calls on each local frame (stream mode), else None.
         self.gate: Callable[[Envelope], bool] | None = self.admit if confirms else None
+        #: Stream mode: local frames held while a restarted bridge catches up.
+        self.hold: LocalHold | None = None
         self._resumed: dict[tuple[str, int], None] = {}
         self._hello_at: dict[str, float] = {}
         #: worker -> {(key, epoch): highest seq in Redis}, until the next flush.

@@ -51,7 +51,6 @@ from ..protocol import (
     LOCAL_FRAME_MAX,
     MAX_CONTROL_PARTS,
     SYNC_REQUEST,
-    Envelope,
     InterestTable,
     SequenceTracker,
     SubscriptionRefused,
@@ -121,9 +120,8 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
-        #: Publisher confirms (with Redis); ``_admit`` gates local frames (stream mode).
+        #: Publisher confirms (with Redis: see .confirms and .catchup).
         self._desk: ConfirmDesk | None = None
-        self._admit: Callable[[Envelope], bool] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -164,9 +162,8 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
-        if self._redis is not None:  # publisher confirms (see .confirms)
+        if self._redis is not None:
             self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
-            self._admit = self._desk.gate
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -286,7 +283,8 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        admit = self._admit
+        desk = self._desk  # stream mode: its gate, and its hold after a restart
+        admit, hold = (desk.gate, desk.hold) if desk is not None else (None, None)
         accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -321,7 +319,9 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            if size <= LOCAL_FRAME_MAX:
+            if hold is not None and not env.flags & FLAG_HOST_ONLY and hold.take(frame):
+                pass  # a restarted bridge catching up: delivered once it has (see .catchup)
+            elif size <= LOCAL_FRAME_MAX:
                 xpub_send(frame, zmq.NOBLOCK)
             else:
                 send_pieces(xpub_send, frame)

@@ -49,6 +49,7 @@ from ..protocol import (
     parse_sync_request,
     single_envelopes,
 )
+from .catchup import LocalHold
 
 __all__ = ["HISTORY_CONNECT_WAIT", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
 
@@ -78,6 +79,10 @@ class RedisPort(Protocol):
     def connected(self) -> bool: ...
     @property
     def subscriptions_settled(self) -> bool: ...
+
+    @property
+    def local_hold(self) -> LocalHold | None:
+        """Stream mode: local frames held while a restarted bridge catches up."""
 
     #: Set while both Redis connections serve.
     connected_event: asyncio.Event

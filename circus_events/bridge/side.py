@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .catchup import LocalHold
 from .link import RedisLink
 
 __all__ = ["LinkedSide", "Publish"]
@@ -31,6 +32,8 @@ class LinkedSide:
     """
 
     publish: Publish
+    #: Stream mode: local frames held while a restarted bridge catches up.
+    local_hold: LocalHold | None = None
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
