@@ -70,25 +70,23 @@ class ConfirmDesk:
     @classmethod
     def open(
         cls,
-        redis: RedisPort,
+        redis: RedisPort | None,
         replies: WorkerReplies,
         loop: asyncio.AbstractEventLoop,
         counters: dict[str, int],
     ) -> ConfirmDesk:
-        """The desk of a bridge with Redis: confirms in stream mode (wired to the
-        Redis side's replies), hellos that say "none" in pub/sub mode."""
-        from .stream_side import StreamSide  # noqa: PLC0415  # only with Redis
-
-        stream = isinstance(redis, StreamSide)
+        """A bridge's desk: confirms in stream mode (wired to the Redis side's
+        replies), hellos that say "none" in pub/sub mode and single-host."""
+        hold = None if redis is None else redis.local_hold  # only stream mode has one
         desk = cls(
             send_direct=replies.send_direct,
             schedule=loop.call_soon,
-            confirms=stream,
+            confirms=hold is not None,
             counters=counters,
         )
-        if stream:
+        if redis is not None and hold is not None:
             redis.on_acked(desk.acked)
-            desk.hold = redis.local_hold
+            desk.hold = hold
         return desk
 
     def __init__(

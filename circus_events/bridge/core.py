@@ -120,7 +120,7 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
-        #: Publisher confirms (with Redis: see .confirms and .catchup).
+        #: Publisher confirms (see .confirms and .catchup).
         self._desk: ConfirmDesk | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -162,8 +162,7 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
-        if self._redis is not None:
-            self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
+        self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
