@@ -231,7 +231,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         return await self._run(sync_plan(token, seconds), token)
 
     async def flush(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
-        """Wait until the bridge has taken everything published so far."""
+        """Wait until the bridge has taken everything published so far and,
+        in stream mode, confirmed that Redis has it (see :meth:`Bus.flush`)."""
         seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
         sync_token, token = new_token(), new_token()

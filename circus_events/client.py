@@ -121,10 +121,12 @@ class Bus(ThreadedBus):
         return self._run(sync_plan(token, seconds), token)
 
     def flush(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
-        """Wait until the bridge has taken everything published so far.
+        """Wait until the bridge has taken everything published so far and,
+        in stream mode, confirmed that Redis has it.
 
         Returns False if that did not happen within ``timeout`` seconds (the
-        bridge is down or slow); the messages stay queued either way.
+        bridge or Redis is down or slow); the messages stay queued, and kept
+        until confirmed, either way.
         """
         seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
