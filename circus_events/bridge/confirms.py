@@ -194,7 +194,3 @@ class ConfirmDesk:
                     worker, CONFIRM_CHANNEL, encode_confirm(CONFIRMED, self.instance, chunk)
                 )
                 self._counters["confirms_sent"] += 1
-
-    def forget(self, worker: str) -> None:
-        """A worker left (its inbox has no subscriber)."""
-        self._hello_at.pop(worker, None)
