@@ -35,11 +35,13 @@ from .protocol.topics import validate_worker_id
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_BYTES",
+    "DEFAULT_HOLD_MAX_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PATTERNS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
     "DEFAULT_PUBLISHER_MAX_BYTES",
+    "DEFAULT_REJOIN_TIMEOUT",
     "ENV_PREFIX",
     "NUMERIC_OPTIONS",
     "BridgeConfig",
@@ -102,6 +104,13 @@ DEFAULT_MAX_SUBSCRIPTIONS: Final = 10_000
 #: Distinct pattern prefixes among them: every Redis PUBLISH is matched against
 #: every PSUBSCRIBE pattern (5,000 of them took Redis from 211k to 12k PUBLISH/s).
 DEFAULT_MAX_PATTERNS: Final = 256
+#: A starting bridge holds local delivery until the workers of the previous
+#: one are back, this many seconds at most (``protocol.rejoin``; 0: no hold).
+DEFAULT_REJOIN_TIMEOUT: Final = 5.0
+#: ...and this many bytes of frames at most (then it lets them out early).
+DEFAULT_HOLD_MAX_BYTES: Final = 64 * 1024 * 1024
+#: A minute: a worker that takes longer to reconnect is not coming back soon.
+MAX_REJOIN_TIMEOUT: Final = 60.0
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -323,6 +332,10 @@ class BridgeConfig:
     publisher_max_bytes: int = DEFAULT_PUBLISHER_MAX_BYTES
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_patterns: int = DEFAULT_MAX_PATTERNS
+    #: Seconds a starting bridge holds local delivery for its returning workers.
+    rejoin_timeout: float = DEFAULT_REJOIN_TIMEOUT
+    #: Bytes of frames it holds meanwhile at most.
+    hold_max_bytes: int = DEFAULT_HOLD_MAX_BYTES
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -437,6 +450,8 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "publisher_max_bytes": NumberSpec(int, MIN_PUBLISHER_MAX_BYTES, MAX_SUBSCRIBER_MAX_BYTES),
     "max_subscriptions": NumberSpec(int, 1, MAX_MAX_SUBSCRIPTIONS),
     "max_patterns": NumberSpec(int, 0, MAX_MAX_PATTERNS),
+    "rejoin_timeout": NumberSpec(float, 0, MAX_REJOIN_TIMEOUT),
+    "hold_max_bytes": NumberSpec(int, 0, MAX_BUFFER_MAX_BYTES),
 }
 
 

@@ -312,7 +312,8 @@ def test_garbage_floods_and_bad_requests_leave_the_bridge_serving(
             dealer.send_multipart([b""] * 1000 + [b'{"cmd": "status"}'])  # too many frames
             dealer.send_multipart([b"", b'{"cmd": "ping"}'])
             assert dealer.poll(1000), "the bridge answers after a message of 1,001 frames"
-            assert dealer.recv_multipart() == [b"", b'{"ok": true}']
+            empty, answer = dealer.recv_multipart()
+            assert empty == b"" and json.loads(answer)["ok"] is True
             dealer.close(linger=0)
             too_big = raw_context.socket(zmq.REQ)
             too_big.connect(f"ipc://{directory}/default/ctl.sock")

@@ -16,6 +16,7 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+A starting bridge holds local delivery until its workers are back (:mod:`.rejoin`).
 
 Memory is bounded in bytes (see the README's "Memory" section): per
 subscriber by a high-water mark derived from ``subscriber_max_bytes``
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -41,7 +43,7 @@ from typing import Any, Final, cast
 
 import zmq
 
-from .._config import FRAME_SLACK, BridgeConfig, local_frame_max
+from .._config import BridgeConfig
 from .._exceptions import ProtocolError
 from .._version import __version__
 from ..protocol import (
@@ -57,11 +59,11 @@ from ..protocol import (
     check_frame,
     inbox_channel,
     parse_control_request,
-    worst_case,
 )
 from .confirms import ConfirmDesk
 from .heap import settle_heap, trim_heap
-from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
+from .local import LocalSockets, memory_limits, send_local, send_pieces
+from .rejoin import LocalHold, start_hold
 from .replies import RedisPort, WorkerReplies
 
 __all__ = ["BATCH", "Bridge", "run_bridge"]
@@ -120,8 +122,9 @@ class Bridge:
         self._replies: WorkerReplies | None = None
         self._control_parts = 0
         self._trim_due = False
-        #: Publisher confirms (see .confirms and .catchup).
-        self._desk: ConfirmDesk | None = None
+        self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
+        self._hold: LocalHold | None = None
+        self._desk: ConfirmDesk | None = None  # publisher confirms (see .confirms)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -153,6 +156,8 @@ class Bridge:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
+        use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
+        self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
@@ -197,9 +202,12 @@ class Bridge:
         with contextlib.suppress(ValueError, RuntimeError):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)
-        # 2. Forward what is already queued from workers, so nothing accepted is lost.
+        # 2. Forward what is already queued from workers, so nothing accepted is lost;
+        #    let out what the rejoin hold kept, and save who is connected.
         while self._drain_pull():
             pass
+        if self._hold is not None:
+            self._hold.close()
         # 3. Give the Redis side its chance to flush, then close it.
         if self._redis is not None:
             await self._redis.close()
@@ -277,13 +285,13 @@ class Bridge:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
         assert self._sockets is not None
         pull = self._sockets.pull
-        xpub_send = self._sockets.xpub.send
+        xpub_send = self._local_send
         redis = self._redis
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
-        desk = self._desk  # stream mode: its gate, and its hold after a restart
-        admit, hold = (desk.gate, desk.hold) if desk is not None else (None, None)
+        desk = self._desk  # stream mode: its gate, and its catch-up hold after a restart
+        admit, catchup = (desk.gate, desk.hold) if desk is not None else (None, None)
         accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -318,7 +326,7 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            if hold is not None and not env.flags & FLAG_HOST_ONLY and hold.take(frame):
+            if catchup is not None and not env.flags & FLAG_HOST_ONLY and catchup.take(frame):
                 pass  # a restarted bridge catching up: delivered once it has (see .catchup)
             elif size <= LOCAL_FRAME_MAX:
                 xpub_send(frame, zmq.NOBLOCK)
@@ -349,7 +357,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        send_local(self._sockets.xpub.send, frame)
+        send_local(self._local_send, frame)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -360,7 +368,6 @@ class Bridge:
         """Deliver frames that other hosts sent (called by the Redis side)."""
         if self._sockets is None:
             return
-        xpub_send = self._sockets.xpub.send
         for frame in frames:
             if len(frame) > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
@@ -389,10 +396,10 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
-            if len(frame) <= LOCAL_FRAME_MAX:
-                xpub_send(frame, zmq.NOBLOCK)
+            if len(frame) <= LOCAL_FRAME_MAX:  # the hold may change _local_send meanwhile
+                self._local_send(frame, zmq.NOBLOCK)
             else:
-                send_pieces(xpub_send, frame)
+                send_pieces(self._local_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
         self._schedule_service()
@@ -434,6 +441,8 @@ class Bridge:
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
+                if self._hold is not None:
+                    self._hold.worker_changed(worker, change.added)
             if self._redis is not None:
                 if change.added:
                     self._redis.add_interest(change.topic)
@@ -491,8 +500,8 @@ class Bridge:
             return json.dumps({"error": f"bad request: {exc}"}).encode()
         if command == "status":
             return json.dumps(self.status()).encode()
-        if command == "ping":
-            return b'{"ok": true}'
+        if command == "ping":  # the pid and start tell a restarted bridge (``tail``)
+            return json.dumps({"ok": True, "pid": os.getpid(), "started": self.started_at}).encode()
         return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
 
     async def _trim_now_and_then(self) -> None:
@@ -544,26 +553,13 @@ class Bridge:
                 "gaps": self.tracker.gaps,
                 "missed": self.tracker.missed,
             },
+            "rejoin": self._hold.status() if self._hold is not None else None,
             "last_error": self.last_error,
         }
 
     def limits(self) -> dict[str, int]:
         """The memory limits in force, and what they allow at most, in bytes."""
-        config = self.config
-        frame = config.max_message_bytes + FRAME_SLACK
-        sub_hwm = subscriber_hwm(
-            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
-        )
-        pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
-        return {
-            "max_subscriptions": config.max_subscriptions,
-            "max_patterns": config.max_patterns,
-            "subscriber_hwm_frames": sub_hwm,
-            "per_subscriber_bytes": worst_case(sub_hwm, local_frame_max(config.max_message_bytes)),
-            "publisher_hwm_frames": pub_hwm,
-            "per_publisher_bytes": worst_case(pub_hwm, frame),
-            "buffer_max_bytes": config.buffer_max_bytes,
-        }
+        return memory_limits(self.config)
 
     def status(self) -> dict[str, Any]:
         """Everything ``circus-events status`` shows for this host."""
