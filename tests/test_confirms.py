@@ -33,8 +33,8 @@ def test_flush_returns_once_redis_has_everything_in_stream_mode(
         assert stats["unconfirmed"] == 0 and stats["released"] == 0
     counters = a.counters()
     assert counters["confirms_sent"] >= 1 and counters["resumes"] >= 1
-    status = a.status()["redis"]
-    assert status["published"] == 2000
+    # At least once: under load a second hello may bring a second resend.
+    assert a.status()["redis"]["published"] >= 2000
 
 
 def test_pubsub_mode_keeps_nothing(
