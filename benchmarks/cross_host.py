@@ -10,7 +10,8 @@ Cases (``--mode pubsub``, the default): ``redis-py`` (baseline: pipelined
 on host A -> bridge A -> Redis -> bridge B -> subscribers on host B iterating
 ``get``), ``ce-raw-handler`` (subscribers in a ``Bus.on`` handler). With
 ``--mode stream`` the bridges relay through Redis streams and the baseline is
-raw redis-py ``XADD``/``XREAD``.
+raw redis-py ``XADD``/``XREAD``; ``ce-raw-noconfirm`` is stream mode as it was
+before publisher confirms (their cost, same run).
 
 Usage::
 
@@ -35,6 +36,7 @@ SCRIPT = Script(
             "redis-py": "redis-stream",
             "ce-raw": "ce-stream",
             "ce-raw-handler": "ce-stream-handler",
+            "ce-raw-noconfirm": "ce-stream-noconfirm",
         },
     },
     default_cases="redis-py,ce-raw,ce-raw-handler",

@@ -24,6 +24,7 @@ import zmq.asyncio
 from ._client.batch import FULL, Prepared, Step
 from ._client.driver import END, BusBase, SubscriptionBase, new_token
 from ._client.limits import (
+    CONFIRM_POLL,
     DEFAULT_WAIT_TIMEOUT,
     HISTORY_POLL,
     HOT_GAP,
@@ -31,7 +32,15 @@ from ._client.limits import (
     RECEIVE_BATCH,
 )
 from ._client.options import Scope, check_timeout, or_forever
-from ._client.plans import AskSync, AwaitMarker, Plan, advance, flush_plan, sync_plan
+from ._client.plans import (
+    AskSync,
+    AwaitConfirmed,
+    AwaitMarker,
+    Plan,
+    advance,
+    flush_plan,
+    sync_plan,
+)
 from ._client.queues import Failure, QueueBound, Subscriber
 from ._client.transport import connect_push, connect_sub, send_up, transport_error
 from ._event import Event
@@ -166,6 +175,9 @@ class AsyncBus(BusBase[AsyncSubscription]):
         #: Held while a send waits for room, so that frames leave in order.
         self._send_lock = asyncio.Lock()
         self._flush_scheduled = False
+        #: Resends under way (a hello), kept referenced until done.
+        self._resends: set[asyncio.Task[None]] = set()
+        self._core.on_hello = self._hello
         options = self._core.options
         self._context = zmq.asyncio.Context()
         self._push = self._context.socket(zmq.PUSH)
@@ -235,7 +247,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         return await self._run(sync_plan(token, seconds), token)
 
     async def flush(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
-        """Wait until the bridge has taken everything published so far."""
+        """Wait until the bridge has taken everything published so far and,
+        in stream mode, confirmed that Redis has it (see :meth:`Bus.flush`)."""
         seconds = or_forever(check_timeout("timeout", timeout))
         self._ensure_reader()
         sync_token, token = new_token(), new_token()
@@ -252,6 +265,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
                 elif isinstance(step, AskSync):
                     self._send_outbox()  # the subscriptions first: the request covers them
                     send_up(self._sub_now, [self._core.sync_request(step.token)])
+                elif isinstance(step, AwaitConfirmed):
+                    answer = await self._all_confirmed(step.timeout)
                 elif isinstance(step, AwaitMarker):
                     answer = await _within(markers[step.token].wait(), step.timeout)
                 else:
@@ -352,12 +367,14 @@ class AsyncBus(BusBase[AsyncSubscription]):
         wall = time.time()
         step = core.place(prepared, burst, wall)
         if step is _BATCH_FIRST:
-            await self._send_locked(core.batch_frame())  # raises: this one is not taken
-            core.batch_sent()
+            frame = core.batch_frame()
+            await self._send_locked(frame)  # raises: this one is not taken
+            core.batch_sent(frame)
             step = core.place(prepared, burst, wall)
         if step is _SEND_ALONE:
-            await self._send_locked(core.single_frame(prepared, wall))
-            core.commit(prepared)
+            frame = core.single_frame(prepared, wall)
+            await self._send_locked(frame)
+            core.commit(prepared, frame)
         elif step is _SEND_BATCH:
             self._send_batch_nowait()
         elif step is _OPENED:
@@ -378,21 +395,52 @@ class AsyncBus(BusBase[AsyncSubscription]):
             asyncio.get_running_loop().call_later(_HELD_RETRY, self._flush_held)
 
     def _send_batch_nowait(self) -> bool:
+        frame = self._core.batch_frame()
         try:
-            self._push_now.send(self._core.batch_frame(), zmq.NOBLOCK)
+            self._push_now.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._schedule_flush()
             return False
-        self._core.batch_sent()
+        self._core.batch_sent(frame)
         return True
 
     async def _send(self, frame: bytes, timeout: float | None = None) -> None:
         """Send a frame made elsewhere (a flush marker), after any held batch."""
         async with self._send_lock:
             if self._core.batch is not None:
-                await self._send_locked(self._core.batch_frame(), timeout)
-                self._core.batch_sent()
+                batch = self._core.batch_frame()
+                await self._send_locked(batch, timeout)
+                self._core.batch_sent(batch)
             await self._send_locked(frame, timeout)
+
+    def _hello(self, kind: int, instance: bytes) -> None:
+        """A bridge said hello: resume with it and send again what it has not
+        confirmed, before anything else (a task: sends may wait for room)."""
+        task = asyncio.get_running_loop().create_task(self._resend(kind, instance))
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
+
+    async def _resend(self, kind: int, instance: bytes) -> None:
+        try:
+            async with self._send_lock:
+                for frame in self._core.hello(kind, instance, time.time()):
+                    await self._send_locked(frame)
+        except (PublishTimeout, zmq.ZMQError) as exc:
+            # Kept still: the bridge asks again when it drops what follows.
+            log.warning("could not send again what the bridge has not confirmed: %s", exc)
+
+    async def _all_confirmed(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` until the bridge confirmed everything sent."""
+        deadline = time.monotonic() + timeout
+        unconfirmed = self._core.unconfirmed
+        while True:
+            unconfirmed.apply()
+            if not unconfirmed.messages:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(CONFIRM_POLL, left))
 
     async def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
         """Send now if the pipe has room, else wait for it (PublishTimeout)."""

@@ -31,7 +31,16 @@ from ._client.limits import (
     RECEIVER_JOIN_TIMEOUT,
 )
 from ._client.options import Scope, check_timeout, or_forever
-from ._client.plans import AskSync, AwaitMarker, Plan, SendMarker, advance, flush_plan, sync_plan
+from ._client.plans import (
+    AskSync,
+    AwaitConfirmed,
+    AwaitMarker,
+    Plan,
+    SendMarker,
+    advance,
+    flush_plan,
+    sync_plan,
+)
 from ._client.sync_queue import Subscription
 from ._client.threaded import LIVE_BUSES, MAX_PENDING_COMMANDS, ThreadedBus
 from ._client.transport import transport_error
@@ -112,10 +121,12 @@ class Bus(ThreadedBus):
         return self._run(sync_plan(token, seconds), token)
 
     def flush(self, timeout: float = DEFAULT_WAIT_TIMEOUT) -> bool:
-        """Wait until the bridge has taken everything published so far.
+        """Wait until the bridge has taken everything published so far and,
+        in stream mode, confirmed that Redis has it.
 
         Returns False if that did not happen within ``timeout`` seconds (the
-        bridge is down or slow); the messages stay queued either way.
+        bridge or Redis is down or slow); the messages stay queued, and kept
+        until confirmed, either way.
         """
         seconds = or_forever(check_timeout("timeout", timeout))
         self._check_process()
@@ -130,6 +141,8 @@ class Bus(ThreadedBus):
                 reply: Any = None
                 if isinstance(action, AwaitMarker):
                     reply = waiters[action.token].wait(action.timeout)
+                elif isinstance(action, AwaitConfirmed):
+                    reply = self.all_confirmed(action.timeout)
                 elif isinstance(action, AskSync):
                     self._command("sync", action.token)
                 elif isinstance(action, SendMarker):

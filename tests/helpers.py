@@ -188,3 +188,16 @@ def collecting_bus(bridge: BridgeProcess, pattern: str, worker: str) -> tuple[Bu
     bus.on(pattern)(collector.on_event)
     assert bus.sync(10), f"{worker} was not synced with its bridge and Redis"
     return bus, collector
+
+
+def paced(bus: Bus, channel: str, rate: float, numbers: range, actions: dict[int, Any]) -> None:
+    """Publish ``numbers`` at ``rate`` per second; run ``actions[n]()`` before number n."""
+    start = time.monotonic()
+    for i, n in enumerate(numbers):
+        if n in actions:
+            actions[n]()
+        pause = start + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # pacing the stream, not synchronisation
+        bus.publish(channel, n)
+    assert bus.flush(10)

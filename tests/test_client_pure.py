@@ -10,6 +10,7 @@ import pytest
 
 from circus_events import GAP_QUEUE_FULL, ArgumentError, BridgeError, Event, Gap, MessageTooLarge
 from circus_events._client.batch import FULL, REFUSED, Step
+from circus_events._client.confirms import KEPT_FRAME_OVERHEAD
 from circus_events._client.core import STATS_DOC, BusCore
 from circus_events._client.limits import (
     DEFAULT_QUEUE_SIZE,
@@ -22,6 +23,7 @@ from circus_events._client.options import ClientOptions
 from circus_events._client.plans import (
     NOW,
     AskSync,
+    AwaitConfirmed,
     AwaitMarker,
     Plan,
     SendMarker,
@@ -31,15 +33,23 @@ from circus_events._client.plans import (
 )
 from circus_events._client.queues import Failure, QueueBound, Subscriber
 from circus_events.protocol import (
+    CONFIRM_CHANNEL,
+    CONFIRMED,
     FLAG_HOST_ONLY,
     FLAG_NOTICE,
     FLAG_REPLAY,
     FLUSH_CHANNEL,
+    HELLO_CONFIRMS,
+    HELLO_NO_CONFIRMS,
     HISTORY_END_CHANNEL,
+    INSTANCE_BYTES,
+    RESUME_CHANNEL,
     SYNC_CHANNEL,
     Codec,
     Pattern,
+    decode_frame,
     encode_batch,
+    encode_confirm,
     encode_frame,
     inbox_channel,
 )
@@ -379,8 +389,11 @@ def test_an_empty_queue_takes_one_event_even_past_the_byte_bound() -> None:
 class FakeDriver:
     """Runs a plan against a clock and scripted answers."""
 
-    def __init__(self, *, answers: dict[bytes, float], sends: bool = True) -> None:
+    def __init__(
+        self, *, answers: dict[bytes, float], sends: bool = True, confirmed: float = 0.0
+    ) -> None:
         self.now = 0.0
+        self.confirmed = confirmed  # when the bridge has confirmed everything
         self.answers = answers  # token -> when the marker comes back
         self.sends = sends
         self.asked: list[bytes] = []
@@ -397,6 +410,9 @@ class FakeDriver:
             elif isinstance(action, SendMarker):
                 self.sent.append(action.token)
                 reply = self.sends
+            elif isinstance(action, AwaitConfirmed):
+                reply = self.confirmed <= self.now + action.timeout
+                self.now = max(self.now, min(self.confirmed, self.now + action.timeout))
             else:
                 assert isinstance(action, AwaitMarker)
                 back = self.answers.get(action.token, float("inf"))
@@ -424,6 +440,13 @@ def test_flush_syncs_first_then_sends_its_marker_until_it_comes_back() -> None:
     assert late.run(flush_plan(b"s", b"f", 2.0)) is False
     full = FakeDriver(answers={b"s": 0.0}, sends=False)
     assert full.run(flush_plan(b"s", b"f", 2.0)) is False and full.sent == [b"f"]
+
+
+def test_flush_then_waits_for_the_confirms_within_its_time() -> None:
+    confirmed = FakeDriver(answers={b"s": 0.0, b"f": 0.5}, confirmed=3.0)
+    assert confirmed.run(flush_plan(b"s", b"f", 10.0)) is True and confirmed.now == 3.0
+    unconfirmed = FakeDriver(answers={b"s": 0.0, b"f": 0.5}, confirmed=30.0)
+    assert unconfirmed.run(flush_plan(b"s", b"f", 10.0)) is False
 
 
 def test_a_batch_that_continues_its_stream_is_taken_whole() -> None:
@@ -458,3 +481,105 @@ def test_a_direct_or_foreign_codec_message_opens_a_batch_join_cannot_extend() ->
     assert bus.hold(bus.prepare("ch", 1, "cluster", target="w2"), T0)
     assert bus.join("ch", 2, "cluster", T0) is REFUSED
     assert Failure(ValueError("x")).error.args == ("x",)
+
+
+# -- publisher confirms (stream mode) ---------------------------------------------------
+
+
+def confirm_frame(kind: int, entries: list[tuple[str, int, int]] | None = None) -> bytes:
+    return encode_frame(
+        CONFIRM_CHANNEL,
+        origin=b"bridge",
+        host=b"h",
+        epoch=1,
+        seq=1,
+        time=0.0,
+        codec=Codec.RAW,
+        payload=encode_confirm(kind, b"i" * INSTANCE_BYTES, entries or []),
+        target="me",
+    )
+
+
+def sent(bus: BusCore, channel: str, count: int, scope: str = "cluster") -> list[bytes]:
+    frames = []
+    for n in range(count):
+        prepared = bus.prepare(channel, n, scope)
+        frames.append(bus.single_frame(prepared, 0.0))
+        bus.commit(prepared, frames[-1])
+    return frames
+
+
+def test_cluster_frames_are_kept_until_the_bridge_confirms_them() -> None:
+    bus = core()
+    kept = sent(bus, "a", 3) + sent(bus, "b", 1)
+    sent(bus, "h", 2, "host")  # never in Redis: never kept
+    assert bus.stats()["unconfirmed"] == 4
+    assert bus.accept(confirm_frame(CONFIRMED, [("a", 7, 2), ("b", 6, 1), ("z", 7, 1)])) is None
+    assert bus.stats()["unconfirmed"] == 4, "applied by the sending side"
+    bus.unconfirmed.apply()
+    assert bus.stats()["unconfirmed"] == 2, "a:3 left, and b (another epoch)"
+    assert bus.hello(HELLO_CONFIRMS, b"i" * 8, 0.0)[1:] == [kept[2], kept[3]]
+    # A confirm that overtakes the keep of its frame still counts.
+    bus.accept(confirm_frame(CONFIRMED, [("a", 7, 4), ("b", 7, 1)]))
+    sent(bus, "a", 1)
+    assert bus.unconfirmed.messages == 0 and bus.unconfirmed.nbytes == 0
+    assert bus.unconfirmed.keep("a", 4, 1, b"x", 10**6) == 0, "confirmed already"
+
+
+def test_a_sent_batch_is_kept_whole() -> None:
+    bus = core()
+    bus.hold(bus.prepare("a", 1, "cluster"), 0.0)
+    bus.hold(bus.prepare("a", 2, "cluster"), 0.0)
+    batch = bus.batch_frame()
+    bus.batch_sent(batch)
+    assert bus.stats()["unconfirmed"] == 2
+    bus.unconfirmed.confirm(7, [("a", 7, 1)])
+    assert bus.stats()["unconfirmed"] == 2, "the batch goes to 2"
+    bus.unconfirmed.confirm(7, [("a", 7, 2)])
+    assert bus.stats()["unconfirmed"] == 0
+    bus.hold(bus.prepare("h", 1, "host"), 0.0)
+    bus.batch_sent(bus.batch_frame())
+    bus.hold(bus.prepare("a", 3, "cluster"), 0.0)
+    bus.batch_sent()  # no frame given: nothing kept
+    assert bus.stats()["unconfirmed"] == 0
+
+
+def test_a_hello_resumes_then_resends_and_a_bridge_without_confirms_stops_the_keeping() -> None:
+    bus = core()
+    kept = sent(bus, "a", 2)
+    heard: list[tuple[int, bytes]] = []
+    bus.on_hello = lambda kind, instance: heard.append((kind, instance))
+    bus.accept(confirm_frame(HELLO_CONFIRMS))
+    assert heard == [(HELLO_CONFIRMS, b"i" * 8)]
+    resume, *again = bus.hello(HELLO_CONFIRMS, b"i" * 8, 0.0)
+    assert again == kept and bus.unconfirmed.instance == b"i" * 8
+    marker = decode_frame(resume)
+    assert marker.channel == RESUME_CHANNEL and marker.target == "me"
+    assert marker.flags & FLAG_HOST_ONLY and marker.payload == b"i" * 8
+    bus.on_hello = None
+    bus.accept(confirm_frame(HELLO_NO_CONFIRMS))  # pub/sub mode: keep nothing
+    assert bus.stats()["unconfirmed"] == 0 and not bus.unconfirmed.active
+    sent(bus, "a", 1)
+    assert bus.stats()["unconfirmed"] == 0
+    assert bus.hello(HELLO_NO_CONFIRMS, b"j" * 8, 0.0) == []
+
+
+def test_past_the_bound_the_oldest_are_let_go_and_counted() -> None:
+    bus = core()
+    one = len(sent(core(), "a", 1)[0]) + KEPT_FRAME_OVERHEAD
+    bus.unconfirmed_max_bytes = 2 * one
+    sent(bus, "a", 1) + sent(bus, "b", 3)  # a's only frame goes, then b's first
+    assert bus.stats()["released"] == 2 and bus.stats()["unconfirmed"] == 2
+    bus.unconfirmed.confirm(7, [("a", 7, 1), ("b", 7, 3), ("b", 7, 1)])
+    assert bus.unconfirmed.nbytes == 0
+
+
+def test_a_confirm_that_does_not_decode_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    bus = core()
+    bad = encode_frame(
+        CONFIRM_CHANNEL, origin=b"bridge", host=b"h", epoch=1, seq=1, time=0.0,
+        codec=Codec.RAW, payload=b"\x09", target="me",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        assert bus.accept(bad) is None
+    assert bus.stats()["undecodable"] == 1 and "confirm" in caplog.text

@@ -27,6 +27,7 @@ from helpers import (
     collecting_bus,
     kill_redis,
     make_frame,
+    paced,
     run,
     seqs,
     until,
@@ -459,19 +460,6 @@ def test_history_raises_bridge_error_when_redis_is_unreachable(redis_server: Red
 STREAM = ("--mode", "stream")
 
 
-def paced(bus: Bus, channel: str, rate: float, numbers: range, actions: dict[int, Any]) -> None:
-    """Publish ``numbers`` at ``rate`` per second; run ``actions[n]()`` before number n."""
-    start = time.monotonic()
-    for i, n in enumerate(numbers):
-        if n in actions:
-            actions[n]()
-        pause = start + i / rate - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)  # pacing the stream, not synchronisation
-        bus.publish(channel, n)
-    assert bus.flush(10)
-
-
 def test_redis_with_aof_restarted_during_a_2000_per_s_stream_loses_nothing(
     redis_factory: Callable[..., RedisServer], bridge_factory: Callable[..., BridgeProcess]
 ) -> None:
@@ -521,7 +509,7 @@ def test_bridge_sigkilled_for_5s_resumes_where_it_stopped(
             ticker.publish("orders.paid", n)
         # A last marker: any replayed duplicate, being older, arrives before it.
         ticker.publish("ticks", "end")
-        assert ticker.flush(10)
+        assert ticker.flush(10), (ticker.stats(), a.status())
         wait_until(lambda: remote.data()[-1:] == ["end"], 20, "every tick, then the marker")
         wait_until(lambda: len(other.data()) >= 3, 10, "the other worker's channel")
         assert remote.data() == [*range(total), "end"], "all, in order, none twice"

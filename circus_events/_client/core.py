@@ -28,6 +28,8 @@ from .._config import FRAME_SLACK, MAX_MAX_MESSAGE_BYTES
 from .._event import GAP_QUEUE_FULL, Event, Gap, RawEvent
 from .._exceptions import ArgumentError, BridgeError, ProtocolError
 from ..protocol import (
+    CONFIRM_CHANNEL,
+    CONFIRMED,
     DUPLICATE,
     FLAG_HOST_ONLY,
     FLAG_NOTICE,
@@ -44,6 +46,7 @@ from ..protocol import (
     SequenceTracker,
     build_history_request,
     channel_topic,
+    decode_confirm,
     decode_messages,
     inbox_channel,
     inbox_topic,
@@ -71,7 +74,11 @@ STATS_DOC: Final = """Counters of this bus, since it opened (or since a fork):
         - ``duplicates``: events received again and dropped;
         - ``undecodable``: frames dropped because they did not decode;
         - ``dropped``: events full subscription queues of this bus dropped
-          (each reported to ``on_gap`` as a ``queue_full`` gap).
+          (each reported to ``on_gap`` as a ``queue_full`` gap);
+        - ``unconfirmed``: messages sent that the bridge has not confirmed
+          yet (stream mode: kept to send again to a restarted bridge);
+        - ``released``: messages let go unconfirmed past the memory bound
+          (no longer protected against a bridge crash).
         """
 
 _RAW: Final = int(Codec.RAW)
@@ -116,6 +123,9 @@ class BusCore(Publisher):
         self.finished: list[HistoryLoad] = []
         #: Called with the token of a flush marker that came back (see ``flush_frame``).
         self.on_flush: Callable[[bytes], None] | None = None
+        #: Called with a hello's kind and the bridge's instance id; the sending
+        #: side then calls :meth:`hello` under its send lock and sends what it says.
+        self.on_hello: Callable[[int, bytes], None] | None = None
         #: Subscriptions given events since the driver last woke their readers.
         self.woken: set[Subscriber] = set()
         self.renew(epoch)
@@ -155,6 +165,9 @@ class BusCore(Publisher):
             if env.channel in (FLUSH_CHANNEL, SYNC_CHANNEL):
                 if self.on_flush is not None:
                     self.on_flush(frame[bounds[0] :])
+                return None
+            if env.channel == CONFIRM_CHANNEL:
+                self._confirmed(frame[bounds[0] :])
                 return None
             if env.flags & FLAG_REPLAY or env.channel == HISTORY_END_CHANNEL:
                 self._history_frame(env._replace(payload=frame[bounds[0] :]))
@@ -199,6 +212,21 @@ class BusCore(Publisher):
             log.warning("dropped a piece of a large message: %s", exc)
             return None
         return None if whole is None else self.accept(whole)
+
+    def _confirmed(self, payload: bytes) -> None:
+        """A confirm or a hello from the bridge (see :mod:`.confirms`)."""
+        try:
+            confirm = decode_confirm(payload)
+        except ProtocolError as exc:
+            self.undecodable += 1
+            log.warning("dropped a confirm that does not decode: %s", exc)
+            return
+        if confirm.kind == CONFIRMED:
+            self.unconfirmed.note(self.epoch, confirm.entries)
+        elif self.on_hello is not None:
+            self.on_hello(confirm.kind, confirm.instance)
+        else:
+            self.unconfirmed.hello(confirm.kind, confirm.instance)
 
     def _notice(self, channel: str, payload: bytes) -> None:
         """The bridge refused a subscription; report it if it is one of ours."""
@@ -479,4 +507,6 @@ class BusCore(Publisher):
             "duplicates": self.tracker.duplicates,
             "undecodable": self.undecodable,
             "dropped": self.dropped,
+            "unconfirmed": self.unconfirmed.messages,
+            "released": self.released,
         }

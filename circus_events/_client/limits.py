@@ -15,6 +15,14 @@ MAX_TIMEOUT: Final = 365 * 86_400.0
 #: ``publish`` waits. Frames, each one message or a batch of at most
 #: BATCH_MAX_BYTES: 20k x ~150 B is 3 MB, 20k full batches 320 MB.
 DEFAULT_SEND_QUEUE: Final = 20_000
+#: Bytes of sent messages kept until the bridge confirms Redis has them
+#: (stream mode), to send again to a restarted bridge. Past it the oldest
+#: are let go (counted in ``stats()["released"]``): a publisher is never
+#: held up by it. 64 MiB is about 3 s of a 2,000 msg/s stream's worth of
+#: time-outs at 10 kB a message, or 200k small messages.
+DEFAULT_UNCONFIRMED_MAX_BYTES: Final = 64 * 1024 * 1024
+#: How often (s) ``flush()`` looks whether everything sent is confirmed.
+CONFIRM_POLL: Final = 0.005
 #: Events buffered per subscription iterator. Past it (or past
 #: DEFAULT_QUEUE_MAX_BYTES) that subscription alone drops what comes and is
 #: told (a ``queue_full`` gap): a forgotten iterator never stalls the

@@ -18,6 +18,7 @@ __all__ = [
     "NOW",
     "Action",
     "AskSync",
+    "AwaitConfirmed",
     "AwaitMarker",
     "Plan",
     "SendMarker",
@@ -54,7 +55,14 @@ class AwaitMarker(NamedTuple):
     timeout: float
 
 
-Action = str | AskSync | SendMarker | AwaitMarker
+class AwaitConfirmed(NamedTuple):
+    """Wait at most ``timeout`` until the bridge has confirmed everything sent
+    (at once if it does not confirm); the result says whether it did."""
+
+    timeout: float
+
+
+Action = str | AskSync | SendMarker | AwaitMarker | AwaitConfirmed
 Plan = Generator[Action, Any, bool]
 
 
@@ -73,9 +81,10 @@ def sync_plan(token: bytes, seconds: float) -> Plan:
 
 
 def flush_plan(sync_token: bytes, token: bytes, seconds: float) -> Plan:
-    """Until the bridge has taken everything published before. The marker
-    comes back on our inbox: a sync first makes sure the bridge knows it.
-    The marker is repeated every FLUSH_RETRY (lost if the bridge restarts)."""
+    """Until the bridge has taken everything published before, and (stream
+    mode) confirmed that Redis has it. The marker comes back on our inbox: a
+    sync first makes sure the bridge knows it. The marker is repeated every
+    FLUSH_RETRY (lost if the bridge restarts)."""
     deadline = (yield NOW) + seconds
     if not (yield from sync_plan(sync_token, seconds)):
         return False
@@ -84,7 +93,8 @@ def flush_plan(sync_token: bytes, token: bytes, seconds: float) -> Plan:
         if not (yield SendMarker(token, remaining)):
             return False
         if (yield AwaitMarker(token, min(FLUSH_RETRY, remaining))):
-            return True
+            remaining = max(deadline - (yield NOW), 0.0)
+            return bool((yield AwaitConfirmed(remaining)))
         if remaining <= FLUSH_RETRY:
             return False
 

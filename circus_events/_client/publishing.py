@@ -19,6 +19,7 @@ from ..protocol import (
     FLAG_HOST_ONLY,
     FLUSH_CHANNEL,
     HEADER,
+    RESUME_CHANNEL,
     SYNC_REQUEST,
     Codec,
     Envelope,
@@ -40,11 +41,13 @@ from .batch import (
     Step,
     new_tuple,
 )
+from .confirms import Unconfirmed
 from .limits import (
     BATCH_MAX_BYTES,
     BATCH_MAX_WAIT,
     BURST_MEMORY,
     BURST_MIN,
+    DEFAULT_UNCONFIRMED_MAX_BYTES,
     HOT_GAP,
     MAX_CACHED_CHANNELS,
 )
@@ -72,6 +75,8 @@ class Publisher:
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.published = 0
+        #: Bytes of sent messages kept until the bridge confirms them.
+        self.unconfirmed_max_bytes = DEFAULT_UNCONFIRMED_MAX_BYTES
         #: Channels already validated, with what publishing on them needs.
         self._known_channels: dict[str, KnownChannel] = {}
 
@@ -79,6 +84,10 @@ class Publisher:
         """A new identity for this process: new epoch, fresh sequence numbers."""
         self.epoch = epoch
         self._seqs: dict[str, int] = {}
+        #: Sent, not confirmed yet (a forked child resends none of its parent's).
+        self.unconfirmed = Unconfirmed()
+        #: Messages let go unconfirmed past unconfirmed_max_bytes.
+        self.released = 0
         #: Messages waiting to leave together (publishing side, see OpenBatch).
         self.batch: OpenBatch | None = None
         #: When publish was last called, and how many calls in a row came
@@ -183,10 +192,15 @@ class Publisher:
             target=target,
         )
 
-    def commit(self, prepared: Prepared) -> None:
-        """The frame from :meth:`single_frame` left: its number is used."""
-        self._seqs[prepared.seq_key] = self._seqs.get(prepared.seq_key, 0) + 1
+    def commit(self, prepared: Prepared, frame: bytes | None = None) -> None:
+        """The frame from :meth:`single_frame` left: its number is used; the
+        frame (if given) is kept until confirmed, unless it is host-scoped."""
+        seq = self._seqs[prepared.seq_key] = self._seqs.get(prepared.seq_key, 0) + 1
         self.published += 1
+        if frame is not None and not prepared.key[1] & FLAG_HOST_ONLY:
+            self.released += self.unconfirmed.keep(
+                prepared.seq_key, seq, 1, frame, self.unconfirmed_max_bytes
+            )
 
     def place(self, prepared: Prepared, burst: bool, wall: float) -> Step:
         """Where a message published at ``wall`` (Unix time) goes: held in a
@@ -276,12 +290,18 @@ class Publisher:
             target=target,
         )
 
-    def batch_sent(self) -> None:
-        """The batch frame left: its numbers are used."""
+    def batch_sent(self, frame: bytes | None = None) -> None:
+        """The batch frame left: its numbers are used; the frame (if given)
+        is kept until confirmed, unless it is host-scoped."""
         batch = self.batch
         assert batch is not None
-        self._seqs[batch.prepared.seq_key] = batch.first_seq + len(batch.payloads) - 1
+        prepared = batch.prepared
+        last = self._seqs[prepared.seq_key] = batch.first_seq + len(batch.payloads) - 1
         self.batch = None
+        if frame is not None and not prepared.key[1] & FLAG_HOST_ONLY:
+            self.released += self.unconfirmed.keep(
+                prepared.seq_key, last, len(batch.payloads), frame, self.unconfirmed_max_bytes
+            )
 
     def flush_frame(self, token: bytes, wall: float) -> bytes:
         """A marker sent to our own inbox: when it comes back, the bridge has
@@ -290,6 +310,23 @@ class Publisher:
         return self.encode(
             FLUSH_CHANNEL, token, "host", worker, wall=wall, system=True, codec=Codec.RAW
         )
+
+    def resume_frame(self, instance: bytes, wall: float) -> bytes:
+        """The marker sent before resending to a bridge that said hello:
+        that bridge relays our cluster frames from this one on."""
+        worker = self.options.worker
+        return self.encode(
+            RESUME_CHANNEL, instance, "host", worker, wall=wall, system=True, codec=Codec.RAW
+        )
+
+    def hello(self, kind: int, instance: bytes, wall: float) -> list[bytes]:
+        """A bridge said hello (call under the send lock): the frames to send,
+        in order: a resume marker and every frame not confirmed, or none if
+        the bridge does not confirm."""
+        resend = self.unconfirmed.hello(kind, instance)
+        if resend is None:
+            return []
+        return [self.resume_frame(instance, wall), *resend]
 
     def sync_request(self, token: bytes) -> bytes:
         """A request sent up the subscription socket, after our subscriptions:

@@ -30,11 +30,11 @@ from typing import Any, Final
 import zmq
 
 from .._event import Event
-from .._exceptions import BridgeError, BusClosed
+from .._exceptions import BridgeError, BusClosed, PublishTimeout
 from .batch import Prepared, Step
 from .core import BusCore
 from .driver import BusBase, new_epoch
-from .limits import HISTORY_POLL, RECEIVE_BATCH
+from .limits import CONFIRM_POLL, HISTORY_POLL, RECEIVE_BATCH
 from .queues import Subscriber
 from .sync_queue import Subscription
 from .transport import connect_push, connect_sub, send_up, transport_error
@@ -114,6 +114,7 @@ class ThreadedBus(BusBase[Subscription]):
         self._poller = zmq.Poller()
         self._poller.register(self._sub, zmq.POLLIN)
         self._poller.register(self._woken, zmq.POLLIN)
+        self._core.on_hello = self._hello
         #: The right to use _sub, _woken and _poller (see the module docstring).
         self._io = threading.Lock()
         #: Readers waiting for _io, and the condition they wait on.
@@ -188,8 +189,9 @@ class ThreadedBus(BusBase[Subscription]):
             self._send_batch(wait=True)  # PublishTimeout: this message is not taken
             step = core.place(prepared, burst, wall)
         if step is _SEND_ALONE:
-            self._send_locked(core.single_frame(prepared, wall))
-            core.commit(prepared)
+            frame = core.single_frame(prepared, wall)
+            self._send_locked(frame)
+            core.commit(prepared, frame)
         elif step is _SEND_BATCH:
             self._send_batch(wait=False)
         elif step is _OPENED and not self._flush_requested:
@@ -216,7 +218,7 @@ class ThreadedBus(BusBase[Subscription]):
                     self._flush_requested = True
                     self._poke()
                 return
-        self._core.batch_sent()
+        self._core.batch_sent(frame)
 
     def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
         """Send now if the pipe has room, else wait for it (PublishTimeout)."""
@@ -228,6 +230,31 @@ class ThreadedBus(BusBase[Subscription]):
             if not push.poll(int(seconds * 1000), zmq.POLLOUT):
                 raise self._timed_out(seconds) from None
             push.send(frame, zmq.NOBLOCK)
+
+    def _hello(self, kind: int, instance: bytes) -> None:
+        """A bridge said hello (on the receiving thread): resume with it and send
+        again what it has not confirmed, before anything else."""
+        try:
+            with self._lock:
+                for frame in self._core.hello(kind, instance, _time()):
+                    self._send_locked(frame)
+        except (PublishTimeout, zmq.ZMQError) as exc:
+            # Kept still: the bridge asks again when it drops what follows.
+            log.warning("could not send again what the bridge has not confirmed: %s", exc)
+
+    def all_confirmed(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` until the bridge confirmed everything sent."""
+        deadline = _monotonic() + timeout
+        unconfirmed = self._core.unconfirmed
+        while True:
+            with self._lock:
+                unconfirmed.apply()
+                if not unconfirmed.messages:
+                    return True
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(CONFIRM_POLL, left))
 
     def _watch_held(self) -> None:
         """On the receiver thread: send a held batch nobody else sent.

@@ -11,13 +11,18 @@ from typing import Final
 
 NAMESPACE: Final = "bench"
 STREAM_NAMESPACE: Final = "benchs"
+NO_CONFIRMS_NAMESPACE: Final = "benchn"
 #: Bridges: name -> (host, namespace, mode); mode None: no Redis (single host).
+#: ``stream-no-confirms``: stream mode as it was before publisher confirms
+#: (the bench's baseline for their cost; see ``infra.start_bridge``).
 BRIDGES: Final = {
     "local": ("bench-local", NAMESPACE, None),
     "a": ("host-a", NAMESPACE, "pubsub"),
     "b": ("host-b", NAMESPACE, "pubsub"),
     "sa": ("stream-a", STREAM_NAMESPACE, "stream"),
     "sb": ("stream-b", STREAM_NAMESPACE, "stream"),
+    "na": ("plain-a", NO_CONFIRMS_NAMESPACE, "stream-no-confirms"),
+    "nb": ("plain-b", NO_CONFIRMS_NAMESPACE, "stream-no-confirms"),
 }
 
 
@@ -44,6 +49,8 @@ SYSTEMS: Final = {
         System("ce-pubsub", "circus-events pub/sub", "circus-events", ("a", "b")),
         System("redis-stream", "raw redis-py XADD/XREAD", "baseline", ("", "")),
         System("ce-stream", "circus-events stream", "circus-events", ("sa", "sb")),
+        System("ce-stream-noconfirm", "circus-events stream, no confirms", "circus-events",
+               ("na", "nb")),
         System("broadcaster", "broadcaster (Redis)", "peer", ("", "")),
         System("channels-redis", "channels_redis PubSub layer", "peer", ("", "")),
         # Variants for benchmarks/local_fanout.py and cross_host.py.
@@ -63,6 +70,7 @@ RATIOS: Final = (
     ("ce-pubsub", "redis-pubsub", 1.0, "cross-host pub/sub"),
     ("ce-stream", "redis-stream", 1.0, "cross-host stream"),
     ("ce-stream", "redis-pubsub", 1.0, "cross-host stream vs raw pub/sub"),
+    ("ce-stream", "ce-stream-noconfirm", 0.8, "stream with publisher confirms vs without"),
     ("ce-pubsub", "broadcaster", 10.0, "cross-host pub/sub vs broadcaster"),
     ("ce-pubsub", "channels-redis", 10.0, "cross-host pub/sub vs channels_redis"),
 )

@@ -61,6 +61,20 @@ def bridge_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
 
 
+#: ``python -c`` program of a bridge as it was before publisher confirms: its
+#: desk is made as without Redis (hellos say "no confirms", so its workers keep
+#: nothing; no gate, no confirms, no catch-up hold). The bench's baseline only.
+_NO_CONFIRMS: Final = """
+import sys
+from circus_events.bridge import confirms
+_open = confirms.ConfirmDesk.open.__func__
+confirms.ConfirmDesk.open = classmethod(lambda cls, redis, *rest: _open(cls, None, *rest))
+sys.argv[0] = "circus-events"
+from circus_events.cli import main
+main()
+"""
+
+
 def start_bridge(
     workdir: str,
     name: str,
@@ -74,6 +88,9 @@ def start_bridge(
     os.makedirs(bus_dir, exist_ok=True)
     log_path = os.path.join(workdir, f"{name}.log")
     command = [sys.executable, "-m", "circus_events", "bridge", "--dir", bus_dir]
+    if mode == "stream-no-confirms":
+        command[1:3] = ["-c", _NO_CONFIRMS]
+        mode = "stream"
     command += ["--host", host, "--namespace", namespace]
     if redis_url is not None:
         command += ["--redis-url", redis_url]

@@ -43,7 +43,7 @@ from typing import Any, Final, cast
 
 import zmq
 
-from .._config import FRAME_SLACK, BridgeConfig, local_frame_max
+from .._config import BridgeConfig
 from .._exceptions import ProtocolError
 from .._version import __version__
 from ..protocol import (
@@ -59,10 +59,10 @@ from ..protocol import (
     check_frame,
     inbox_channel,
     parse_control_request,
-    worst_case,
 )
+from .confirms import ConfirmDesk
 from .heap import settle_heap, trim_heap
-from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
+from .local import LocalSockets, memory_limits, send_local, send_pieces
 from .rejoin import LocalHold, start_hold
 from .replies import RedisPort, WorkerReplies
 
@@ -124,6 +124,7 @@ class Bridge:
         self._trim_due = False
         self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
         self._hold: LocalHold | None = None
+        self._desk: ConfirmDesk | None = None  # publisher confirms (see .confirms)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
+        self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -288,6 +290,8 @@ class Bridge:
         limit = self.config.max_message_bytes
         counters = self.counters
         host = self.config.host
+        desk = self._desk  # stream mode: its gate, and its catch-up hold after a restart
+        admit, catchup = (desk.gate, desk.hold) if desk is not None else (None, None)
         accepted = frames = taken = 0
         more = True  # unless the loop stops early: BATCH read, more may wait
         for n in range(BATCH):
@@ -316,16 +320,20 @@ class Bridge:
                 counters["rejected_malformed"] += 1
                 self._note_bad_frame(exc)
                 continue
+            if admit is not None and not admit(env):
+                continue  # before its resume marker: it comes again (confirms)
             accepted += env.messages
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            if size <= LOCAL_FRAME_MAX:
+            if catchup is not None and not env.flags & FLAG_HOST_ONLY and catchup.take(frame):
+                pass  # a restarted bridge catching up: delivered once it has (see .catchup)
+            elif size <= LOCAL_FRAME_MAX:
                 xpub_send(frame, zmq.NOBLOCK)
             else:
                 send_pieces(xpub_send, frame)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
-                redis.publish(frame, frame.index(b"\0"), env.messages)
+                redis.publish(frame, frame.index(b"\0"), env.messages, env)
             if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
                 self._trim_due = True
                 taken += size
@@ -426,6 +434,8 @@ class Bridge:
                 continue
             if frame[0] == 0:
                 self._trim_due = True  # libzmq freed its trie entry
+            elif self._desk is not None:
+                self._desk.subscribed(frame)  # a worker's inbox: hello
             if change is None:
                 continue
             worker = change.topic.worker
@@ -549,22 +559,7 @@ class Bridge:
 
     def limits(self) -> dict[str, int]:
         """The memory limits in force, and what they allow at most, in bytes."""
-        config = self.config
-        frame = config.max_message_bytes + FRAME_SLACK
-        sub_hwm = subscriber_hwm(
-            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
-        )
-        pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
-        return {
-            "max_subscriptions": config.max_subscriptions,
-            "max_patterns": config.max_patterns,
-            "subscriber_hwm_frames": sub_hwm,
-            "per_subscriber_bytes": worst_case(sub_hwm, local_frame_max(config.max_message_bytes)),
-            "publisher_hwm_frames": pub_hwm,
-            "per_publisher_bytes": worst_case(pub_hwm, frame),
-            "buffer_max_bytes": config.buffer_max_bytes,
-            "hold_max_bytes": config.hold_max_bytes,
-        }
+        return memory_limits(self.config)
 
     def status(self) -> dict[str, Any]:
         """Everything ``circus-events status`` shows for this host."""

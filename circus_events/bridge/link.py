@@ -217,9 +217,9 @@ class RedisLink:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None:
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1, tag: Any = None) -> None:
         """Queue one local frame (``channel NUL header payload``) for Redis;
-        ``messages`` is how many it carries (a batch), for the counters.
+        ``messages`` it carries (a batch: counters), ``tag`` for ``on_acked``.
 
         Never blocks, never raises: the frame waits in the outbound queue
         until the next flush (this loop turn). Host-only frames and frames too
@@ -248,7 +248,7 @@ class RedisLink:
                 b"\r\n",
             )),
             size,
-            messages,
+            messages, tag,
         )  # fmt: skip
         if queue.pending_bytes > self._check_at:
             self.flush()  # write now, or keep the backlog within buffer_max_bytes

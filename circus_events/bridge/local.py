@@ -20,7 +20,7 @@ from typing import Final
 
 import zmq
 
-from .._config import FRAME_SLACK, SocketPaths, local_frame_max
+from .._config import FRAME_SLACK, BridgeConfig, SocketPaths, local_frame_max
 from .._exceptions import BridgeError
 from .._sockdir import open_private_file, prepare_bridge_dir
 from ..protocol import (
@@ -29,11 +29,13 @@ from ..protocol import (
     MAX_SUBSCRIPTION_FRAME,
     hwm_for_bytes,
     split_frame,
+    worst_case,
 )
 
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
+    "memory_limits",
     "send_local",
     "send_pieces",
     "subscriber_hwm",
@@ -165,3 +167,22 @@ def _lock(paths: SocketPaths) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def memory_limits(config: BridgeConfig) -> dict[str, int]:
+    """A bridge's memory limits in force, and what they allow at most, in bytes."""
+    frame = config.max_message_bytes + FRAME_SLACK
+    sub_hwm = subscriber_hwm(
+        config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
+    )
+    pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
+    return {
+        "max_subscriptions": config.max_subscriptions,
+        "max_patterns": config.max_patterns,
+        "subscriber_hwm_frames": sub_hwm,
+        "per_subscriber_bytes": worst_case(sub_hwm, local_frame_max(config.max_message_bytes)),
+        "publisher_hwm_frames": pub_hwm,
+        "per_publisher_bytes": worst_case(pub_hwm, frame),
+        "buffer_max_bytes": config.buffer_max_bytes,
+        "hold_max_bytes": config.hold_max_bytes,
+    }

@@ -29,6 +29,12 @@ A command may carry a batch of several messages (see the envelope): the
 counters (published, dropped, buffered) count messages, not commands, so
 they can be compared with what workers sent and received.
 
+A command may carry a *tag* (stream mode: the envelope of a local worker's
+frame): once Redis has answered it with success, ``on_acked`` gets the
+tags of each completed batch, in order (tags of refused commands are None),
+and the bridge confirms those messages to their workers. A batch answered
+only in part when the connection dies gives its answered tags then.
+
 Sans-IO: the caller writes the bytes :meth:`take` and :meth:`control`
 return, in the order it gets them, and passes the loop time in.
 """
@@ -53,19 +59,32 @@ _LOST: Final = ConnectionError("the Redis connection closed before the reply")
 class _Batch:
     """Commands written in one write; ``acked`` of them are answered."""
 
-    __slots__ = ("acked", "cmds", "count", "counts", "messages", "nbytes", "sent_at", "sizes")
+    __slots__ = (
+        "acked",
+        "cmds",
+        "count",
+        "counts",
+        "messages",
+        "nbytes",
+        "sent_at",
+        "sizes",
+        "tags",
+    )
 
     def __init__(
         self,
         cmds: deque[bytes],
         sizes: deque[int],
         counts: deque[int],
+        tags: deque[Any],
         nbytes: int,
         messages: int,
         sent_at: float,
     ) -> None:
         self.cmds = cmds
         self.sizes = sizes
+        #: Per command: what ``on_acked`` gets once it is answered, or None.
+        self.tags = tags
         #: Messages per command (a command may carry a batch of them).
         self.counts = counts
         self.count = len(cmds)
@@ -101,9 +120,11 @@ class OutboundQueue:
         "_on_error",
         "_pending",
         "_sizes",
+        "_tags",
         "dropped",
         "errors",
         "max_bytes",
+        "on_acked",
         "pending_bytes",
         "pending_messages",
         "published",
@@ -126,6 +147,9 @@ class OutboundQueue:
         self._pending: deque[bytes] = deque()
         self._sizes: deque[int] = deque()
         self._counts: deque[int] = deque()
+        self._tags: deque[Any] = deque()
+        #: Told the tags of each batch Redis has answered (see the module docstring).
+        self.on_acked: Callable[[deque[Any]], None] | None = None
         self.pending_bytes = 0
         self.pending_messages = 0
         self._inflight: deque[_Batch | _Control] = deque()
@@ -140,11 +164,13 @@ class OutboundQueue:
 
     # -- producer side ----------------------------------------------------------
 
-    def push(self, cmd: bytes, size: int, messages: int = 1) -> None:
-        """Queue one encoded PUBLISH whose value is ``size`` bytes and holds ``messages``."""
+    def push(self, cmd: bytes, size: int, messages: int = 1, tag: Any = None) -> None:
+        """Queue one encoded PUBLISH whose value is ``size`` bytes and holds
+        ``messages``; ``tag`` goes to ``on_acked`` once Redis has it."""
         self._pending.append(cmd)
         self._sizes.append(size)
         self._counts.append(messages)
+        self._tags.append(tag)
         self.pending_bytes += size
         self.pending_messages += messages
 
@@ -153,6 +179,7 @@ class OutboundQueue:
         pending, sizes, counts = self._pending, self._sizes, self._counts
         while self.pending_bytes > self.max_bytes and pending:
             pending.popleft()
+            self._tags.popleft()
             self.pending_bytes -= sizes.popleft()
             dropped = counts.popleft()
             self.pending_messages -= dropped
@@ -163,11 +190,18 @@ class OutboundQueue:
         if not self._pending:
             return None
         batch = _Batch(
-            self._pending, self._sizes, self._counts, self.pending_bytes, self.pending_messages, now
+            self._pending,
+            self._sizes,
+            self._counts,
+            self._tags,
+            self.pending_bytes,
+            self.pending_messages,
+            now,
         )
         self._pending = deque()
         self._sizes = deque()
         self._counts = deque()
+        self._tags = deque()
         self.pending_bytes = 0
         self.pending_messages = 0
         self._inflight.append(batch)
@@ -204,8 +238,11 @@ class OutboundQueue:
                         return
                     if reply.__class__ is not ok:
                         self._reply_error(reply, head.counts[acked])
+                        head.tags[acked] = None
                     acked += 1
                 inflight.popleft()
+                if self.on_acked is not None:
+                    self.on_acked(head.tags)
                 self.published += head.messages
                 self._inflight_messages -= head.messages
                 self._inflight_bytes -= head.nbytes
@@ -233,17 +270,22 @@ class OutboundQueue:
         cmds: deque[bytes] = deque()
         sizes: deque[int] = deque()
         counts: deque[int] = deque()
+        tags: deque[Any] = deque()
         for entry in self._inflight:
             if isinstance(entry, _Batch):
                 if entry.acked:
                     # Only the first entry can be partly answered.
                     self.published += entry.acked_messages()
+                    if self.on_acked is not None:
+                        self.on_acked(deque(islice(entry.tags, entry.acked)))
                     entry.cmds = deque(list(entry.cmds)[entry.acked :])
                     entry.sizes = deque(list(entry.sizes)[entry.acked :])
                     entry.counts = deque(list(entry.counts)[entry.acked :])
+                    entry.tags = deque(list(entry.tags)[entry.acked :])
                 cmds.extend(entry.cmds)
                 sizes.extend(entry.sizes)
                 counts.extend(entry.counts)
+                tags.extend(entry.tags)
             elif entry.callback is not None:
                 entry.callback(_LOST)
         self._inflight.clear()
@@ -254,9 +296,11 @@ class OutboundQueue:
             cmds.extend(self._pending)
             sizes.extend(self._sizes)
             counts.extend(self._counts)
+            tags.extend(self._tags)
             self._pending = cmds
             self._sizes = sizes
             self._counts = counts
+            self._tags = tags
             self.pending_bytes = sum(sizes)
             self.pending_messages = sum(counts)
             self.trim()

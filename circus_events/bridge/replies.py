@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -48,6 +49,7 @@ from ..protocol import (
     parse_sync_request,
     single_envelopes,
 )
+from .catchup import LocalHold
 
 __all__ = ["HISTORY_CONNECT_WAIT", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
 
@@ -63,7 +65,8 @@ class RedisPort(Protocol):
     """What the bridge needs of a Redis side (``redis_side.RedisSide``,
     ``stream_side.StreamSide``)."""
 
-    def publish(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
+    def publish(self, frame: bytes, topic_end: int, messages: int = 1, tag: Any = None) -> None: ...
+    def on_acked(self, callback: Callable[[deque[Any]], None]) -> None: ...
     def add_interest(self, topic: SubscriptionTopic) -> None: ...
     def remove_interest(self, topic: SubscriptionTopic) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -76,6 +79,10 @@ class RedisPort(Protocol):
     def connected(self) -> bool: ...
     @property
     def subscriptions_settled(self) -> bool: ...
+
+    @property
+    def local_hold(self) -> LocalHold | None:
+        """Stream mode: local frames held while a restarted bridge catches up."""
 
     #: Set while both Redis connections serve.
     connected_event: asyncio.Event

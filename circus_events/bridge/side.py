@@ -7,8 +7,11 @@ the face and each side's ``add_interest``/``remove_interest``/``history``.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from .catchup import LocalHold
 from .link import RedisLink
 
 __all__ = ["LinkedSide", "Publish"]
@@ -17,7 +20,9 @@ __all__ = ["LinkedSide", "Publish"]
 class Publish(Protocol):
     """:meth:`RedisLink.publish`'s signature."""
 
-    def __call__(self, frame: bytes, topic_end: int, messages: int = 1) -> None: ...
+    def __call__(
+        self, frame: bytes, topic_end: int, messages: int = 1, tag: Any = None
+    ) -> None: ...
 
 
 class LinkedSide:
@@ -27,6 +32,8 @@ class LinkedSide:
     """
 
     publish: Publish
+    #: Stream mode: local frames held while a restarted bridge catches up.
+    local_hold: LocalHold | None = None
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
@@ -47,6 +54,10 @@ class LinkedSide:
     async def close(self) -> None:
         """Flush briefly, delete the presence record, close both connections. Safe twice."""
         await self._link.close()
+
+    def on_acked(self, callback: Callable[[deque[Any]], None]) -> None:
+        """Tell ``callback`` the tags of what Redis has taken (publisher confirms)."""
+        self._link.queue.on_acked = callback
 
     @property
     def connected(self) -> bool:

@@ -59,6 +59,7 @@ from typing import Any, Final, Unpack
 from .._config import BridgeConfig
 from .._exceptions import BridgeError
 from ..protocol.topics import SubscriptionTopic
+from .catchup import LocalHold, filter_catching_up
 from .link import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -167,6 +168,8 @@ class StreamSide(LinkedSide):
         self._read_sent = 0.0
         self._next_beat = 0.0
         self._interest = Interest()
+        #: A restarted bridge gives its host what it missed (see .catchup).
+        self.local_hold: LocalHold = LocalHold(self._link.hand_over, time.monotonic())
         # Counters (see status()).
         self._skipped = 0
         self._data_lost = 0
@@ -210,10 +213,14 @@ class StreamSide(LinkedSide):
             if reply.__class__ is not list:
                 self._read_error(reply)
                 return
-            frames = self._filter(reply)
+            hold = self.local_hold
+            catching_up = hold.active and hold.boundary is not None
+            frames = self._catch_up(reply) if catching_up else self._filter(reply)
             self._send_read()
             if frames:
                 self._link.hand_over(frames)
+            if catching_up and hold.caught_up(self._cursors or []):
+                hold.release("caught up with the stream")
 
     def _filter(self, reply: list[Any]) -> list[bytes]:
         frames: list[bytes] = []
@@ -246,6 +253,15 @@ class StreamSide(LinkedSide):
                 # Same bytes as frame_from_redis(channel, value)[1], without the tuple.
                 append(b"".join((channel, b"\0", value[STAMP_OFFSET:])))
             cursors[shard] = entries[-1][0]
+        self._cursor_dirty = True
+        self._skipped += skipped
+        return frames
+
+    def _catch_up(self, reply: list[Any]) -> list[bytes]:
+        frames, skipped = filter_catching_up(
+            reply, key_index=self._key_index, cursors=self._cursors or [], check=self._link.check,
+            stamp=self._link.stamp, interest=self._interest, hold=self.local_hold,
+        )  # fmt: skip
         self._cursor_dirty = True
         self._skipped += skipped
         return frames
@@ -321,6 +337,7 @@ class StreamSide(LinkedSide):
             self._awaited = None
             if not conn.is_open or self._link.closing:
                 return
+            self.local_hold.start([info[0] for info in found.infos], self._cursors or [])
             conn.set_consumer(self._consume_read)
             self._link.sub = conn
             self._link.note_state()
@@ -365,6 +382,7 @@ class StreamSide(LinkedSide):
         self._record_loaded = True
         saved = load_record(reply, self._shards)
         if saved is None:
+            self.local_hold.release("a fresh bridge: nothing to catch up")
             return
         self._epoch = saved.epoch
         self._loaded_cursors = saved.cursors
@@ -421,6 +439,7 @@ class StreamSide(LinkedSide):
     # -- the periodic tick: cursor, liveness, epoch, presence ----------------------------
 
     def beat(self, now: float, *, judge: bool) -> None:
+        self.local_hold.check(now, self._link.first_attempt.is_set() and not self.connected)
         if now >= self._next_beat:
             self._next_beat = now + HEARTBEAT_INTERVAL
             self._heartbeat(now, judge=judge)
@@ -576,5 +595,6 @@ class StreamSide(LinkedSide):
             skipped=self._skipped,
             read_errors=self._read_errors,
             resuming=self._resuming,
-        )
+            catching_up=self.local_hold.active, catchup_overflows=self.local_hold.overflows,
+        )  # fmt: skip
         return status

@@ -8,6 +8,17 @@ I/O layers over these modules.
 from .budget import MIN_FRAMES, hwm_for_bytes, min_budget, worst_case
 from .chunks import LOCAL_FRAME_MAX, Reassembler, is_piece, split_frame
 from .codec import Codec, decode_payload, encode_payload, parse_codec
+from .confirms import (
+    CONFIRM_CHANNEL,
+    CONFIRMED,
+    HELLO_CONFIRMS,
+    HELLO_NO_CONFIRMS,
+    INSTANCE_BYTES,
+    RESUME_CHANNEL,
+    Confirm,
+    decode_confirm,
+    encode_confirm,
+)
 from .control import (
     MAX_CONTROL_DEPTH,
     MAX_CONTROL_PARTS,
@@ -65,6 +76,8 @@ from .topics import (
 )
 
 __all__ = [
+    "CONFIRMED",
+    "CONFIRM_CHANNEL",
     "DUPLICATE",
     "FLAG_BATCH",
     "FLAG_DIRECT",
@@ -73,8 +86,11 @@ __all__ = [
     "FLAG_REPLAY",
     "FLUSH_CHANNEL",
     "HEADER",
+    "HELLO_CONFIRMS",
+    "HELLO_NO_CONFIRMS",
     "HISTORY_END_CHANNEL",
     "HISTORY_REQUEST",
+    "INSTANCE_BYTES",
     "LOCAL_FRAME_MAX",
     "MAX_BATCH_COUNT",
     "MAX_CHANNEL_BYTES",
@@ -85,9 +101,11 @@ __all__ = [
     "MIN_FRAMES",
     "NODE_ID_BYTES",
     "REPLAY_TOKEN_BYTES",
+    "RESUME_CHANNEL",
     "SYNC_CHANNEL",
     "SYNC_REQUEST",
     "Codec",
+    "Confirm",
     "Envelope",
     "HistoryRequest",
     "InterestChange",
@@ -101,10 +119,12 @@ __all__ = [
     "build_history_request",
     "channel_topic",
     "check_frame",
+    "decode_confirm",
     "decode_frame",
     "decode_messages",
     "decode_payload",
     "encode_batch",
+    "encode_confirm",
     "encode_frame",
     "encode_payload",
     "frame_from_redis",
