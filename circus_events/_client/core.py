@@ -45,6 +45,7 @@ from ..protocol import (
     inbox_channel,
     inbox_topic,
 )
+from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
 from .publishing import SCOPES, Publisher
 from .queues import HistoryLoad, QueueBound, Subscriber
@@ -110,6 +111,8 @@ class BusCore(Publisher):
         self.finished: list[HistoryLoad] = []
         #: Called with the token of a flush marker that came back (see ``flush_frame``).
         self.on_flush: Callable[[bytes], None] | None = None
+        #: Called with the payload of each leader message from the bridge.
+        self.on_leader: Callable[[bytes], None] | None = None
         #: Subscriptions given events since the driver last woke their readers.
         self.woken: set[Subscriber] = set()
         self.renew(epoch)
@@ -143,6 +146,10 @@ class BusCore(Publisher):
             if env.channel in (FLUSH_CHANNEL, SYNC_CHANNEL):
                 if self.on_flush is not None:
                     self.on_flush(frame[bounds[0] :])
+                return None
+            if env.channel == LEADER_CHANNEL:
+                if self.on_leader is not None:
+                    self.on_leader(frame[bounds[0] :])
                 return None
             if env.flags & FLAG_REPLAY or env.channel == HISTORY_END_CHANNEL:
                 self._history_frame(env._replace(payload=frame[bounds[0] :]))

@@ -255,6 +255,10 @@ class ThreadedBus(BusBase[Subscription]):
         with contextlib.suppress(BusClosed, BridgeError):
             self._command("unsub", subscription._subscriber)
 
+    def _send_up(self, frame: bytes) -> None:
+        """Send a request frame up the subscription socket (by the socket's holder)."""
+        self._command("up", frame)
+
     def _command(self, kind: str, argument: Any) -> None:
         """Hand a command to whoever holds the sockets; past MAX_PENDING_COMMANDS
         wait for it to take some (never on that thread itself)."""
@@ -481,6 +485,8 @@ class ThreadedBus(BusBase[Subscription]):
                     core.remove(argument)
                 elif kind == "sync":
                     core.outbox.append(core.sync_request(argument))
+                elif kind == "up":  # a leader request
+                    core.outbox.append(argument)
                 elif kind == "local":
                     for subscriber in core.route([argument]):
                         subscriber.sink(argument)

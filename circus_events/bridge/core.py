@@ -58,7 +58,9 @@ from ..protocol import (
     parse_control_request,
     worst_case,
 )
+from ..protocol.lease import LEADER_REQUEST
 from .heap import settle_heap, trim_heap
+from .leader import LeaderDesk
 from .local import LocalSockets, publisher_hwm, subscriber_hwm
 from .replies import RedisPort, WorkerReplies
 
@@ -116,6 +118,7 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._service_scheduled = False
         self._replies: WorkerReplies | None = None
+        self._leaders: LeaderDesk | None = None
         self._control_parts = 0
         self._trim_due = False
 
@@ -158,6 +161,11 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
+        self._leaders = LeaderDesk(
+            self.config, send=self._replies.send_raw, inject=self.inject,
+            redis=self._redis, counters=self.counters,
+        )  # fmt: skip
+        self._leaders.start()
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -192,6 +200,8 @@ class Bridge:
         with contextlib.suppress(ValueError, RuntimeError):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)
+        if self._leaders is not None:
+            await self._leaders.stop()
         # 2. Forward what is already queued from workers, so nothing accepted is lost.
         while self._drain_pull():
             pass
@@ -399,6 +409,10 @@ class Bridge:
             if frame[:1] == HISTORY_REQUEST:
                 replies.start_history(frame)
                 continue
+            if frame[:1] == LEADER_REQUEST:
+                assert self._leaders is not None
+                self._leaders.feed(frame)
+                continue
             try:
                 change = self.interest.feed(frame)
             except SubscriptionRefused as exc:
@@ -415,6 +429,8 @@ class Bridge:
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
+                if not change.added and self._leaders is not None:
+                    self._leaders.worker_left(worker)
             if self._redis is not None:
                 if change.added:
                     self._redis.add_interest(change.topic)
@@ -551,6 +567,7 @@ class Bridge:
         status = self.local_status()
         status["mode"] = self.config.mode if self.config.redis_url else "single-host"
         status["redis"] = self._redis.status() if self._redis is not None else None
+        status["leaders"] = self._leaders.status() if self._leaders is not None else []
         return status
 
 

@@ -72,6 +72,7 @@ class RedisPort(Protocol):
     async def history(
         self, match: Callable[[str], bool], count: int | None, since_ms: int | None
     ) -> list[bytes]: ...
+    def request(self, cmd: bytes) -> asyncio.Future[Any]: ...
     @property
     def connected(self) -> bool: ...
     @property
@@ -125,6 +126,10 @@ class WorkerReplies:
             payload=payload,
             **extra,
         )
+
+    def send_raw(self, frame: bytes) -> None:
+        """Send a frame built elsewhere (leader answers) to the local workers."""
+        self._send(frame)
 
     def send_direct(self, worker: str, channel: str, payload: bytes) -> None:
         """A message from the bridge itself to one local worker."""

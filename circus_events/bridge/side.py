@@ -7,6 +7,7 @@ the face and each side's ``add_interest``/``remove_interest``/``history``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from .link import RedisLink
@@ -47,6 +48,11 @@ class LinkedSide:
     async def close(self) -> None:
         """Flush briefly, delete the presence record, close both connections. Safe twice."""
         await self._link.close()
+
+    def request(self, cmd: bytes) -> asyncio.Future[Any]:
+        """Send a command on the publishing connection, in order with the
+        messages; the future gets its reply (a ConnectionError if it is lost)."""
+        return self._link.request(cmd)
 
     @property
     def connected(self) -> bool:
