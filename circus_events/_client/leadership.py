@@ -117,8 +117,16 @@ class LeadershipBase:
     def on_change(self, callback: Callable[[Change], Any]) -> Callable[[Change], Any]:
         """Call ``callback(change)`` when this worker is elected
         (``change.elected``, ``change.token``) or loses the role
-        (``change.reason``). Usable as a decorator."""
-        self._callbacks.append(callback)
+        (``change.reason``). Usable as a decorator. If this worker leads
+        already, ``callback`` hears of that term at once."""
+        with self._lock:
+            self._callbacks.append(callback)
+            term = self._term
+            now = time.monotonic()
+            told = not any(c.elected and c.token == term.token for c in self._changes)
+            current = Change(True, term.token, term.since, None, "elected")
+        if term.is_leader(now) and told:
+            self._report([current], [callback])
         return callback
 
     def __repr__(self) -> str:
@@ -175,11 +183,13 @@ class LeadershipBase:
             self._note(term.withdraw(time.monotonic()))
             return self._frame(OP_WITHDRAW, token, 0)
 
-    def _report(self, changes: list[Change]) -> list[Any]:
+    def _report(
+        self, changes: list[Change], callbacks: list[Callable[[Change], Any]] | None = None
+    ) -> list[Any]:
         """Call the callbacks; what coroutine functions returned (to await)."""
         pending = []
         for change in changes:
-            for callback in list(self._callbacks):
+            for callback in list(self._callbacks) if callbacks is None else callbacks:
                 try:
                     result = callback(change)
                 except Exception:

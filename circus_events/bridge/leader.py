@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -68,16 +67,18 @@ TICK: Final = 0.02
 
 
 def _pid_alive(pid: int) -> bool:
-    """False only when the process surely does not exist."""
+    """False only when the process surely does not run any more (gone, or a
+    zombie its parent has not reaped yet)."""
     if pid <= 0:
         return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
         return False
-    except OSError:  # EPERM: it exists
+    except OSError:
         return True
-    return True
+    return not fields or fields[0] not in (b"Z", b"X")
 
 
 class LeaderDesk:
