@@ -111,6 +111,9 @@ class LeaderDesk:
         #: Roles with a script call on its way (one at a time per role).
         self._busy: set[tuple[str, str]] = set()
         self._next_poll: dict[tuple[str, str], float] = {}
+        #: Roles waiting out a departed holder's deadline: its pid, and the
+        #: block there was before (it ends early once the process is gone).
+        self._departed: dict[tuple[str, str], tuple[int, float]] = {}
         self._last_token = 0
         self._epoch = time.time_ns() // 1000
         self._seq = 0
@@ -192,7 +195,12 @@ class LeaderDesk:
         for key, desk in list(self.desks.items()):
             if worker not in desk.candidates:
                 continue
-            term = desk.left(worker, now, dead=not _pid_alive(desk.pids.get(worker, 0)))
+            pid = desk.pids.get(worker, 0)
+            before = desk.blocked_until
+            term = desk.left(worker, now, dead=not _pid_alive(pid))
+            if term is not None and desk.blocked_until > before and pid > 0:
+                # Its socket closes before the kernel marks it dead: look again soon.
+                self._departed[key] = (pid, before)
             if term is not None:
                 self._ended(desk, term, "the worker went away", tell=False)
                 self._tick_role(key, desk, now)
@@ -200,12 +208,21 @@ class LeaderDesk:
     # -- terms --------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        for key, (pid, before) in list(self._departed.items()):
+            desk = self.desks[key]
+            if now >= desk.blocked_until:
+                del self._departed[key]
+            elif not _pid_alive(pid):  # it believes nothing any more
+                desk.blocked_until = max(before, now)
+                del self._departed[key]
         for key, desk in list(self.desks.items()):
             term = desk.expire(now)
             if term is not None:
                 self._ended(desk, term, "the worker stopped renewing", tell=True)
             self._tick_role(key, desk, now)
-            if desk.idle(now) and key not in self._owned and key not in self._busy:
+            if desk.idle(now) and not {key} & (
+                self._owned.keys() | self._busy | self._departed.keys()
+            ):
                 del self.desks[key]
                 self._next_poll.pop(key, None)
 

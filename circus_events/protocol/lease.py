@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from .._exceptions import ChannelError, ProtocolError
-from .topics import validate_channel, validate_worker_id
+from .topics import LEADER_EVENTS_PREFIX, validate_channel, validate_worker_id
 
 __all__ = [
     "LEADER_CHANNEL",
@@ -70,8 +70,6 @@ __all__ = [
 LEADER_REQUEST: Final = b"\x04"
 #: The channel of the bridge's answers, on the worker's inbox.
 LEADER_CHANNEL: Final = "@leader"
-#: Changes are published on ``@leader.<role>``.
-LEADER_EVENTS_PREFIX: Final = "@leader."
 LEASE_SCOPES: Final = ("cluster", "host")
 #: Shortest and longest lease, in seconds.
 MIN_TTL: Final = 0.2
