@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn
 
 import click
 
+from ._cli_leaders import STATUS_TIMEOUT, leaders_command
 from ._cli_output import format_event, print_status
 from ._config import (
     DEFAULT_MAX_PATTERNS,
@@ -38,8 +39,6 @@ __all__ = ["main"]
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
-#: Seconds `circus-events status` waits for the bridge to answer.
-STATUS_TIMEOUT: Final = 2.0
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -591,6 +590,9 @@ def bench(
         run_bench(options, out_dir, charts=not (no_charts or smoke))
     except RuntimeError as exc:
         _fail(str(exc))
+
+
+cli.add_command(leaders_command(common_options, _bridge_config, _fail))
 
 
 def main() -> None:

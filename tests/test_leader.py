@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,11 @@ def test_one_leader_on_a_host_without_redis_hands_over_at_once_on_release(
         took = time.monotonic() - started
         assert took < 1.0, f"hand-over took {took:.3f}s"
         assert not first.is_leader and second.token > first.token
+        shown = cli("leaders", "--dir", directory, "--json")
+        assert [(r["role"], r["holder"], r["token"]) for r in json.loads(shown)] == [
+            ("job", "b", second.token)
+        ]
+        assert "leader job (cluster): b on host-a" in cli("status", "--dir", directory)
         wait_until(lambda: len(changes) == 2, 5, "both changes reported")
         assert [c.elected for c in changes] == [True, False]
         assert changes[1].reason == "released" and changes[1].until >= changes[0].since
@@ -88,6 +95,19 @@ def test_async_bus_leads_with_coroutine_callbacks_and_async_with(bridge: BridgeP
     asyncio.run(main())
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "circus_events", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def read_log(path: str) -> list[dict[str, Any]]:
     with open(path) as log:
         return [json.loads(line) for line in log if line.endswith("\n")]
@@ -116,6 +136,14 @@ def test_close_and_sigterm_hand_over_within_a_second_and_a_stopped_leader_is_fen
             handovers.append(new["since"] - started)
             cluster.retire(worker)
         assert max(handovers) < 1.0, f"hand-over times {handovers}"
+        assert cluster.lease_redis is not None
+        worker, token = cluster.log.current["job"]
+        leases = json.loads(
+            cli("leaders", "--json", env={"CIRCUS_EVENTS_REDIS_URL": cluster.lease_redis.url})
+        )
+        assert [(r["role"], r["scope"], r["holder"], r["token"]) for r in leases] == [
+            ("job", "cluster", worker, token)
+        ]
     short = short_tmp / "stop"
     short.mkdir()
     with Cluster(str(short), hosts=2, workers_per_host=1, roles=("job",), ttl=0.6) as cluster:
@@ -165,13 +193,3 @@ def test_close_and_sigterm_hand_over_within_a_second_and_a_stopped_leader_is_fen
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rpartition(")")[2].split()[0]
-
-
-@pytest.fixture
-def chaos_dir(short_tmp: Path) -> Callable[[str], str]:
-    def make(name: str) -> str:
-        path = short_tmp / name
-        path.mkdir()
-        return str(path)
-
-    return make

@@ -240,6 +240,7 @@ class Cluster:
             bridge = self.bridges[host][0]
             bridge.kill()
             bridge.wait(10)
+            self.start_bridge(host, wait=False)  # as circus would; its workers reconnect
         elif kind == "cut_redis":
             assert self.lease_redis is not None
             with self.lease_redis.client() as client:
@@ -258,8 +259,6 @@ class Cluster:
             self.start_worker(host)
         elif kind == "stop_worker":
             process.send_signal(signal.SIGCONT)
-        elif kind == "kill_bridge":
-            self.start_bridge(host, wait=False)  # its workers reconnect by themselves
 
     def settle(self, timeout: float = 60.0) -> None:
         """Wait until every bridge answers and sees each of its live workers as

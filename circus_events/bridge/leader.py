@@ -117,6 +117,7 @@ class LeaderDesk:
         self._last_token = 0
         self._epoch = time.time_ns() // 1000
         self._seq = 0
+        self._event_seqs: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -382,14 +383,16 @@ class LeaderDesk:
             "token": token,
             "reason": reason,
         }
-        self._seq += 1
+        channel = leader_channel(desk.role)
+        # Numbered per channel, as receivers count (a hole would be a gap).
+        seq = self._event_seqs[channel] = self._event_seqs.get(channel, 0) + 1
         self._inject(
             encode_frame(
-                leader_channel(desk.role),
+                channel,
                 origin=self._origin,
                 host=self._origin,
                 epoch=self._epoch,
-                seq=self._seq,
+                seq=seq,
                 time=time.time(),
                 codec=Codec.JSON,
                 payload=json.dumps(payload).encode(),
