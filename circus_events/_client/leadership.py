@@ -92,6 +92,8 @@ class LeadershipBase:
     def is_leader(self) -> bool:
         """True while this worker leads the role (read the clock: call it
         right before acting)."""
+        if os.getpid() != self._pid:
+            return False  # a forked child inherits the handle, never the term
         with self._lock:
             now = time.monotonic()
             self._note(self._term.check(now))
@@ -240,6 +242,8 @@ class Leadership(LeadershipBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until this worker leads (True), or ``timeout`` seconds pass (False)."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        if os.getpid() != self._pid:
+            return False
         with self._led:
             while True:
                 now = time.monotonic()

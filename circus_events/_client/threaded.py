@@ -140,6 +140,7 @@ class ThreadedBus(BusBase[Subscription]):
         # The parent's sockets and context are dropped, not closed: closing
         # would touch state shared with the parent (pyzmq skips them in a child).
         self._core.options = self._core.options.after_fork()
+        self._leaderships = {}  # the parent's candidacies stay the parent's
         self._core.renew(new_epoch())
         self._open_io()
 

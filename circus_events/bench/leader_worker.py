@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import queue
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=0.03)
     parser.add_argument("--kind", choices=("sync", "async"), default="sync")
     args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1)  # a stack dump on demand, when a run hangs
     log = Log(args.log, args.worker)
     store = redis.Redis.from_url(args.fence_url, socket_timeout=5)
     if args.kind == "sync":

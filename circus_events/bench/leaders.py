@@ -194,7 +194,11 @@ class Cluster:
             if all(role in self.log.current for role in self.roles):
                 return
             time.sleep(0.02)  # poll interval: the loop re-reads the log
-        raise RuntimeError(f"not every role got a leader in {timeout}s: {self.log.current}")
+        exited = {w: p.poll() for w, (p, _) in self.workers.items() if p.poll() is not None}
+        raise RuntimeError(
+            f"not every role got a leader in {timeout}s: {self.log.current}; "
+            f"bridges: {self.leader_status()}; exited workers: {exited}"
+        )
 
     # -- faults ------------------------------------------------------------------------
 
@@ -261,12 +265,15 @@ class Cluster:
             process.send_signal(signal.SIGCONT)
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Wait until every bridge answers and sees each of its live workers as
-        a candidate for every role (restarted processes take a while on a
-        loaded machine): a takeover is then measured with candidates everywhere."""
-        deadline = time.monotonic() + timeout
+        """Wait until every bridge answers and has a live candidate for every
+        role (restarted processes take a while on a loaded machine): a
+        takeover is then measured with candidates on every host."""
+        started = time.monotonic()
+        deadline = started + timeout
         while time.monotonic() < deadline:
             status = self.leader_status()
+            if os.environ.get("LEADER_CHAOS_DEBUG") and time.monotonic() - started > 3:
+                print("settling", status, flush=True)
             alive: dict[str, int] = {}
             for process, host in self.workers.values():
                 if process.poll() is None:
@@ -274,7 +281,7 @@ class Cluster:
             if all(
                 roles is not None
                 and len(roles) >= len(self.roles)
-                and all(r["candidates"] >= alive.get(host, 0) for r in roles)
+                and all(r["candidates"] >= min(1, alive.get(host, 0)) for r in roles)
                 for host, roles in status.items()
             ):
                 return
