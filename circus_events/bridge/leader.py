@@ -64,6 +64,8 @@ MAX_ROLES: Final = 1000
 MAX_CANDIDATES: Final = 1000
 #: How often terms are checked and leases tried (seconds).
 TICK: Final = 0.02
+#: A candidate silent for this many ttls is forgotten (it asks every sixth of one).
+STALE_CANDIDATE: Final = 10
 
 
 def _pid_alive(pid: int) -> bool:
@@ -217,6 +219,11 @@ class LeaderDesk:
                 desk.blocked_until = max(before, now)
                 del self._departed[key]
         for key, desk in list(self.desks.items()):
+            holder = desk.term.worker if desk.term is not None else None
+            for worker, heard in list(desk.candidates.items()):
+                if now - heard > STALE_CANDIDATE * desk.ttl and worker != holder:
+                    del desk.candidates[worker]  # silent for long: forget it (bounded memory)
+                    desk.pids.pop(worker, None)
             term = desk.expire(now)
             if term is not None:
                 self._ended(desk, term, "the worker stopped renewing", tell=True)
