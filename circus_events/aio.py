@@ -459,6 +459,11 @@ class AsyncBus(BusBase[AsyncSubscription]):
         self._outbox_scheduled = False
         if not self.closed:
             send_up(self._sub_now, self._core.take_outbox())
+            # A send on the shadow socket can take the edge of ZeroMQ's FD: frames
+            # that arrived meanwhile would wait unseen by the pending recv.
+            wake = getattr(self._sub, "_schedule_remaining_events", None)
+            if wake is not None:
+                wake()
 
 
 async def _within(waiting: Awaitable[Any], timeout: float | None) -> bool:
