@@ -53,7 +53,6 @@ from ..protocol.lease import (
 )
 from .lease_script import LEASE_SCRIPT, lease_keys, parse_lease_value
 from .replies import RedisPort
-from .resp import encode_command
 
 __all__ = ["MAX_CANDIDATES", "MAX_ROLES", "TICK", "LeaderDesk"]
 
@@ -257,6 +256,9 @@ class LeaderDesk:
         desk.holder, desk.holder_host = worker, self._host
         self._counters["leader_terms"] += 1
         self._tell(worker, "elected", desk, token)
+        for candidate in desk.candidates:
+            if candidate != worker:
+                self._tell(candidate, "holder", desk, token)
 
     def _ended(self, desk: RoleDesk, term: Term, reason: str, *, tell: bool) -> None:
         if tell:
@@ -310,6 +312,8 @@ class LeaderDesk:
         redis = self._redis
         if redis is None or not redis.connected:
             return None
+        from .resp import encode_command  # noqa: PLC0415 - with Redis only (hiredis)
+
         lease, counter, marker = lease_keys(self._base, desk.scope, self._host, desk.role)
         holder = f"{self._host}\t{worker}"
         cmd = encode_command(
