@@ -60,6 +60,14 @@ def print_status(report: dict[str, Any]) -> None:
     click.echo(f"  workers ({len(workers)}): " + (", ".join(workers) if workers else "none"))
     counters = report.get("counters", {})
     click.echo("  counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    rejoin = report.get("rejoin")
+    if rejoin and (rejoin.get("state") == "holding" or rejoin.get("held_total")):
+        click.echo(  # the start's hold (bridge.rejoin): shown while on, or if it held anything
+            f"  rejoin: {rejoin['state']}, held {rejoin['held_total']} frame(s), "
+            f"{rejoin['missing_workers']} of {rejoin['expected_workers']} worker(s) missing"
+            + (f", open after {rejoin['released_after']}s ({rejoin['reason']})"
+               if rejoin.get("reason") else "")
+        )  # fmt: skip
     redis = report.get("redis")
     if redis:
         click.echo("  redis: " + ", ".join(f"{k}={v}" for k, v in redis.items()))

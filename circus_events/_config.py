@@ -29,16 +29,19 @@ from typing import Any, Final, Literal
 from ._exceptions import ChannelError, ConfigError
 from ._redis_url import RedisAddress, check_tls_files, parse_redis_url
 from .protocol.budget import MIN_FRAMES, min_budget
+from .protocol.chunks import LOCAL_FRAME_MAX
 from .protocol.envelope import NODE_ID_BYTES
 from .protocol.topics import validate_worker_id
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_BYTES",
+    "DEFAULT_HOLD_MAX_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PATTERNS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_NAMESPACE",
     "DEFAULT_PUBLISHER_MAX_BYTES",
+    "DEFAULT_REJOIN_TIMEOUT",
     "ENV_PREFIX",
     "NUMERIC_OPTIONS",
     "BridgeConfig",
@@ -68,15 +71,14 @@ DEFAULT_STATS_INTERVAL: Final = 5.0
 DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 #: Per local subscriber, in bytes: the most the bridge holds for one worker
 #: that does not read, the frame being written out included (the kernel's
-#: socket buffer, ~208 KiB, comes on top). It lowers the subscriber's
-#: high-water mark to ``subscriber_max_bytes // (max_message_bytes + 4 KiB) - 1``
-#: frames. Left unset it allows the full ``subscriber_hwm`` frames of the
-#: largest size (20 GiB with the defaults), because fewer frames lose events
-#: for healthy workers in bursts: with 1,019 frames (1 GiB, 1 MiB messages),
-#: 9 subscribers x 10,000 small events flat out lost a few, and a stream
-#: replay after a Redis restart lost ticks; with 20,000 neither did. Set it
-#: with a smaller ``max_message_bytes`` to keep the frames (64 KiB messages,
-#: 1 GiB: 15,419 frames). This is the note for ``subscriber_max_bytes``.
+#: socket buffer, ~208 KiB, comes on top). Frames to subscribers are at most
+#: 24 KiB (``protocol.chunks``: larger messages go in pieces), so it lowers the
+#: subscriber's high-water mark to ``subscriber_max_bytes // 24 KiB - 1``
+#: frames when that is below ``subscriber_hwm``. 512 MiB keeps the 20,000
+#: frames that healthy workers need in bursts (with 1,019 frames, 9
+#: subscribers x 10,000 small events flat out lost a few, and a stream replay
+#: after a Redis restart lost ticks) and costs at most 469 MiB per stuck worker.
+DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 512 * 1024 * 1024
 #: Per local publisher (each worker's PUSH pipe into the bridge), in bytes:
 #: what the bridge holds for a worker whose frames it has not read yet. The
 #: PULL high-water mark becomes ``publisher_max_bytes // (max_message_bytes +
@@ -88,12 +90,27 @@ DEFAULT_SUBSCRIBER_HWM: Final = 20_000
 DEFAULT_PUBLISHER_MAX_BYTES: Final = 256 * 1024 * 1024
 #: Frames may exceed max_message_bytes by this much (see bridge.local).
 FRAME_SLACK: Final = 4096
+
+
+def local_frame_max(max_message_bytes: int) -> int:
+    """The largest frame a local subscriber is sent: larger ones go in pieces
+    (``protocol.chunks``), so a subscriber's pipe is bounded by its frame count."""
+    return min(LOCAL_FRAME_MAX, max_message_bytes + FRAME_SLACK)
+
+
 #: Distinct subscriptions (exact channels, pattern prefixes and one inbox per
 #: worker) per bridge; each is a Redis SUBSCRIBE or PSUBSCRIBE.
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 10_000
 #: Distinct pattern prefixes among them: every Redis PUBLISH is matched against
 #: every PSUBSCRIBE pattern (5,000 of them took Redis from 211k to 12k PUBLISH/s).
 DEFAULT_MAX_PATTERNS: Final = 256
+#: A starting bridge holds local delivery until the workers of the previous
+#: one are back, this many seconds at most (``protocol.rejoin``; 0: no hold).
+DEFAULT_REJOIN_TIMEOUT: Final = 5.0
+#: ...and this many bytes of frames at most (then it lets them out early).
+DEFAULT_HOLD_MAX_BYTES: Final = 64 * 1024 * 1024
+#: A minute: a worker that takes longer to reconnect is not coming back soon.
+MAX_REJOIN_TIMEOUT: Final = 60.0
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -309,14 +326,16 @@ class BridgeConfig:
     redis_prefix: str = "circus-events"
     #: Messages queued per local subscriber before it loses some (a gap).
     subscriber_hwm: int = DEFAULT_SUBSCRIBER_HWM
-    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``);
-    #: None: not set, ``subscriber_hwm`` frames of the largest size
-    #: (:attr:`subscriber_budget` is the figure in force either way).
-    subscriber_max_bytes: int | None = None
+    #: Bytes the bridge may hold per local subscriber (see ``protocol.budget``).
+    subscriber_max_bytes: int = DEFAULT_SUBSCRIBER_MAX_BYTES
     #: Bytes the bridge may hold per local publisher it has not read yet.
     publisher_max_bytes: int = DEFAULT_PUBLISHER_MAX_BYTES
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     max_patterns: int = DEFAULT_MAX_PATTERNS
+    #: Seconds a starting bridge holds local delivery for its returning workers.
+    rejoin_timeout: float = DEFAULT_REJOIN_TIMEOUT
+    #: Bytes of frames it holds meanwhile at most.
+    hold_max_bytes: int = DEFAULT_HOLD_MAX_BYTES
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -325,26 +344,17 @@ class BridgeConfig:
                 object.__setattr__(self, key, parse(value))
         for key, spec in NUMERIC_OPTIONS.items():
             value = getattr(self, key)
-            if value is not None:  # only an unset subscriber_max_bytes
-                object.__setattr__(self, key, parse_number(key, value, spec))
+            object.__setattr__(self, key, parse_number(key, value, spec))
         socket_paths(self.dir, self.namespace)  # refuse paths too long for AF_UNIX now
-        frame = self.max_message_bytes + FRAME_SLACK
+        frame = local_frame_max(self.max_message_bytes)
         least = min_budget(frame, self.subscriber_hwm)
-        if self.subscriber_max_bytes is not None and self.subscriber_max_bytes < least:
+        if self.subscriber_max_bytes < least:
             raise ConfigError(
                 "subscriber_max_bytes",
                 f"{self.subscriber_max_bytes} is below {least}, room for "
-                f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of max_message_bytes + 4 KiB "
-                "(lower max_message_bytes for a smaller budget)",
+                f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of {frame} bytes "
+                "(what a subscriber is sent at most)",
             )
-
-    @property
-    def subscriber_budget(self) -> int:
-        """Bytes per local subscriber in force: ``subscriber_max_bytes``, or
-        ``subscriber_hwm`` frames of the largest size when it is not set."""
-        if self.subscriber_max_bytes is not None:
-            return self.subscriber_max_bytes
-        return (self.subscriber_hwm + 1) * (self.max_message_bytes + FRAME_SLACK)
 
     @property
     def paths(self) -> SocketPaths:
@@ -436,11 +446,12 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "max_message_bytes": NumberSpec(int, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES),
     "stats_interval": NumberSpec(float, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL),
     "subscriber_hwm": NumberSpec(int, 1, MAX_SUBSCRIBER_HWM),
-    # Unset (None): subscriber_hwm frames of the largest size (subscriber_budget).
     "subscriber_max_bytes": NumberSpec(int, MIN_SUBSCRIBER_MAX_BYTES, MAX_SUBSCRIBER_MAX_BYTES),
     "publisher_max_bytes": NumberSpec(int, MIN_PUBLISHER_MAX_BYTES, MAX_SUBSCRIBER_MAX_BYTES),
     "max_subscriptions": NumberSpec(int, 1, MAX_MAX_SUBSCRIPTIONS),
     "max_patterns": NumberSpec(int, 0, MAX_MAX_PATTERNS),
+    "rejoin_timeout": NumberSpec(float, 0, MAX_REJOIN_TIMEOUT),
+    "hold_max_bytes": NumberSpec(int, 0, MAX_BUFFER_MAX_BYTES),
 }
 
 

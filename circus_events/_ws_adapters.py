@@ -6,16 +6,33 @@ know which framework it talks to.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-__all__ = ["AsgiApp", "StarletteTransport", "Transport", "WebsocketsTransport", "client_js"]
+__all__ = [
+    "DIRECT_HIGH_WATER",
+    "AsgiApp",
+    "DirectWriter",
+    "StarletteTransport",
+    "Transport",
+    "WebsocketsTransport",
+    "client_js",
+]
+
+#: Bytes a socket's transport may hold unsent before the hub stops writing to it
+#: directly: past it, frames wait in the hub's bounded queue and go through the
+#: server library's own flow-controlled send.
+DIRECT_HIGH_WATER: Final = 64 * 1024
 
 
 class Transport(Protocol):
     """What the hub needs from a websocket, whatever the framework."""
+
+    #: Set when pre-built frames may be written straight to the socket.
+    direct: DirectWriter | None
 
     async def receive(self) -> str | bytes | None: ...  # None: the peer went away
     async def send(self, text: str) -> None: ...
@@ -70,12 +87,81 @@ def client_js() -> bytes:
     return resources.files("circus_events").joinpath("static/client.js").read_bytes()
 
 
+# -- direct writes ---------------------------------------------------------------------
+
+
+class DirectWriter:
+    """Writes a pre-built frame (``protocol.wsframe``) straight to a socket's
+    asyncio transport: one ``bytes`` object shared by every socket, no framing,
+    no await, no task switch per socket. Used only with server libraries whose
+    state it can read (uvicorn's ``websockets-sansio`` protocol, the default
+    with websockets 14 or later, and the ``websockets`` library's asyncio
+    server); other servers get the ordinary ``send``. Frames are whole, so they
+    interleave safely with the library's own pings and close frame, and none
+    is written once the library has sent its close frame."""
+
+    __slots__ = ("is_open", "transport")
+
+    def __init__(
+        self, transport: asyncio.WriteTransport, is_open: Callable[[], bool] | None
+    ) -> None:
+        self.transport = transport
+        #: The library's own "no close frame sent" check; None when a closing
+        #: transport says it all. (The hub inlines ready() on its hot path.)
+        self.is_open = is_open
+
+    def ready(self) -> bool:
+        """True when a frame may be written now (open, little unsent)."""
+        transport = self.transport
+        return (
+            not transport.is_closing()
+            and transport.get_write_buffer_size() <= DIRECT_HIGH_WATER
+            and (self.is_open is None or self.is_open())
+        )
+
+    def write(self, frame: bytes) -> None:
+        self.transport.write(frame)
+
+
+def _uvicorn_direct(receive: Any) -> DirectWriter | None:
+    """The direct writer under uvicorn's websockets-sansio protocol, else None."""
+    protocol: Any = getattr(receive, "__self__", None)
+    if type(protocol).__module__ != "uvicorn.protocols.websockets.websockets_sansio_impl":
+        return None
+    transport = getattr(protocol, "transport", None)
+    if not isinstance(transport, asyncio.WriteTransport) or not all(
+        hasattr(protocol, name) for name in ("handshake_complete", "close_sent", "disconnected")
+    ):
+        return None
+    # The hub writes only after its accept (handshake complete) and stops at its
+    # own close; every other close (the peer's, a ping timeout, a lost
+    # connection) closes the transport at once in this protocol.
+    return DirectWriter(transport, None)
+
+
+def _websockets_direct(connection: Any) -> DirectWriter | None:
+    """The direct writer of a ``websockets.asyncio`` server connection, else None."""
+    transport = getattr(connection, "transport", None)
+    protocol = getattr(connection, "protocol", None)
+    if not isinstance(transport, asyncio.WriteTransport) or protocol is None:
+        return None
+    try:
+        from websockets.protocol import State  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the adapter needs websockets anyway
+        return None
+    return DirectWriter(transport, lambda: protocol.state is State.OPEN)
+
+
 # -- transports ------------------------------------------------------------------------
 
 
 class StarletteTransport:
     def __init__(self, websocket: Any) -> None:
         self.websocket = websocket
+        # Starlette keeps the server's receive callable as it came (its
+        # exception handling wraps only send): under uvicorn, a bound method
+        # of the connection's protocol.
+        self.direct = _uvicorn_direct(getattr(websocket, "_receive", None))
 
     async def accept(self) -> None:
         await self.websocket.accept()
@@ -106,6 +192,7 @@ class StarletteTransport:
 class WebsocketsTransport:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
+        self.direct = _websockets_direct(connection)
 
     async def receive(self) -> str | bytes | None:
         try:

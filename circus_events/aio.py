@@ -98,6 +98,22 @@ class AsyncSubscription(SubscriptionBase):
         event: Event = item
         return event
 
+    def get_nowait(self) -> Event | None:
+        """The next event if one is queued now, else None (also once closed:
+        ``get`` says so); raises what ``get`` raises for a failed subscription."""
+        queue = self._queue
+        try:
+            item = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if isinstance(item, Failure):
+            raise item.error
+        if item is END:
+            queue.put_nowait(END)
+            return None
+        event: Event = item
+        return event
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from typing import Any, Final, NoReturn
 
 import click
 
+from ._cli_bench import bench_command
 from ._cli_leaders import STATUS_TIMEOUT, leaders_command
-from ._cli_output import format_event, print_status
+from ._cli_output import print_status
 from ._config import (
     DEFAULT_MAX_PATTERNS,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -29,7 +28,6 @@ from ._config import (
     environ_options,
     relabel,
 )
-from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError, ControlError
 from ._redis_url import read_redis_url_file, refuse_visible_password
 from ._version import __version__
@@ -176,7 +174,7 @@ def cli(verbose: int) -> None:
 @click.option(
     "--subscriber-max-bytes",
     help="Bytes the bridge may hold per local subscriber that does not read "
-    f"[subscriber-hwm frames of max-message-bytes; {_range('subscriber_max_bytes')}].",
+    f"[512 MiB; {_range('subscriber_max_bytes')}].",
 )
 @click.option(
     "--publisher-max-bytes",
@@ -192,6 +190,15 @@ def cli(verbose: int) -> None:
     "--max-patterns",
     help=f"Distinct pattern prefixes among them (Redis PSUBSCRIBEs) "
     f"[{DEFAULT_MAX_PATTERNS}; {_range('max_patterns')}].",
+)
+@click.option(
+    "--rejoin-timeout",
+    help="Seconds a starting bridge holds local delivery until the workers of the "
+    f"previous one are back [5; {_range('rejoin_timeout')}; 0: no hold].",
+)
+@click.option(
+    "--hold-max-bytes",
+    help=f"Bytes it holds meanwhile at most [64 MiB; {_range('hold_max_bytes')}].",
 )
 def bridge(
     dir_: str | None,
@@ -212,6 +219,8 @@ def bridge(
     max_patterns: str | None,
     retention: str | None,
     stream_shards: str | None,
+    rejoin_timeout: str | None,
+    hold_max_bytes: str | None,
 ) -> None:
     """Run this host's bridge in the foreground (for supervisor or systemd).
 
@@ -247,6 +256,8 @@ def bridge(
         max_patterns=max_patterns,
         retention=retention,
         stream_shards=stream_shards,
+        rejoin_timeout=rejoin_timeout,
+        hold_max_bytes=hold_max_bytes,
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("circus_events").setLevel(logging.INFO)
@@ -287,54 +298,13 @@ def tail(
       circus-events tail 'orders.*' cache.clear   # two patterns
       circus-events tail --json 'circus.*' | jq .
       circus-events tail --history 50 'orders.*'  # the last 50 first (stream mode)
+
+    Lines on stderr say when the bridge goes away, is back, or restarted.
     """
-    from .client import Bus  # noqa: PLC0415
+    from ._cli_tail import run_tail  # noqa: PLC0415
 
-    seen = threading.Event()
-    printed = 0
-    lock = threading.Lock()
-
-    def show(event: Event) -> None:
-        nonlocal printed
-        with lock:
-            if count is not None and printed >= count:
-                return
-            click.echo(format_event(event, as_json), color=None if not as_json else False)
-            printed += 1
-            if count is not None and printed >= count:
-                seen.set()
-
-    def gap(report: Any) -> None:
-        click.secho(
-            f"!! missed {report.missed} event(s) from {report.origin} on {report.channel}",
-            fg="red",
-            err=True,
-        )
-
-    try:
-        bus = Bus(**_bus_kwargs(dir_, namespace, host), on_gap=gap)
-    except CircusEventsError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    try:
-        for pattern in patterns:
-            bus.on(pattern, history=history)(show)
-    except CircusEventsError as exc:
-        bus.close()
-        _fail(str(exc), EXIT_USAGE)
-    signal.signal(signal.SIGTERM, lambda *_: seen.set())
-    try:
-        if not bus.sync(2):
-            click.secho(
-                "waiting for the bridge (is it running? circus-events status)",
-                fg="yellow",
-                err=True,
-            )
-        while not seen.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        bus.close()
-        sys.exit(EXIT_INTERRUPTED)
-    bus.close()
+    kwargs = _bus_kwargs(dir_, namespace, host)
+    run_tail(kwargs, patterns, as_json=as_json, count=count, history=history, fail=_fail)
 
 
 @cli.command()
@@ -538,58 +508,7 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
         run_listener(sys.stdin, sys.stdout, bus)
 
 
-@cli.command("bench")
-@click.option("--quick", is_flag=True, help="1 and 8 workers, 1 repeat (under two minutes).")
-@click.option(
-    "--out",
-    "out_dir",
-    default="bench-results",
-    show_default=True,
-    help="Directory for bench.json and the PNG charts.",
-)
-@click.option("--no-peers", is_flag=True, help="Skip broadcaster and channels_redis.")
-@click.option("--no-faults", is_flag=True, help="Skip the stuck-subscriber and outage runs.")
-@click.option("--no-charts", is_flag=True, help="Write no PNG charts.")
-@click.option("--keep", is_flag=True, help="Keep the temp dir (bridge and Redis logs).")
-@click.option("--smoke", is_flag=True, hidden=True, help="A tiny run for the test suite.")
-def bench(
-    quick: bool,
-    out_dir: str,
-    no_peers: bool,
-    no_faults: bool,
-    no_charts: bool,
-    keep: bool,
-    smoke: bool,
-) -> None:
-    """Compare circus-events with raw Redis/ZeroMQ and with peer libraries.
-
-    \b
-    Starts its own redis-server (a free port) and bridges; the peers
-    (broadcaster, channels_redis) run in their own venv, created on first use
-    in ./.venv-bench-peers (or $CIRCUS_EVENTS_BENCH_PEERS).
-
-    \b
-    Examples:
-      circus-events bench --quick            # under two minutes
-      circus-events bench --out /tmp/bench   # the full run, several minutes
-    """
-    import dataclasses  # noqa: PLC0415
-
-    # The harness is not part of the runtime: loaded here, and only here.
-    from .bench.cases import Options  # noqa: PLC0415
-    from .bench.harness import bench as run_bench  # noqa: PLC0415
-
-    options = Options.preset(quick=quick, smoke=smoke)
-    changes: dict[str, Any] = {"keep": keep}
-    if no_peers:
-        changes["peers"] = False
-    if no_faults:
-        changes["faults"] = False
-    options = dataclasses.replace(options, **changes)
-    try:
-        run_bench(options, out_dir, charts=not (no_charts or smoke))
-    except RuntimeError as exc:
-        _fail(str(exc))
+cli.add_command(bench_command)
 
 
 cli.add_command(leaders_command(common_options, _bridge_config, _fail))

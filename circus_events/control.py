@@ -2,10 +2,11 @@
 
 The bridge binds a ROUTER at ``<dir>/<namespace>/ctl.sock`` and answers
 ``{"cmd": "status"}`` with its status and ``{"cmd": "ping"}`` with
-``{"ok": true}`` (see ``Bridge._answer``). :func:`query` is the one client of
-that protocol: ``circus-events status``, the benchmark harness and the tests
-use it. It raises :class:`NoBridgeAnswers` or :class:`BadReply`, both
-:class:`ControlError` (in ``_exceptions``).
+``{"ok": true, "pid": ..., "started": ...}`` (see ``Bridge._answer``).
+:func:`query` is the one client of that protocol: ``circus-events status``,
+``tail``, the benchmark harness and the tests use it. It raises
+:class:`NoBridgeAnswers` or :class:`BadReply`, both :class:`ControlError`
+(in ``_exceptions``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,15 @@ writer task per socket and the framework adapters:
 * the ``websockets`` library: ``websockets.serve(hub.serve_websockets, ...,
   process_request=hub.process_request)`` (the latter serves ``client.js``).
 
-Each bus event is encoded to JSON once and the same string is queued on every
-socket that wants it; a queue never waits, so one slow browser never slows
-the others (it gets ``gap`` frames, then a 1013 close). Ping/pong: the
+Each bus event is encoded to JSON once, and its websocket frame built once
+(server frames are unmasked: the same bytes for every socket). A socket with
+nothing queued gets those bytes written straight to its transport (under
+uvicorn's default protocol and the ``websockets`` library: no per-socket task
+switch, framing or await); events already waiting go together, one write per
+socket. A socket that has a backlog gets the same string queued; a queue never
+waits, so one slow browser never slows the others (it gets ``gap`` frames,
+then a 1013 close). The bus's own gaps (``on_gap``) reach the sockets that
+lost the events as ``gap`` frames too. Ping/pong: the
 ``websockets`` adapter pings every ``ping_interval`` and drops a peer that
 does not answer within the next one; under uvicorn, the server pings: run it
 with ``ws_ping_interval=ping_interval, ws_ping_timeout=ping_interval`` (see
@@ -35,8 +41,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from ._event import Event
-from ._exceptions import BridgeError, BusClosed, CircusEventsError
+from ._event import Event, Gap
+from ._exceptions import BusClosed, CircusEventsError
 from ._ws_adapters import (
     AsgiApp,
     StarletteTransport,
@@ -44,7 +50,9 @@ from ._ws_adapters import (
     WebsocketsTransport,
     client_js,
 )
+from ._ws_socket import Frame, Socket, deliver, encode_bus_event
 from .aio import AsyncBus, AsyncSubscription
+from .protocol.topics import Pattern
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -55,7 +63,6 @@ from .protocol.wsproto import (
     FanOut,
     Limits,
     Publish,
-    Resume,
     Subscribe,
     Unsubscribe,
     encode_event,
@@ -67,16 +74,14 @@ log = logging.getLogger("circus_events.websocket")
 
 #: The bus channel that carries ``send_to`` messages between hubs (always direct).
 DIRECT_CHANNEL: Final = "circus-events.websocket.direct"
-#: A resume replays from the ``last_time`` it is given less this many seconds:
-#: the publisher's clock and Redis' stream ids may differ by that much.
-RESUME_SLACK: Final = 5.0
-#: A replay that stays quiet this long is complete: if ``last_id`` was not in
-#: it, the socket gets a ``gap`` and what was replayed.
-RESUME_SETTLE: Final = 0.5
 #: The server library's own frame limit, as a multiple of ``max_frame_bytes``:
 #: a frame up to it gets an ``error`` frame from the hub; past it the library
 #: closes the socket (1009) without reading it all into memory.
 TRANSPORT_FRAME_FACTOR: Final = 4
+#: Events fanned out together at most, when several wait (one write per socket
+#: for all of them), and their frames' bytes at most.
+FANOUT_BATCH_EVENTS: Final = 64
+FANOUT_BATCH_BYTES: Final = 32 * 1024
 #: Longest wait for a closing socket's close handshake before the TCP
 #: connection is cut (a peer that never reads never answers).
 CLOSE_TIMEOUT: Final = 2.0
@@ -85,26 +90,6 @@ Principal = Any
 Authorize = Callable[[Any], Principal | Awaitable[Principal | None] | None]
 CanSubscribe = Callable[[Principal, str], bool | Awaitable[bool]]
 CanPublish = Callable[[Principal, str], bool | Awaitable[bool]]
-
-
-class _Socket:
-    """One connected socket: its state machine, transport and tasks."""
-
-    __slots__ = ("connection", "principal", "resumes", "tasks", "transport", "wake")
-
-    def __init__(self, connection: Connection, transport: Transport, principal: Any) -> None:
-        self.connection = connection
-        self.transport = transport
-        self.principal = principal
-        self.wake = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-        #: pattern -> (the resume seam, its replay subscription).
-        self.resumes: dict[str, tuple[Resume, AsyncSubscription]] = {}
-
-    def push(self, frames: list[str], channel: str) -> None:
-        for frame in frames:
-            self.connection.push(frame, channel)
-        self.wake.set()
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -128,6 +113,9 @@ class Hub:
     ``can_publish(principal, channel)``: default refuses: browsers only listen.
     The bus must have ``echo=False`` (the default): the hub delivers its own
     worker's publications to its sockets itself.
+    ``direct_writes``: write each event's pre-built frame straight to the
+    sockets that have nothing queued (uvicorn's default websocket protocol and
+    the ``websockets`` library); False: always through the library's ``send``.
     """
 
     def __init__(
@@ -138,15 +126,29 @@ class Hub:
         can_subscribe: CanSubscribe | None = None,
         can_publish: CanPublish | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        direct_writes: bool = True,
     ) -> None:
         self.bus = bus
         self.limits = limits
+        self.direct_writes = direct_writes
         self._authorize = authorize
         self._can_subscribe = can_subscribe or _allow_all
         self._can_publish = can_publish or _deny_all
         self._fan = FanOut()
-        self._sockets: dict[str, _Socket] = {}
+        self._sockets: dict[str, Socket] = {}
         self._readers: dict[str, tuple[AsyncSubscription, asyncio.Task[None]]] = {}
+        #: pattern -> its compiled form, for the bus's gaps (which name a channel).
+        self._compiled: dict[str, Pattern] = {}
+        #: pattern -> drops of its shared subscription already reported as gaps.
+        self._reported: dict[str, int] = {}
+        #: Patterns whose bus subscription has had no event yet: the bus counts
+        #: the events sent while nobody here was subscribed as an upstream gap,
+        #: which no socket of this pattern lost.
+        self._fresh: set[str] = set()
+        # The bus's gaps reach the browsers that lost the events: the hub
+        # chains itself in front of the bus's own on_gap (restored by close()).
+        self._chained_on_gap = bus._core.on_gap
+        bus._core.on_gap = self._bus_gap
         self._numbers = itertools.count(1)
         self._token = secrets.token_hex(3)
         self._direct: tuple[AsyncSubscription, asyncio.Task[None]] | None = None
@@ -163,8 +165,10 @@ class Hub:
             "closed_abuse": 0,
             "events": 0,
             "frames_queued": 0,
+            "frames_direct": 0,
             "dropped": 0,
             "bad_frames": 0,
+            "bus_gaps": 0,
             "published": 0,
         }
 
@@ -234,6 +238,8 @@ class Hub:
         if self.closed:
             return
         self.closed = True
+        if self.bus._core.on_gap == self._bus_gap:
+            self.bus._core.on_gap = self._chained_on_gap
         sockets = list(self._sockets.values())
         for socket in sockets:
             socket.connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
@@ -306,7 +312,9 @@ class Hub:
             await transport.close(CLOSE_TRY_AGAIN, "too many connections on this worker")
             return
         socket_id = f"{self.bus.worker}#{next(self._numbers)}.{self._token}"
-        socket = _Socket(Connection(socket_id, self.limits), transport, principal)
+        socket = Socket(Connection(socket_id, self.limits), transport, principal)
+        if not self.direct_writes:
+            socket.direct = None
         self._sockets[socket_id] = socket
         self.counters["accepted"] += 1
         self._ensure_direct()
@@ -334,7 +342,7 @@ class Hub:
                 await asyncio.wait(socket.tasks[:1], timeout=CLOSE_TIMEOUT)
             await self._shut(socket)
 
-    async def _handle(self, socket: _Socket, request: Subscribe | Unsubscribe | Publish) -> None:
+    async def _handle(self, socket: Socket, request: Subscribe | Unsubscribe | Publish) -> None:
         connection = socket.connection
         if isinstance(request, Publish):
             if not await self._check(self._can_publish, socket.principal, request.channel):
@@ -351,7 +359,7 @@ class Hub:
         pattern = request.pattern
         if isinstance(request, Unsubscribe):
             if connection.unsubscribed(pattern):
-                self._end_resume(socket, pattern)
+                socket.end_resume(pattern)
                 if self._fan.remove(connection, pattern):
                     self._close_reader(pattern)
             return
@@ -363,7 +371,7 @@ class Hub:
         if self._fan.add(connection, pattern):
             self._open_reader(pattern)
         if request.last_id is not None:
-            self._start_resume(socket, request)
+            socket.start_resume(self.bus, request, self.limits)
 
     async def _check(self, hook: Callable[[Any, str], Any], principal: Any, name: str) -> bool:
         try:
@@ -372,14 +380,16 @@ class Hub:
             log.exception("%r failed on %r: refused", hook, name)
             return False
 
-    async def _write(self, socket: _Socket) -> None:
+    async def _write(self, socket: Socket) -> None:
         connection, transport, wake = socket.connection, socket.transport, socket.wake
         try:
             while connection.state == OPEN:
                 await wake.wait()
                 wake.clear()
+                socket.busy = True
                 for frame in connection.take():
                     await transport.send(frame)
+                socket.busy = False
         except Exception:  # the peer went away mid-send: the reader sees it too
             return
         # Closing (too slow, abuse): what was queued before the decision still goes.
@@ -388,7 +398,7 @@ class Hub:
                 await transport.send(frame)
         await self._close_transport(socket)
 
-    async def _ping(self, socket: _Socket, transport: WebsocketsTransport) -> None:
+    async def _ping(self, socket: Socket, transport: WebsocketsTransport) -> None:
         interval = self.limits.ping_interval
         while True:
             await asyncio.sleep(interval)
@@ -402,7 +412,7 @@ class Hub:
             except Exception:
                 return
 
-    async def _close_transport(self, socket: _Socket) -> None:
+    async def _close_transport(self, socket: Socket) -> None:
         connection = socket.connection
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -410,13 +420,13 @@ class Hub:
         except Exception:
             socket.transport.abort()
 
-    async def _shut(self, socket: _Socket) -> None:
+    async def _shut(self, socket: Socket) -> None:
         """Forget a socket: its subscriptions, tasks, replays; close it if still open."""
         connection = socket.connection
         if self._sockets.pop(connection.socket_id, None) is None:
             return
         for pattern in list(socket.resumes):
-            self._end_resume(socket, pattern)
+            socket.end_resume(pattern)
         for pattern in self._fan.remove_all(connection):
             self._close_reader(pattern)
         current = asyncio.current_task()
@@ -434,11 +444,16 @@ class Hub:
 
     def _open_reader(self, pattern: str) -> None:
         subscription = self.bus.subscribe(pattern)
+        self._compiled[pattern] = Pattern(pattern)
+        self._fresh.add(pattern)
         task = asyncio.create_task(self._read(pattern, subscription), name=f"hub {pattern}")
         self._readers[pattern] = (subscription, task)
 
     def _close_reader(self, pattern: str) -> None:
         entry = self._readers.pop(pattern, None)
+        self._compiled.pop(pattern, None)
+        self._reported.pop(pattern, None)
+        self._fresh.discard(pattern)
         if entry is not None:
             entry[0].close()
             entry[1].cancel()
@@ -450,42 +465,90 @@ class Hub:
             log.exception("the hub's reader for %r failed", pattern)
 
     async def _fan_out(self, pattern: str, subscription: AsyncSubscription) -> None:
-        fan, sockets, counters = self._fan, self._sockets, self.counters
-        async for event in subscription:
-            if event.direct:
-                continue  # a send_to for this worker: never fanned out
-            frame = _encode(event, pattern)
-            event_id = str(event.id)
-            channel = event.channel
-            counters["events"] += 1
-            if fan.relayed(pattern):
-                targets = [s.connection for s in sockets.values()]
-            else:
-                targets = list(fan.targets(pattern))
-            for connection in targets:
-                socket = sockets.get(connection.socket_id)
-                if socket is None:
-                    continue
-                resume = socket.resumes.get(pattern)
-                if resume is not None:
-                    socket.push(resume[0].live(event_id, frame), channel)
-                    if resume[0].done:
-                        self._end_resume(socket, pattern)
-                    continue
-                if connection.push(frame, channel):
-                    counters["frames_queued"] += 1
-                else:
-                    counters["dropped"] += 1
-                    if connection.state != OPEN:
-                        socket.wake.set()  # the writer closes it (or is cancelled by _shut)
-                        self._kill_slow(socket)
-                        continue
-                socket.wake.set()
-            # Let the writers run before the next event: a burst read from the bus
+        counters, fresh = self.counters, self._fresh
+        async for first in subscription:
+            # The events already waiting (a backlog, or several in one bus frame)
+            # go together: one write per socket for all of them.
+            frames: list[Frame] = []
+            size = 0
+            event: Event | None = first
+            while event is not None:
+                if not event.direct:  # a send_to for this worker: never fanned out
+                    frame = encode_bus_event(event, pattern)
+                    frames.append((str(event.id), event.channel, frame))
+                    size += len(frame)
+                if len(frames) >= FANOUT_BATCH_EVENTS or size >= FANOUT_BATCH_BYTES:
+                    break
+                event = subscription.get_nowait()
+            if frames:
+                counters["events"] += len(frames)
+                fresh.discard(pattern)
+                self._deliver(pattern, frames)
+            # Let the writers run before the next events: a burst read from the bus
             # in one go would otherwise fill every queue, fast sockets' too.
             await asyncio.sleep(0)
 
-    def _kill_slow(self, socket: _Socket) -> None:
+    def _deliver(self, pattern: str, frames: list[Frame]) -> None:
+        sockets = self._sockets
+        if self._fan.relayed(pattern):
+            targets = [s.connection for s in sockets.values()]
+        else:
+            targets = list(self._fan.targets(pattern))
+        deliver(pattern, frames, targets, sockets, self.counters, self._kill_slow)
+
+    def _bus_gap(self, gap: Gap) -> None:
+        """The bus lost events (upstream, or a full queue of one of the hub's
+        subscriptions): every socket that wanted them gets a ``gap`` frame,
+        once, however many of its patterns match."""
+        try:
+            if not self.closed and gap.channel != DIRECT_CHANNEL:
+                self._report_gap(gap)
+        finally:
+            if self._chained_on_gap is not None:
+                self._chained_on_gap(gap)
+
+    def _report_gap(self, gap: Gap) -> None:
+        told: set[str] = set()
+        if gap.pattern is None:  # upstream: every subscription on the channel lost them
+            patterns = [
+                p
+                for p, c in self._compiled.items()
+                if c.matches(gap.channel) and p not in self._fresh
+            ]
+        elif self._reader_lost(gap.pattern, gap.missed):
+            patterns = [gap.pattern]  # the shared feed: every socket on it
+        else:  # a resuming socket's replay (same pattern text): that socket alone
+            patterns = []
+            for socket in self._sockets.values():
+                entry = socket.resumes.get(gap.pattern)
+                if entry is not None and entry[1].dropped:
+                    told.add(socket.connection.socket_id)
+                    socket.gap(gap.channel, gap.missed)
+        for pattern in patterns:
+            if self._fan.relayed(pattern):
+                targets = list(self._sockets)
+            else:
+                targets = [c.socket_id for c in self._fan.targets(pattern)]
+            for socket_id in targets:
+                target = self._sockets.get(socket_id)
+                if target is not None and socket_id not in told:
+                    told.add(socket_id)
+                    target.gap(gap.channel, gap.missed)
+        self.counters["bus_gaps"] += bool(told)
+
+    def _reader_lost(self, pattern: str, missed: int) -> bool:
+        """True if the shared subscription to ``pattern`` dropped ``missed`` events
+        not yet reported (a replay's drops have the same pattern text)."""
+        entry = self._readers.get(pattern)
+        if entry is None:
+            return False
+        reported = self._reported.get(pattern, 0)
+        if entry[0].dropped - reported < missed:
+            return False
+        self._reported[pattern] = reported + missed
+        return True
+
+    def _kill_slow(self, socket: Socket) -> None:
         """A socket past its second limit: its writer may be stuck in a send to a
         peer that does not read; cut it loose without waiting."""
         if socket.connection.socket_id in self._sockets:
@@ -525,46 +588,3 @@ class Hub:
             event_id, sent = f"{socket_id}~direct~{next(self._direct_numbers)}", time.time()
         frame = encode_event(channel, data, event_id, origin, host, sent, direct=True)
         socket.push([frame], channel)
-
-    # -- resume ----------------------------------------------------------------------
-
-    def _start_resume(self, socket: _Socket, request: Subscribe) -> None:
-        assert request.last_id is not None
-        since = None if request.last_time is None else request.last_time - RESUME_SLACK
-        resume = Resume(request.pattern, request.last_id, self.limits.queue_bytes)
-        # Made right after the shared subscription exists, before any await: the
-        # replay's live part and the shared feed start at the same event.
-        replay = self.bus.subscribe(
-            request.pattern, history=self.limits.resume_max_events, since=since
-        )
-        socket.resumes[request.pattern] = (resume, replay)
-        socket.tasks.append(asyncio.create_task(self._replay(socket, resume, replay)))
-
-    async def _replay(self, socket: _Socket, resume: Resume, replay: AsyncSubscription) -> None:
-        pattern = resume.pattern
-        while not resume.done:
-            try:
-                event = await replay.get(timeout=RESUME_SETTLE)
-            except TimeoutError:
-                socket.push(resume.settle(), pattern)
-                continue
-            except (BridgeError, BusClosed):  # pub/sub mode, Redis away: no history
-                socket.push(resume.failed(), pattern)
-                break
-            socket.push(resume.replayed(str(event.id), _encode(event, pattern)), event.channel)
-        self._end_resume(socket, pattern)
-
-    def _end_resume(self, socket: _Socket, pattern: str) -> None:
-        entry = socket.resumes.pop(pattern, None)
-        if entry is not None:
-            entry[1].close()
-
-
-def _encode(event: Event, pattern: str) -> str:
-    try:
-        data = event.data
-    except CircusEventsError:
-        data = None  # undecodable payload: the event still counts
-    return encode_event(
-        event.channel, data, str(event.id), event.origin, event.host, event.time, pattern=pattern
-    )

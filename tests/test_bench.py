@@ -85,3 +85,29 @@ def test_an_unknown_system_is_refused() -> None:
 
     with pytest.raises(ValueError, match="unknown system 'nope'"):
         Options(systems=("ce-local", "nope"))
+
+
+@pytest.mark.timeout(120)
+def test_bench_websocket_smoke_measures_the_hub(tmp_path: str) -> None:
+    """``bench --websocket --smoke``: 40 sockets on one uvicorn worker, circus-events
+    only (the peers' venv is the full run's); every figure of the table."""
+    out = os.path.join(str(tmp_path), "out")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "circus_events", "bench", "--websocket", "--smoke", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    with open(os.path.join(out, "websocket.json")) as f:
+        report = json.load(f)
+    (row,) = report["results"]
+    assert row["system"] == "ce" and row["sockets"] == 40
+    assert row["received"] == row["expected"] > 0
+    assert row["p50_ms"] is not None and row["p99_ms"] >= row["p50_ms"]
+    assert row["cpu_s_per_10k"] > 0 and row["bytes_per_idle_socket"] is not None
+    assert row["redis_connections_host_b"] == 2 and row["redis_connections_host_a"] == 2
+    assert "deliveries_per_s" in done.stdout

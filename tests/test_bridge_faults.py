@@ -150,7 +150,8 @@ def test_sigterm_shuts_down_cleanly_and_removes_the_sockets(bridge: BridgeProces
         assert bus.flush()
     assert bridge.terminate() == 0
     leftovers = sorted(p.name for p in (bridge.directory / "default").iterdir())
-    assert leftovers == ["bridge.lock"]
+    # workers.json stays: the next bridge waits for those workers (bridge.rejoin).
+    assert leftovers == ["bridge.lock", "workers.json"]
 
 
 def test_restart_over_stale_sockets_and_refuse_a_second_bridge(

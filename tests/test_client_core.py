@@ -42,7 +42,14 @@ from circus_events._client_core import (
     or_forever,
     transport_error,
 )
-from circus_events.protocol import Codec, Pattern, decode_frame, encode_batch
+from circus_events.protocol import (
+    Codec,
+    Pattern,
+    decode_frame,
+    encode_batch,
+    encode_frame,
+    split_frame,
+)
 
 
 def core(worker: str, *, gaps: list[Gap] | None = None, **options: Any) -> BusCore:
@@ -432,3 +439,35 @@ def test_live_events_held_while_history_loads_stay_within_the_bounds() -> None:
     receiver.report_drops()
     assert gaps == [Gap("pub", "h", "ch", 2, 5, "ch", GAP_QUEUE_FULL)]
     assert handler.history is not None and len(handler.history.held) == 5  # DEFAULT_QUEUE_SIZE
+
+
+def test_a_large_message_in_pieces_becomes_one_event_and_a_lost_piece_a_gap() -> None:
+    gaps: list[Gap] = []
+    receiver = core("rx", gaps=gaps)
+
+    def pieces(seq: int) -> list[bytes]:
+        frame = encode_frame(
+            "big",
+            origin=b"tx",
+            host=b"h",
+            epoch=1,
+            seq=seq,
+            time=0.0,
+            codec=0,
+            payload=b"x" * 60_000,
+        )
+        return split_frame(frame)
+
+    first = pieces(1)
+    assert [receiver.accept(p) for p in first[:-1]] == [None] * (len(first) - 1)
+    assert seqs(receiver.accept(first[-1])) == [1]
+    receiver.accept(pieces(2)[0])  # the rest of message 2 lost in a full pipe
+    assert seqs([e for p in pieces(3) for e in receiver.accept(p) or []]) == [3]
+    assert [(g.missed, g.channel) for g in gaps] == [(1, "big")]
+    assert receiver.undecodable == 0
+
+
+def test_a_malformed_piece_is_counted_never_raised() -> None:
+    receiver = core("rx")
+    assert receiver.accept(b"big\0\xc1" + bytes(8)) is None
+    assert receiver.undecodable == 1

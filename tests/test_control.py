@@ -25,7 +25,8 @@ from circus_events.plugin import parse_plugin_options
 def test_status_and_ping_from_a_running_bridge(bridge: BridgeProcess) -> None:
     status = query(str(bridge.directory), "default", "status", 5.0)
     assert status["host"] == "host-a" and status["namespace"] == "default"
-    assert query(str(bridge.directory), "default", "ping", 5.0) == {"ok": True}
+    ping = query(str(bridge.directory), "default", "ping", 5.0)
+    assert ping["ok"] is True and ping["pid"] == status["pid"]  # pid, start: a restart shows
 
 
 def test_no_bridge_answers_within_the_timeout(short_tmp: Path) -> None:

@@ -119,7 +119,9 @@ def test_only_the_bench_command_imports_the_harness() -> None:
             if target == BENCH or target.startswith(BENCH + "."):
                 outside.append((name, line, function))
     assert outside, "the bench command should import the harness"
-    assert {(name, function) for name, _, function in outside} == {("circus_events.cli", "bench")}
+    assert {(name, function) for name, _, function in outside} == {
+        ("circus_events._cli_bench", "bench_command")
+    }
 
 
 def test_importing_the_runtime_loads_no_harness() -> None:

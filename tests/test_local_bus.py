@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import signal
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import AsyncioThread, BridgeProcess, WorkerProcess, wait_until
 
 from circus_events import AsyncBus, AsyncSubscription, Bus, BusClosed, Event, Gap, Subscription
@@ -373,3 +375,21 @@ def test_close_ends_a_reader_that_receives_for_itself(bridge: BridgeProcess) -> 
     reader.join(10)
     assert outcome == ["closed"]
     assert time.monotonic() - started < 5
+
+
+def test_async_get_nowait_takes_what_is_queued_and_never_waits(bridge: BridgeProcess) -> None:
+    async def scenario() -> None:
+        async with AsyncBus(dir=str(bridge.directory), worker="nowait") as bus:
+            subscription = bus.subscribe("nowait.*", queue_size=2)
+            assert subscription.get_nowait() is None  # nothing yet: no wait
+            for n in range(2):
+                await bus.publish("nowait.x", n, scope="process")
+            first = await subscription.get(timeout=5)
+            assert [first.data, subscription.get_nowait().data] == [0, 1]  # type: ignore[union-attr]
+            assert subscription.get_nowait() is None
+            subscription.close()
+            assert subscription.get_nowait() is None  # closed: get() says so
+            with pytest.raises(BusClosed):
+                await subscription.get(timeout=1)
+
+    asyncio.run(scenario())

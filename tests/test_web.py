@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_websocket_example
 from conftest import BridgeProcess, RedisServer, free_port, wait_until
+from test_websocket_example import ExampleHost
 from websockets.sync.client import ClientConnection, connect
 
 from circus_events import Bus
+
+#: Two hosts running examples/websocket under circus (the example's own fixture).
+example_hosts = test_websocket_example.example_hosts
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: Where an event published on the other host must show up on the page.
@@ -186,3 +191,36 @@ def test_live_page_shows_hosts_and_an_event_from_the_other_host_within_a_second(
                 (a if n % 3 else b).publish(channels[n % 4 if n % 5 else 0], {"n": n})
                 time.sleep(0.01)  # a steady rate for the rate tables
         browser.screenshot(Path(shot))
+
+
+@pytest.mark.timeout(180)
+def test_example_page_shows_news_from_the_other_host_within_a_second(
+    browser: Browser, example_hosts: list[ExampleHost]
+) -> None:
+    """examples/websocket under circus on two hosts: the page served by host B's app
+    shows news published on host A within 1 s, read from its DOM."""
+    a, b = example_hosts
+    browser.call("Page.navigate", url=f"http://127.0.0.1:{b.port}/?token=alice")
+    wait_until(
+        lambda: "#" in (browser.evaluate("document.getElementById('sid').textContent") or ""),
+        30,
+        "the example page's socket",
+    )
+    log = "document.getElementById('log').textContent"
+    with Bus(dir=str(a.sockets), worker="host-a/newsroom", host="host-a") as bus:
+        deadline = time.monotonic() + 30
+        while "probe-seen" not in (browser.evaluate(log) or ""):
+            assert time.monotonic() < deadline, "no news ever reached the example page"
+            bus.publish("news.probe", {"mark": "probe-seen"})
+            time.sleep(0.1)  # probing rate, not synchronisation
+        marker = f"flash-{time.time_ns()}"
+        sent = time.monotonic()
+        bus.publish("news.flash", {"mark": marker})
+        wait_until(lambda: marker in (browser.evaluate(log) or ""), 5, "the news on the page")
+        took = time.monotonic() - sent
+    assert took < SHOW_WITHIN, f"the news took {took:.3f}s to show"
+    line = browser.evaluate(
+        f"[...document.querySelectorAll('#log li')].map(e => e.textContent)"
+        f".find(t => t.includes({json.dumps(marker)}))"
+    )
+    assert line.startswith("host-a host-a/newsroom news.flash")

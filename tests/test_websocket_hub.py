@@ -17,15 +17,18 @@ import websockets
 from conftest import BridgeProcess, RedisServer, free_port
 from test_websocket import open_client, probe_until_all_hear, wait_for
 
-from circus_events import AsyncBus
+from circus_events import AsyncBus, Bus, Gap
 from circus_events.websocket import DIRECT_CHANNEL, Hub, Limits, client_js
 
 
 @contextlib.asynccontextmanager
 async def hub_server(
-    directory: Path, worker: str = "hub-w", **hub_options: Any
+    directory: Path,
+    worker: str = "hub-w",
+    bus_options: dict[str, Any] | None = None,
+    **hub_options: Any,
 ) -> AsyncIterator[tuple[Hub, str]]:
-    async with AsyncBus(dir=str(directory), worker=worker) as bus:
+    async with AsyncBus(dir=str(directory), worker=worker, **(bus_options or {})) as bus:
         hub = Hub(bus, **hub_options)
         port = free_port()
         async with websockets.serve(
@@ -125,6 +128,60 @@ def test_direct_channel_and_failing_hooks_are_refused_not_raised(bridge: BridgeP
             assert "hub's own channel" in client.of("error")[0]["message"]
             assert "not allowed" in client.of("error")[1]["message"]
             await client.ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_gap_on_the_bus_reaches_the_sockets_that_lost_the_events(bridge: BridgeProcess) -> None:
+    """The hub's bus subscription overflows (a queue of 4, a burst of 200 while
+    the hub's loop is busy): its sockets get a gap frame; the bus's own on_gap
+    is still told; a socket on another pattern hears nothing of it."""
+    bus_gaps: list[Gap] = []
+    count = 200
+
+    async def scenario() -> None:
+        options = {"queue_size": 4, "on_gap": bus_gaps.append}
+        async with (
+            hub_server(bridge.directory, bus_options=options) as (hub, url),
+            AsyncBus(dir=str(bridge.directory), worker="prober") as prober,
+        ):
+            client, other = await open_client(url), await open_client(url)
+            await client.send(type="subscribe", pattern="burst")
+            await other.send(type="subscribe", pattern="elsewhere")
+            await probe_until_all_hear(prober, [client], "burst")
+            await probe_until_all_hear(prober, [other], "elsewhere")
+            with (
+                Bus(dir=str(bridge.directory), worker="burster") as burster,
+                Bus(dir=str(bridge.directory), worker="watcher") as watcher,
+            ):
+                watch = watcher.subscribe("burst")
+                watcher.sync(10)
+                # On the hub's loop, blocking it: the burst piles up in the hub's
+                # bus socket, to be read at once when the loop runs again.
+                for n in range(count):
+                    burster.publish("burst", {"i": n})
+                burster.flush()
+                for _ in range(count):
+                    watch.get(timeout=10)
+            await wait_for(lambda: client.of("gap"), 10, "the gap frame")
+            await wait_for(
+                lambda: (
+                    len([e for e in client.events("burst") if "i" in e["data"]])
+                    + sum(g["missed"] for g in client.of("gap"))
+                    >= count
+                ),
+                10,
+                "the events and gaps to add up",
+            )
+            got = [e["data"]["i"] for e in client.events("burst") if "i" in e["data"]]
+            missed = sum(g["missed"] for g in client.of("gap"))
+            assert {g["channel"] for g in client.of("gap")} == {"burst"}
+            assert got == sorted(set(got)) and len(got) + missed == count
+            assert hub.stats()["bus_gaps"] >= 1
+            assert any(g.reason == "queue_full" and g.pattern == "burst" for g in bus_gaps)
+            assert not other.of("gap")
+            for c in (client, other):
+                await c.ws.close()
 
     asyncio.run(scenario())
 

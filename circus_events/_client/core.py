@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .._config import FRAME_SLACK, MAX_MAX_MESSAGE_BYTES
 from .._event import GAP_QUEUE_FULL, Event, Gap, RawEvent
 from .._exceptions import ArgumentError, BridgeError, ProtocolError
 from ..protocol import (
@@ -33,17 +34,20 @@ from ..protocol import (
     FLAG_REPLAY,
     FLUSH_CHANNEL,
     HISTORY_END_CHANNEL,
+    LOCAL_FRAME_MAX,
     REPLAY_TOKEN_BYTES,
     SYNC_CHANNEL,
     Codec,
     Envelope,
     Pattern,
+    Reassembler,
     SequenceTracker,
     build_history_request,
     channel_topic,
     decode_messages,
     inbox_channel,
     inbox_topic,
+    is_piece,
 )
 from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
@@ -99,6 +103,8 @@ class BusCore(Publisher):
         self.dropping: list[QueueBound] = []
         self.dropped = 0
         self.tracker = SequenceTracker()
+        #: Large messages arrive in pieces; at most one is held while joined.
+        self.pieces = Reassembler(MAX_MAX_MESSAGE_BYTES + FRAME_SLACK)
         self.received = 0
         self.undecodable = 0
         #: Why the bridge refused one of this bus's subscriptions (its notice), if it did.
@@ -128,9 +134,15 @@ class BusCore(Publisher):
 
     def accept(self, frame: bytes) -> list[Event] | None:
         """Turn a received frame into its events, or None (echo, duplicate, bad)."""
+        # Every piece of a large message but its last fills LOCAL_FRAME_MAX
+        # exactly: those skip a decode that would fail (a raise costs more).
+        if len(frame) == LOCAL_FRAME_MAX and is_piece(frame):
+            return self._piece(frame)
         try:
             env, times, bounds = decode_messages(frame)
         except ProtocolError as exc:  # the bridge validated it; count, never crash
+            if is_piece(frame):  # a large message, in pieces: off the hot path
+                return self._piece(frame)
             self.undecodable += 1
             log.warning("dropped a frame that does not decode: %s", exc)
             return None
@@ -184,6 +196,16 @@ class BusCore(Publisher):
             return None
         self.received += len(events)
         return events
+
+    def _piece(self, frame: bytes) -> list[Event] | None:
+        """Join a large message's pieces (``protocol.chunks``); its events once whole."""
+        try:
+            whole = self.pieces.add(frame)
+        except ProtocolError as exc:
+            self.undecodable += 1
+            log.warning("dropped a piece of a large message: %s", exc)
+            return None
+        return None if whole is None else self.accept(whole)
 
     def _notice(self, channel: str, payload: bytes) -> None:
         """The bridge refused a subscription; report it if it is one of ours."""

@@ -27,8 +27,26 @@ PEER_REQUIREMENTS: Final = (
     "redis[hiredis]==7.4.*",
     "channels==4.3.*",
     "channels_redis==4.3.*",
+    # The websocket fan-out bench (benchmarks/websocket_fanout.py): the peers'
+    # servers, each in its documented set-up, under the same uvicorn.
+    "python-socketio==5.*",
+    "django>=4.2,<6",
+    "starlette>=0.37,<2",
+    "uvicorn>=0.30,<1",
+    "websockets>=13,<18",
 )
-PEER_DISTRIBUTIONS: Final = ("broadcaster", "redis", "hiredis", "channels", "channels_redis")
+PEER_DISTRIBUTIONS: Final = (
+    "broadcaster",
+    "redis",
+    "hiredis",
+    "channels",
+    "channels_redis",
+    "python-socketio",
+    "django",
+    "starlette",
+    "uvicorn",
+    "websockets",
+)
 ENV_VARIABLE: Final = "CIRCUS_EVENTS_BENCH_PEERS"
 DEFAULT_DIR: Final = ".venv-bench-peers"
 STAMP_FILE: Final = ".bench-peers-stamp"

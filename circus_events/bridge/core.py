@@ -16,6 +16,7 @@ All sockets are serviced from one asyncio loop without per-message futures:
 the ZeroMQ file descriptors wake the loop, and each wake drains every ready
 socket in batches (``BATCH``) so a flood on one cannot starve the others.
 Nothing a peer sends can stop the loop: a bad frame is counted and dropped.
+A starting bridge holds local delivery until its workers are back (:mod:`.rejoin`).
 
 Memory is bounded in bytes (see the README's "Memory" section): per
 subscriber by a high-water mark derived from ``subscriber_max_bytes``
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -41,15 +43,14 @@ from typing import Any, Final, cast
 
 import zmq
 
-from .._config import FRAME_SLACK, BridgeConfig
+from .._config import FRAME_SLACK, BridgeConfig, local_frame_max
 from .._exceptions import ProtocolError
 from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
-    HISTORY_REQUEST,
+    LOCAL_FRAME_MAX,
     MAX_CONTROL_PARTS,
-    SYNC_REQUEST,
     InterestTable,
     SequenceTracker,
     SubscriptionRefused,
@@ -58,11 +59,11 @@ from ..protocol import (
     parse_control_request,
     worst_case,
 )
-from ..protocol.lease import LEADER_REQUEST
 from .heap import settle_heap, trim_heap
 from .leader import LeaderDesk
-from .local import LocalSockets, publisher_hwm, subscriber_hwm
-from .replies import RedisPort, WorkerReplies
+from .local import LocalSockets, publisher_hwm, send_local, send_pieces, subscriber_hwm
+from .rejoin import LocalHold, start_hold
+from .replies import REQUESTS, RedisPort, WorkerReplies
 
 __all__ = ["BATCH", "Bridge", "run_bridge"]
 
@@ -118,9 +119,11 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._service_scheduled = False
         self._replies: WorkerReplies | None = None
-        self._leaders: LeaderDesk | None = None
+        self._leaders = LeaderDesk(self)
         self._control_parts = 0
         self._trim_due = False
+        self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
+        self._hold: LocalHold | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -134,7 +137,7 @@ class Bridge:
                 self.config.paths,
                 max_message_bytes=self.config.max_message_bytes,
                 subscriber_hwm=self.config.subscriber_hwm,
-                subscriber_max_bytes=self.config.subscriber_budget,
+                subscriber_max_bytes=self.config.subscriber_max_bytes,
                 publisher_max_bytes=self.config.publisher_max_bytes,
                 group=self.config.group,
             )
@@ -152,8 +155,10 @@ class Bridge:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
+        use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
+        self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
         self._replies = WorkerReplies(
-            send=lambda frame: xpub.send(frame, zmq.NOBLOCK),
+            send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
             stream_mode=self.config.mode == "stream",
             origin=self.config.host.encode("utf-8"),
@@ -161,10 +166,6 @@ class Bridge:
             stopping=self._stopping,
             note_bad_frame=self._note_bad_frame,
         )
-        self._leaders = LeaderDesk(
-            self.config, send=self._replies.send_raw, inject=self.inject,
-            redis=self._redis, counters=self.counters,
-        )  # fmt: skip
         self._leaders.start()
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
@@ -200,11 +201,12 @@ class Bridge:
         with contextlib.suppress(ValueError, RuntimeError):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)
-        if self._leaders is not None:
-            await self._leaders.stop()
-        # 2. Forward what is already queued from workers, so nothing accepted is lost.
+        # 2. Forward what is already queued from workers, so nothing accepted is lost;
+        #    let out what the rejoin hold kept, and save who is connected.
         while self._drain_pull():
             pass
+        if self._hold is not None:
+            self._hold.close()
         # 3. Give the Redis side its chance to flush, then close it.
         if self._redis is not None:
             await self._redis.close()
@@ -282,7 +284,7 @@ class Bridge:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
         assert self._sockets is not None
         pull = self._sockets.pull
-        xpub_send = self._sockets.xpub.send
+        xpub_send = self._local_send
         redis = self._redis
         limit = self.config.max_message_bytes
         counters = self.counters
@@ -319,7 +321,10 @@ class Bridge:
             frames += 1
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
-            xpub_send(frame, zmq.NOBLOCK)
+            if size <= LOCAL_FRAME_MAX:
+                xpub_send(frame, zmq.NOBLOCK)
+            else:
+                send_pieces(xpub_send, frame)
             if redis is not None and not env.flags & FLAG_HOST_ONLY:
                 redis.publish(frame, frame.index(b"\0"), env.messages)
             if size > TRIM_FRAME_BYTES:  # a large frame: count the batch's bytes
@@ -345,7 +350,7 @@ class Bridge:
             return False
         self.counters["accepted"] += env.messages
         self.counters["accepted_frames"] += 1
-        self._sockets.xpub.send(frame, zmq.NOBLOCK)
+        send_local(self._local_send, frame)
         self.counters["delivered"] += env.messages
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
@@ -356,7 +361,6 @@ class Bridge:
         """Deliver frames that other hosts sent (called by the Redis side)."""
         if self._sockets is None:
             return
-        xpub_send = self._sockets.xpub.send
         for frame in frames:
             if len(frame) > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
@@ -385,7 +389,10 @@ class Bridge:
                     # Partly new (not seen in practice: Redis replays whole
                     # values): the workers drop the repeated part themselves.
                     count -= repeats
-            xpub_send(frame, zmq.NOBLOCK)
+            if len(frame) <= LOCAL_FRAME_MAX:  # the hold may change _local_send meanwhile
+                self._local_send(frame, zmq.NOBLOCK)
+            else:
+                send_pieces(self._local_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
         self._schedule_service()
@@ -403,15 +410,8 @@ class Bridge:
                 self._discard_rest(xpub)
                 self.counters["rejected_subscriptions"] += 1
                 continue
-            if frame[:1] == SYNC_REQUEST:
-                replies.answer_sync(frame)
-                continue
-            if frame[:1] == HISTORY_REQUEST:
-                replies.start_history(frame)
-                continue
-            if frame[:1] == LEADER_REQUEST:
-                assert self._leaders is not None
-                self._leaders.feed(frame)
+            if frame[:1] in REQUESTS:  # sync, history, leader: answered by the bridge
+                replies.answer(frame)
                 continue
             try:
                 change = self.interest.feed(frame)
@@ -429,8 +429,9 @@ class Bridge:
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
-                if not change.added and self._leaders is not None:
-                    self._leaders.worker_left(worker)
+                self._leaders.worker_changed(worker, change.added)
+                if self._hold is not None:
+                    self._hold.worker_changed(worker, change.added)
             if self._redis is not None:
                 if change.added:
                     self._redis.add_interest(change.topic)
@@ -488,8 +489,8 @@ class Bridge:
             return json.dumps({"error": f"bad request: {exc}"}).encode()
         if command == "status":
             return json.dumps(self.status()).encode()
-        if command == "ping":
-            return b'{"ok": true}'
+        if command == "ping":  # the pid and start tell a restarted bridge (``tail``)
+            return json.dumps({"ok": True, "pid": os.getpid(), "started": self.started_at}).encode()
         return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
 
     async def _trim_now_and_then(self) -> None:
@@ -541,6 +542,7 @@ class Bridge:
                 "gaps": self.tracker.gaps,
                 "missed": self.tracker.missed,
             },
+            "rejoin": self._hold.status() if self._hold is not None else None,
             "last_error": self.last_error,
         }
 
@@ -549,17 +551,18 @@ class Bridge:
         config = self.config
         frame = config.max_message_bytes + FRAME_SLACK
         sub_hwm = subscriber_hwm(
-            config.subscriber_budget, config.max_message_bytes, config.subscriber_hwm
+            config.subscriber_max_bytes, config.max_message_bytes, config.subscriber_hwm
         )
         pub_hwm = publisher_hwm(config.publisher_max_bytes, config.max_message_bytes)
         return {
             "max_subscriptions": config.max_subscriptions,
             "max_patterns": config.max_patterns,
             "subscriber_hwm_frames": sub_hwm,
-            "per_subscriber_bytes": worst_case(sub_hwm, frame),
+            "per_subscriber_bytes": worst_case(sub_hwm, local_frame_max(config.max_message_bytes)),
             "publisher_hwm_frames": pub_hwm,
             "per_publisher_bytes": worst_case(pub_hwm, frame),
             "buffer_max_bytes": config.buffer_max_bytes,
+            "hold_max_bytes": config.hold_max_bytes,
         }
 
     def status(self) -> dict[str, Any]:
@@ -567,7 +570,7 @@ class Bridge:
         status = self.local_status()
         status["mode"] = self.config.mode if self.config.redis_url else "single-host"
         status["redis"] = self._redis.status() if self._redis is not None else None
-        status["leaders"] = self._leaders.status() if self._leaders is not None else []
+        status["leaders"] = self._leaders.status()
         return status
 
 

@@ -28,14 +28,14 @@ Everything a worker sends is checked and bounded (``MAX_ROLES`` roles,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .._config import BridgeConfig
 from .._exceptions import ProtocolError
 from ..protocol import Codec, encode_frame
 from ..protocol.envelope import FLAG_HOST_ONLY
@@ -54,6 +54,9 @@ from ..protocol.lease import (
 from .lease_script import LEASE_SCRIPT, lease_keys, parse_lease_value
 from .replies import RedisPort
 
+if TYPE_CHECKING:
+    from .core import Bridge
+
 __all__ = ["MAX_CANDIDATES", "MAX_ROLES", "TICK", "LeaderDesk"]
 
 log = logging.getLogger("circus_events.leader")
@@ -65,6 +68,10 @@ MAX_CANDIDATES: Final = 1000
 TICK: Final = 0.02
 #: A candidate silent for this many ttls is forgotten (it asks every sixth of one).
 STALE_CANDIDATE: Final = 10
+
+
+def _nowhere(frame: bytes) -> None:
+    """Before the bridge serves, answers have nowhere to go."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,20 +92,14 @@ def _pid_alive(pid: int) -> bool:
 class LeaderDesk:
     """The leader elections of one bridge (see the module docstring)."""
 
-    def __init__(
-        self,
-        config: BridgeConfig,
-        *,
-        send: Callable[[bytes], object],
-        inject: Callable[[bytes], bool],
-        redis: RedisPort | None,
-        counters: dict[str, int],
-    ) -> None:
-        self.config = config
-        self._send = send
-        self._inject = inject
-        self._redis = redis
-        self._counters = counters
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        config = self.config = bridge.config
+        # Wired in start(), once the bridge serves.
+        self._send: Callable[[bytes], object] = _nowhere
+        self._inject: Callable[[bytes], bool] = bridge.inject
+        self._redis: RedisPort | None = None
+        counters = self._counters = bridge.counters
         counters.setdefault("leader_terms", 0)
         counters.setdefault("rejected_leader_requests", 0)
         self._host = config.host
@@ -124,9 +125,28 @@ class LeaderDesk:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="circus-events-leader"
-        )
+        """Serve: answer on the bridge's XPUB, hold leases on its Redis side."""
+        replies = self._bridge._replies
+        assert replies is not None
+        replies.on_leader_request = self.feed
+        self._send = replies.send_raw
+        self._redis = self._bridge._redis
+        self._started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="circus-events-leader")
+        self._stopper = loop.create_task(self._stop_when(self._bridge._stopping))
+
+    async def _stop_when(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        # A courtesy: the workers give up on their own clocks anyway, and the
+        # sockets may be closed already (without Redis, shutdown does not yield).
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+    def worker_changed(self, worker: str, added: bool) -> None:
+        """A worker's inbox gained its first or lost its last subscriber."""
+        if not added:
+            self.worker_left(worker)
 
     async def stop(self) -> None:
         """Tell every holder its term is over (the lease is left to expire:

@@ -14,15 +14,12 @@ as the link's :class:`LinkMode`, the few decisions that differ by mode:
   :meth:`LinkMode.publish_head`) and queues it in the
   :class:`.outbound.OutboundQueue`; one write per loop turn; replies are
   counted, unanswered commands re-sent after a reconnect;
-* what a value read from Redis must be to be relayed (:class:`ValueCheck`:
-  not our own, well formed, not from an ignored host), counted;
-* liveness: a tick every ``tick_interval`` calls :meth:`LinkMode.beat`;
-  pub's stall check (:meth:`RedisLink.pub_stalled`, after
-  :data:`HEARTBEAT_TIMEOUT`) and the "connection silent" report are here;
+* what a value read from Redis must be to be relayed (:class:`ValueCheck`), counted;
+* liveness: a tick every ``tick_interval`` calls :meth:`LinkMode.beat`; pub's stall
+  check (:meth:`RedisLink.pub_stalled`, :data:`HEARTBEAT_TIMEOUT`), silence reports;
 * control commands on ``pub`` in order with the messages, the presence
   record (:mod:`.presence`), ``close()`` with a short flush (the mode stops
-  its timers and sends its last commands first), and the common part of
-  ``status()``.
+  its timers and sends its last commands first), ``status()``'s common part.
 """
 
 from __future__ import annotations
@@ -43,6 +40,7 @@ from .keeper import BACKOFF_MAX, ConnectionKeeper, LogThrottle
 from .outbound import OutboundQueue, ReplyCallback
 from .presence import PRESENCE_TTL_FACTOR, presence_record, redis_names
 from .resp import RedisAddress, RedisConnectError, RespConnection, encode_command
+from .roundtrip import RoundTrip
 from .values import ValueCheck
 
 __all__ = [
@@ -212,7 +210,7 @@ class RedisLink:
         self._reconnects = 0
         self.hb_misses = 0
         self._stalls = 0
-        self.hb_rtt_ms: float | None = None
+        self.rtt = RoundTrip()  # the heartbeat round trip (see .roundtrip)
         self._deliver_errors = 0
         self._connect_failures = 0
         self._foreign = 0
@@ -367,6 +365,7 @@ class RedisLink:
 
     def _connected(self, role: str, conn: RespConnection, *, outage: bool) -> None:
         assert self.loop is not None
+        self.rtt.restart()
         previous = self._errors[role]
         self._errors[role] = None
         if previous is not None:
@@ -392,6 +391,7 @@ class RedisLink:
     def _disconnected(
         self, role: str, conn: RespConnection, reason: BaseException | None, lost: bool
     ) -> None:
+        self.rtt.restart()
         if role == "pub":
             if self.pub is conn:
                 self.pub = None
@@ -540,7 +540,7 @@ class RedisLink:
             self.config,
             self._status_provider,
             started=self._started,
-            heartbeat_rtt_ms=self.hb_rtt_ms,
+            heartbeat_rtt_ms=self.rtt.ms,
             redis=self._mode.status(),
         )
 
@@ -592,7 +592,7 @@ class RedisLink:
             "publish_errors": queue.errors,
             "deliver_errors": self._deliver_errors,
             "reconnects": self._reconnects,
-            "heartbeat_rtt_ms": self.hb_rtt_ms,
+            "heartbeat_rtt_ms": self.rtt.ms,
             "heartbeat_misses": self.hb_misses,
             "stalls": self._stalls,
             "connect_failures": self._connect_failures,

@@ -15,18 +15,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Final
 
 import zmq
 
-from .._config import FRAME_SLACK, SocketPaths
+from .._config import FRAME_SLACK, SocketPaths, local_frame_max
 from .._exceptions import BridgeError
 from .._sockdir import open_private_file, prepare_bridge_dir
-from ..protocol import MAX_CONTROL_REQUEST, MAX_SUBSCRIPTION_FRAME, hwm_for_bytes
+from ..protocol import (
+    LOCAL_FRAME_MAX,
+    MAX_CONTROL_REQUEST,
+    MAX_SUBSCRIPTION_FRAME,
+    hwm_for_bytes,
+    split_frame,
+)
 
 __all__ = [
     "PULL_HWM",
     "LocalSockets",
+    "send_local",
+    "send_pieces",
     "subscriber_hwm",
 ]
 
@@ -116,7 +125,21 @@ class LocalSockets:
 def subscriber_hwm(subscriber_max_bytes: int, max_message_bytes: int, frame_hwm: int) -> int:
     """XPUB's SNDHWM (per subscriber pipe): ``frame_hwm``, lowered to keep that many
     of the largest frames within ``subscriber_max_bytes``."""
-    return hwm_for_bytes(subscriber_max_bytes, max_message_bytes + FRAME_SLACK, frame_hwm)
+    return hwm_for_bytes(subscriber_max_bytes, local_frame_max(max_message_bytes), frame_hwm)
+
+
+def send_pieces(send: Callable[[bytes, int], object], frame: bytes) -> None:
+    """Send a frame larger than LOCAL_FRAME_MAX to local subscribers, in pieces."""
+    for piece in split_frame(frame):
+        send(piece, zmq.NOBLOCK)
+
+
+def send_local(send: Callable[[bytes, int], object], frame: bytes) -> None:
+    """Send a frame to local subscribers: as it is, or in pieces if large."""
+    if len(frame) <= LOCAL_FRAME_MAX:
+        send(frame, zmq.NOBLOCK)
+    else:
+        send_pieces(send, frame)
 
 
 def publisher_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:

@@ -269,7 +269,7 @@ class RedisSide(LinkedSide):
         if self._link.pub is None or self._link.pub_stalled(now, judge=judge):
             return
         self._hb_seq += 1
-        value = b"%b:%d:%.6f" % (self._token, self._hb_seq, now)
+        value = b"%b:%d:%.6f:%d" % (self._token, self._hb_seq, now, self._link.rtt.generation)
         self._link.command(encode_command("PUBLISH", self._hb_channel, value))
         self._link.presence_due(now)
 
@@ -279,9 +279,9 @@ class RedisSide(LinkedSide):
             self._link.foreign_bridge("publishes heartbeats")
             return
         with contextlib.suppress(ValueError):
-            sent = float(rest.partition(b":")[2])
+            _, sent, generation = rest.split(b":")
             if self._link.loop is not None:
-                self._link.hb_rtt_ms = round((self._link.loop.time() - sent) * 1000.0, 3)
+                self._link.rtt.measured(float(sent), int(generation), self._link.loop.time())
 
     async def history(
         self, match: Callable[[str], bool], count: int | None, since_ms: int | None

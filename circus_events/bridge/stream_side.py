@@ -439,8 +439,10 @@ class StreamSide(LinkedSide):
         if self._owner_saved:
             self._link.command(encode_command("HGET", self._cursor_key, "owner"), self._owner_seen)
         self._link.command(encode_command("SET", self._epoch_key, secrets.token_hex(8), "NX"))
+        generation = self._link.rtt.generation
         self._link.command(
-            encode_command("GET", self._epoch_key), lambda reply: self._epoch_seen(now, reply)
+            encode_command("GET", self._epoch_key),
+            lambda reply: self._epoch_seen(now, generation, reply),
         )
         if now >= self._next_overrun_check and self._cursors is not None:
             self._next_overrun_check = now + OVERRUN_CHECK_INTERVAL
@@ -456,10 +458,10 @@ class StreamSide(LinkedSide):
         with contextlib.suppress(StreamReplyError, ValueError):
             self._check_overrun(shard, stream_info(reply)[1])
 
-    def _epoch_seen(self, sent: float, reply: Any) -> None:
+    def _epoch_seen(self, sent: float, generation: int, reply: Any) -> None:
         if isinstance(reply, Exception) or self._link.loop is None:
             return
-        self._link.hb_rtt_ms = round((self._link.loop.time() - sent) * 1000.0, 3)
+        self._link.rtt.measured(sent, generation, self._link.loop.time())
         sub = self._link.sub
         changed = isinstance(reply, bytes) and self._epoch is not None and reply != self._epoch
         if changed and sub is not None:

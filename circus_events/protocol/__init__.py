@@ -6,6 +6,7 @@ I/O layers over these modules.
 """
 
 from .budget import MIN_FRAMES, hwm_for_bytes, min_budget, worst_case
+from .chunks import LOCAL_FRAME_MAX, Reassembler, is_piece, split_frame
 from .codec import Codec, decode_payload, encode_payload, parse_codec
 from .control import (
     MAX_CONTROL_DEPTH,
@@ -74,6 +75,7 @@ __all__ = [
     "HEADER",
     "HISTORY_END_CHANNEL",
     "HISTORY_REQUEST",
+    "LOCAL_FRAME_MAX",
     "MAX_BATCH_COUNT",
     "MAX_CHANNEL_BYTES",
     "MAX_CONTROL_DEPTH",
@@ -91,6 +93,7 @@ __all__ = [
     "InterestChange",
     "InterestTable",
     "Pattern",
+    "Reassembler",
     "SequenceTracker",
     "SubscriptionRefused",
     "SubscriptionTopic",
@@ -109,6 +112,7 @@ __all__ = [
     "hwm_for_bytes",
     "inbox_channel",
     "inbox_topic",
+    "is_piece",
     "min_budget",
     "parse_codec",
     "parse_control_request",
@@ -116,6 +120,7 @@ __all__ = [
     "parse_subscription_topic",
     "parse_sync_request",
     "single_envelopes",
+    "split_frame",
     "split_topic",
     "validate_channel",
     "validate_worker_id",
