@@ -4,6 +4,7 @@ Workers use :class:`Bus` (threads, pre-fork servers) or :class:`AsyncBus`
 (asyncio) to talk to their host's bridge; bridges relay through Redis.
 """
 
+from ._client.leadership import AsyncLeadership, LeaderChange, Leadership
 from ._event import GAP_QUEUE_FULL, GAP_UPSTREAM, Event, Gap, GapReason, MessageId
 from ._exceptions import (
     ArgumentError,
@@ -33,6 +34,7 @@ __all__ = [
     "GAP_UPSTREAM",
     "ArgumentError",
     "AsyncBus",
+    "AsyncLeadership",
     "AsyncSubscription",
     "BadReply",
     "BridgeError",
@@ -47,6 +49,8 @@ __all__ = [
     "Event",
     "Gap",
     "GapReason",
+    "LeaderChange",
+    "Leadership",
     "MessageId",
     "MessageTooLarge",
     "NoBridgeAnswers",

@@ -71,5 +71,12 @@ def print_status(report: dict[str, Any]) -> None:
     redis = report.get("redis")
     if redis:
         click.echo("  redis: " + ", ".join(f"{k}={v}" for k, v in redis.items()))
+    for lead in report.get("leaders") or []:
+        left = lead.get("time_left")
+        click.echo(
+            f"  leader {lead['role']} ({lead['scope']}): {lead.get('holder') or '-'}"
+            f" on {lead.get('host') or '-'}, token {lead.get('token') or '-'}"
+            + ("" if left is None else f", {left:.1f}s left")
+        )
     if report.get("last_error"):
         click.secho(f"  last error: {report['last_error']}", fg="yellow")

@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from ._client.batch import FULL, Prepared, Step
 from ._client.driver import END, BusBase, SubscriptionBase, new_token
+from ._client.leadership import AsyncLeadership
 from ._client.limits import (
     CONFIRM_POLL,
     DEFAULT_WAIT_TIMEOUT,
@@ -275,6 +276,24 @@ class AsyncBus(BusBase[AsyncSubscription]):
                 step = advance(plan, answer)
             return step
 
+    def leader(self, role: str, *, ttl: float = 10.0, scope: str = "cluster") -> AsyncLeadership:
+        """Run for leader of ``role`` (see :meth:`Bus.leader
+        <circus_events.Bus.leader>`); call it from the bus's event loop.
+        ``await handle.wait()``, ``await handle.release()``, ``async with``."""
+        role, ttl, scope = self._leader_args(role, ttl, scope)
+        self._ensure_reader()
+        leadership = AsyncLeadership(self, role, ttl, scope)
+        self._leaderships[(scope, role)] = leadership
+        leadership._start()
+        return leadership
+
+    def _send_up(self, frame: bytes) -> None:
+        """Send a request frame up the subscription socket, now."""
+        if self.closed:
+            raise BusClosed("the bus is closed")
+        self._core.outbox.append(frame)
+        self._send_outbox()
+
     async def close(self) -> None:
         """Stop the reader, end iterators, let queued messages leave
         (PUBLISH_LINGER, 1 s, at most for the held batch, as long again for
@@ -282,6 +301,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         """
         if self.closed:
             return
+        for leadership in list(self._leaderships.values()):
+            await leadership.release()  # type: ignore[attr-defined]  # an AsyncLeadership
         self.closed = True
         reader, self._reader = self._reader, None
         # close() from a handler runs in the reader itself: it cannot wait for itself.
@@ -502,6 +523,11 @@ class AsyncBus(BusBase[AsyncSubscription]):
         self._outbox_scheduled = False
         if not self.closed:
             send_up(self._sub_now, self._core.take_outbox())
+            # A send on the shadow socket can take the edge of ZeroMQ's FD: frames
+            # that arrived meanwhile would wait unseen by the pending recv.
+            wake = getattr(self._sub, "_schedule_remaining_events", None)
+            if wake is not None:
+                wake()
 
 
 async def _within(waiting: Awaitable[Any], timeout: float | None) -> bool:

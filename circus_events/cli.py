@@ -16,6 +16,7 @@ from typing import Any, Final, NoReturn
 import click
 
 from ._cli_bench import bench_command
+from ._cli_leaders import STATUS_TIMEOUT, leaders_command
 from ._cli_output import print_status
 from ._config import (
     DEFAULT_MAX_PATTERNS,
@@ -36,8 +37,6 @@ __all__ = ["main"]
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
-#: Seconds `circus-events status` waits for the bridge to answer.
-STATUS_TIMEOUT: Final = 2.0
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -510,6 +509,9 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
 
 
 cli.add_command(bench_command)
+
+
+cli.add_command(leaders_command(common_options, _bridge_config, _fail))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import zmq
 
 from ._client.batch import FULL
 from ._client.driver import new_token
+from ._client.leadership import Leadership
 from ._client.limits import (
     DEFAULT_WAIT_TIMEOUT,
     HOT_GAP,
@@ -156,6 +157,23 @@ class Bus(ThreadedBus):
                 action = advance(plan, reply)
             return action
 
+    def leader(self, role: str, *, ttl: float = 10.0, scope: str = "cluster") -> Leadership:
+        """Run for leader of ``role``: at most one worker in the cluster (per
+        host with ``scope="host"``) leads it at a time; see :class:`Leadership`.
+
+        ``ttl``: the lease, in seconds. A leader believes it leads for two
+        thirds of it after each renewal its bridge confirmed (renewals go
+        every sixth); a dead worker or host is replaced within ``ttl`` + 1 s,
+        a released role within 1 s. Every candidate of a role should use the
+        same ``ttl``.
+        """
+        role, ttl, scope = self._leader_args(role, ttl, scope)
+        self._check_process()
+        leadership = Leadership(self, role, ttl, scope)
+        self._leaderships[(scope, role)] = leadership
+        leadership._start()
+        return leadership
+
     def close(self) -> None:
         """Stop the receiver thread, end iterators, let queued messages leave.
 
@@ -167,6 +185,9 @@ class Bus(ThreadedBus):
         """
         if self.closed:
             return
+        if self._pid == _getpid():
+            for leadership in list(self._leaderships.values()):
+                leadership.release()  # type: ignore[attr-defined]  # a Leadership
         self.closed = True
         LIVE_BUSES.discard(self)
         if self._pid != _getpid():

@@ -53,6 +53,7 @@ from circus_events.protocol import (
     encode_frame,
     inbox_channel,
 )
+from circus_events.protocol.lease import LEADER_CHANNEL
 
 T0 = 1000.0
 TOKEN = b"t" * 8
@@ -129,6 +130,12 @@ def test_frames_that_are_not_for_this_worker_or_not_events_give_nothing(
     assert bus.accept(frame(FLUSH_CHANNEL, payload=b"m2", target="me")) is None
     assert bus.accept(frame(SYNC_CHANNEL, seq=2, payload=b"m3", target="me")) is None
     assert markers == [b"m2", b"m3"]
+    # Leader messages go to their own listener, never to subscriptions.
+    assert bus.accept(frame(LEADER_CHANNEL, seq=3, payload=b"l1", target="me")) is None
+    leader: list[bytes] = []
+    bus.on_leader = leader.append
+    assert bus.accept(frame(LEADER_CHANNEL, seq=4, payload=b"l2", target="me")) is None
+    assert leader == [b"l2"]
 
 
 def test_direct_and_host_only_messages_are_numbered_apart() -> None:

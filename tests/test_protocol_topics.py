@@ -382,3 +382,10 @@ def test_pattern_agrees_with_redis(pieces: list[tuple[str, str]], other: str, ne
     literal = text[:first_glob]
     assert pattern.prefix == literal
     assert pattern.exact is (literal == text)
+
+
+def test_leadership_changes_are_the_one_system_channel_a_worker_may_subscribe_to() -> None:
+    assert Pattern("@leader.billing").exact
+    assert Pattern("@leader.*").matches("@leader.billing")
+    with pytest.raises(ChannelError):
+        Pattern("@leaders")

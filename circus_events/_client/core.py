@@ -52,6 +52,7 @@ from ..protocol import (
     inbox_topic,
     is_piece,
 )
+from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
 from .publishing import SCOPES, Publisher
 from .queues import HistoryLoad, QueueBound, Subscriber
@@ -126,6 +127,8 @@ class BusCore(Publisher):
         #: Called with a hello's kind and the bridge's instance id; the sending
         #: side then calls :meth:`hello` under its send lock and sends what it says.
         self.on_hello: Callable[[int, bytes], None] | None = None
+        #: Called with the payload of each leader message from the bridge.
+        self.on_leader: Callable[[bytes], None] | None = None
         #: Subscriptions given events since the driver last woke their readers.
         self.woken: set[Subscriber] = set()
         self.renew(epoch)
@@ -168,6 +171,10 @@ class BusCore(Publisher):
                 return None
             if env.channel == CONFIRM_CHANNEL:
                 self._confirmed(frame[bounds[0] :])
+                return None
+            if env.channel == LEADER_CHANNEL:
+                if self.on_leader is not None:
+                    self.on_leader(frame[bounds[0] :])
                 return None
             if env.flags & FLAG_REPLAY or env.channel == HISTORY_END_CHANNEL:
                 self._history_frame(env._replace(payload=frame[bounds[0] :]))

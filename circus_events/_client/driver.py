@@ -20,9 +20,11 @@ from typing import Any, Final, Generic, TypeVar
 import zmq
 
 from .._event import Event, Gap
-from .._exceptions import BridgeError, PublishTimeout
+from .._exceptions import BridgeError, ProtocolError, PublishTimeout, UsageError
 from ..protocol import REPLAY_TOKEN_BYTES, Codec, Pattern
+from ..protocol.lease import parse_leader_reply
 from .core import STATS_DOC, BusCore
+from .leadership import LeadershipBase, check_leader_args
 from .limits import (
     DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_QUEUE_MAX_BYTES,
@@ -136,6 +138,9 @@ class BusBase(abc.ABC, Generic[Sub]):
         )
         self._core = BusCore(options, on_gap, new_epoch())
         self._core.on_flush = self._flushed
+        self._core.on_leader = self._leader_message
+        #: Candidacies (``leader()``) by (scope, role).
+        self._leaderships: dict[tuple[str, str], LeadershipBase] = {}
         self.closed = False
         #: Open subscriptions (a dict: closing one forgets it in O(1)).
         self._subscriptions: dict[Sub, None] = {}
@@ -267,6 +272,32 @@ class BusBase(abc.ABC, Generic[Sub]):
         waiter = self._waiters.get(token)
         if waiter is not None:
             waiter.set()
+
+    def _leader_message(self, payload: bytes) -> None:
+        """A leader message from the bridge (on the receiving side)."""
+        try:
+            reply = parse_leader_reply(payload)
+        except ProtocolError as exc:
+            log.warning("dropped a leader message that does not parse: %s", exc)
+            return
+        leadership = self._leaderships.get((reply.scope, reply.role))
+        if leadership is not None:
+            leadership._on_reply(reply)
+
+    def _leader_args(self, role: object, ttl: object, scope: object) -> tuple[str, float, str]:
+        """Checked ``leader()`` arguments; UsageError if this bus already runs for it."""
+        checked = check_leader_args(role, ttl, scope)
+        if (checked[2], checked[0]) in self._leaderships:
+            raise UsageError(
+                f"this bus is already a candidate for {checked[0]!r} ({checked[2]}): "
+                "release that handle first"
+            )
+        return checked
+
+    def _leadership_done(self, leadership: LeadershipBase) -> None:
+        key = (leadership.scope, leadership.role)
+        if self._leaderships.get(key) is leadership:
+            del self._leaderships[key]
 
     def _send_timeout(self, timeout: float | None) -> float:
         """How long a send may wait for room: ``timeout``, else publish_timeout."""

@@ -141,6 +141,7 @@ class ThreadedBus(BusBase[Subscription]):
         # The parent's sockets and context are dropped, not closed: closing
         # would touch state shared with the parent (pyzmq skips them in a child).
         self._core.options = self._core.options.after_fork()
+        self._leaderships = {}  # the parent's candidacies stay the parent's
         self._core.renew(new_epoch())
         self._open_io()
 
@@ -281,6 +282,10 @@ class ThreadedBus(BusBase[Subscription]):
         # The bus may close meanwhile: then there is nothing left to unsubscribe from.
         with contextlib.suppress(BusClosed, BridgeError):
             self._command("unsub", subscription._subscriber)
+
+    def _send_up(self, frame: bytes) -> None:
+        """Send a request frame up the subscription socket (by the socket's holder)."""
+        self._command("up", frame)
 
     def _command(self, kind: str, argument: Any) -> None:
         """Hand a command to whoever holds the sockets; past MAX_PENDING_COMMANDS
@@ -508,6 +513,8 @@ class ThreadedBus(BusBase[Subscription]):
                     core.remove(argument)
                 elif kind == "sync":
                     core.outbox.append(core.sync_request(argument))
+                elif kind == "up":  # a leader request
+                    core.outbox.append(argument)
                 elif kind == "local":
                     for subscriber in core.route([argument]):
                         subscriber.sink(argument)

@@ -49,10 +49,8 @@ from .._version import __version__
 from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
-    HISTORY_REQUEST,
     LOCAL_FRAME_MAX,
     MAX_CONTROL_PARTS,
-    SYNC_REQUEST,
     InterestTable,
     SequenceTracker,
     SubscriptionRefused,
@@ -62,9 +60,10 @@ from ..protocol import (
 )
 from .confirms import ConfirmDesk
 from .heap import settle_heap, trim_heap
+from .leader import LeaderDesk
 from .local import LocalSockets, memory_limits, send_local, send_pieces
 from .rejoin import LocalHold, start_hold
-from .replies import RedisPort, WorkerReplies
+from .replies import REQUESTS, RedisPort, WorkerReplies
 
 __all__ = ["BATCH", "Bridge", "run_bridge"]
 
@@ -120,6 +119,7 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._service_scheduled = False
         self._replies: WorkerReplies | None = None
+        self._leaders = LeaderDesk(self)
         self._control_parts = 0
         self._trim_due = False
         self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
@@ -168,6 +168,7 @@ class Bridge:
             note_bad_frame=self._note_bad_frame,
         )
         self._desk = ConfirmDesk.open(self._redis, self._replies, self._loop, self.counters)
+        self._leaders.start()
         # Frames from workers have a reader of their own (the hot path); the
         # others share the full check.
         self._loop.add_reader(_fd(self._sockets.pull), self._on_pull_readable)
@@ -417,11 +418,8 @@ class Bridge:
                 self._discard_rest(xpub)
                 self.counters["rejected_subscriptions"] += 1
                 continue
-            if frame[:1] == SYNC_REQUEST:
-                replies.answer_sync(frame)
-                continue
-            if frame[:1] == HISTORY_REQUEST:
-                replies.start_history(frame)
+            if frame[:1] in REQUESTS:  # sync, history, leader: answered by the bridge
+                replies.answer(frame)
                 continue
             try:
                 change = self.interest.feed(frame)
@@ -441,6 +439,7 @@ class Bridge:
             worker = change.topic.worker
             if worker is not None:
                 log.debug("worker %s %s", worker, "arrived" if change.added else "left")
+                self._leaders.worker_changed(worker, change.added)
                 if self._hold is not None:
                     self._hold.worker_changed(worker, change.added)
             if self._redis is not None:
@@ -566,6 +565,7 @@ class Bridge:
         status = self.local_status()
         status["mode"] = self.config.mode if self.config.redis_url else "single-host"
         status["redis"] = self._redis.status() if self._redis is not None else None
+        status["leaders"] = self._leaders.status()
         return status
 
 

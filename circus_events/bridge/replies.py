@@ -36,7 +36,9 @@ from ..protocol import (
     FLAG_NOTICE,
     FLAG_REPLAY,
     HISTORY_END_CHANNEL,
+    HISTORY_REQUEST,
     SYNC_CHANNEL,
+    SYNC_REQUEST,
     Codec,
     Envelope,
     HistoryRequest,
@@ -49,9 +51,10 @@ from ..protocol import (
     parse_sync_request,
     single_envelopes,
 )
+from ..protocol.lease import LEADER_REQUEST
 from .catchup import LocalHold
 
-__all__ = ["HISTORY_CONNECT_WAIT", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
+__all__ = ["HISTORY_CONNECT_WAIT", "REQUESTS", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
 
 #: Longest a sync reply waits for Redis to confirm this host's subscriptions
 #: (or, for a bridge that has never reached Redis, to connect).
@@ -59,6 +62,10 @@ SETTLE_WAIT: Final = 5.0
 #: Longest a history request waits for Redis to be connected (a bridge that
 #: has just started, or is reconnecting).
 HISTORY_CONNECT_WAIT: Final = 5.0
+
+
+#: First bytes of the requests workers send up their subscription socket.
+REQUESTS: Final = frozenset((SYNC_REQUEST, HISTORY_REQUEST, LEADER_REQUEST))
 
 
 class RedisPort(Protocol):
@@ -75,6 +82,7 @@ class RedisPort(Protocol):
     async def history(
         self, match: Callable[[str], bool], count: int | None, since_ms: int | None
     ) -> list[bytes]: ...
+    def request(self, cmd: bytes) -> asyncio.Future[Any]: ...
     @property
     def connected(self) -> bool: ...
     @property
@@ -132,6 +140,22 @@ class WorkerReplies:
             payload=payload,
             **extra,
         )
+
+    #: Where leader requests go (set by the bridge's :class:`.leader.LeaderDesk`).
+    on_leader_request: Callable[[bytes], None] | None = None
+
+    def answer(self, frame: bytes) -> None:
+        """A request a worker sent up its subscription socket (see REQUESTS)."""
+        if frame[:1] == SYNC_REQUEST:
+            self.answer_sync(frame)
+        elif frame[:1] == HISTORY_REQUEST:
+            self.start_history(frame)
+        elif self.on_leader_request is not None:
+            self.on_leader_request(frame)
+
+    def send_raw(self, frame: bytes) -> None:
+        """Send a frame built elsewhere (leader answers) to the local workers."""
+        self._send(frame)
 
     def send_direct(self, worker: str, channel: str, payload: bytes) -> None:
         """A message from the bridge itself to one local worker."""

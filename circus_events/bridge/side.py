@@ -7,6 +7,7 @@ the face and each side's ``add_interest``/``remove_interest``/``history``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -58,6 +59,11 @@ class LinkedSide:
     def on_acked(self, callback: Callable[[deque[Any]], None]) -> None:
         """Tell ``callback`` the tags of what Redis has taken (publisher confirms)."""
         self._link.queue.on_acked = callback
+
+    def request(self, cmd: bytes) -> asyncio.Future[Any]:
+        """Send a command on the publishing connection, in order with the
+        messages; the future gets its reply (a ConnectionError if it is lost)."""
+        return self._link.request(cmd)
 
     @property
     def connected(self) -> bool:

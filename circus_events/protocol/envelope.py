@@ -47,7 +47,7 @@ from typing import Any, Final, NamedTuple
 
 from .._exceptions import ChannelError, ProtocolError
 from .codec import Codec
-from .topics import INBOX_PREFIX, validate_channel, validate_worker_id
+from .topics import INBOX_PREFIX, LEADER_EVENTS_PREFIX, validate_channel, validate_worker_id
 
 __all__ = [
     "FLAG_BATCH",
@@ -311,7 +311,7 @@ def _decode_after_topic(
     host = _WORKERS.get(raw) or _name(raw, _WORKERS, validate_worker_id)
     target: str | None = None
     if not flags & FLAG_DIRECT and not n_direct:
-        channel = _CHANNELS.get(topic) or _name(topic, _CHANNELS, validate_channel)
+        channel = _CHANNELS.get(topic) or _name(topic, _CHANNELS, _validate_broadcast_channel)
     elif flags & FLAG_DIRECT:
         # The topic is "@w:" and a worker id, which may be longer than a channel
         # name and hold characters (* ? [ ] \\) that a channel may not.
@@ -332,6 +332,11 @@ def _decode_after_topic(
         channel, origin, host, epoch, seq, when, codec, flags, payload, target, count
     )
     return envelope, end, table
+
+
+def _validate_broadcast_channel(name: str) -> bytes:
+    # The bridges publish leadership changes on @leader.<role>.
+    return validate_channel(name, allow_system=name.startswith(LEADER_EVENTS_PREFIX))
 
 
 def _validate_system_channel(name: str) -> bytes:

@@ -48,6 +48,9 @@ GLOB_CHARS: Final = frozenset("*?[")
 #: Reserved for the bus: worker inboxes and control channels.
 SYSTEM_PREFIX: Final = "@"
 INBOX_PREFIX: Final = "@w:"
+#: Leadership changes are published on ``@leader.<role>``: the one system
+#: channel workers may subscribe to.
+LEADER_EVENTS_PREFIX: Final = "@leader."
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\\]]")
 _FORBIDDEN_IN_PATTERN = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -157,7 +160,7 @@ class Pattern:
 
     def __init__(self, text: str) -> None:
         _check_name("pattern", text, _FORBIDDEN_IN_PATTERN, MAX_CHANNEL_BYTES)
-        if text.startswith(SYSTEM_PREFIX):
+        if text.startswith(SYSTEM_PREFIX) and not text.startswith(LEADER_EVENTS_PREFIX):
             raise ChannelError(f"pattern {text!r}: names starting with '@' are reserved")
         self.text = text
         literal, regex = _translate(text)

@@ -337,6 +337,8 @@ class Connection:
             return None
         try:
             Pattern(pattern)
+            if pattern.startswith("@"):  # workers may follow @leader.*; browsers may not
+                raise ChannelError(f"pattern {pattern!r}: names starting with '@' are reserved")
         except ChannelError as exc:
             self.refuse(f"subscribe: {exc}")
             return None
