@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -70,3 +71,10 @@ def test_demo_shows_cross_host_events_and_ctrl_c_stops_everything(tmp_path: Path
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(10)
+        # The demo runs each circusd in its own session: when it did not stop
+        # them (a failed run), nothing else would.
+        started = re.search(r"two hosts in (\S+)", output.read_text())
+        if started is not None:
+            for pid in processes_with_env(f"DEMO_HOME={started.group(1)}".encode()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
