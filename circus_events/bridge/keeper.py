@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 BACKOFF_INITIAL: Final = 0.1
-BACKOFF_MAX: Final = 2.0
+BACKOFF_MAX: Final = 1.0
 #: A connection that lived less than this does not reset the backoff.
 STABLE_AFTER: Final = 5.0
 #: The same problem is logged again at most this often.
