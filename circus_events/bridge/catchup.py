@@ -14,7 +14,7 @@ stream. So a bridge that finds a saved cursor (a restart) *catches up*:
 2. The stream side waits for the saved subscriptions (``resume_grace``),
    then reads from the saved cursor as usual, and this time delivers its
    own entries too, up to the *boundary*: each shard's last id when reading
-   was set up (:meth:`LocalHold.start`, :func:`filter_catching_up`).
+   was set up (:meth:`LocalHold.start`, :meth:`LocalHold.replays`).
 3. Once the cursor has passed the boundary on every shard, the held frames
    follow (:meth:`LocalHold.release`), through the bridge's duplicate
    filter (what the stream already gave is dropped), and local delivery
@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
-from .stream_cursor import Interest, StreamId, parse_id
-from .values import STAMP_OFFSET, ValueCheck
+from .stream_cursor import StreamId, parse_id
 
-__all__ = ["CATCHUP_MAX_WAIT", "HOLD_MAX_BYTES", "LocalHold", "filter_catching_up"]
+__all__ = ["CATCHUP_MAX_WAIT", "HOLD_MAX_BYTES", "LocalHold"]
 
 log = logging.getLogger("circus_events.redis")
 
@@ -121,39 +120,3 @@ class LocalHold:
         log.info("circus-events: local delivery direct again (%s); %d held", why, len(held))
         if held:
             self._deliver(held)
-
-
-def filter_catching_up(
-    reply: list[Any],
-    *,
-    key_index: dict[bytes, int],
-    cursors: list[bytes],
-    check: ValueCheck,
-    stamp: bytes,
-    interest: Interest,
-    hold: LocalHold,
-) -> tuple[list[bytes], int]:
-    """An XREAD reply read while catching up: as the stream side's filter,
-    plus our own entries up to the boundary. Advances ``cursors``; returns
-    the frames and how many entries no local worker wanted."""
-    frames: list[bytes] = []
-    skipped = 0
-    for key, entries in reply:
-        shard = key_index.get(key)
-        if shard is None or not entries:
-            continue
-        for entry in entries:
-            fields = entry[1]
-            if fields.__class__ is not list or len(fields) != 2:
-                check.rejected += 1
-                continue
-            channel, value = fields
-            own = value.startswith(stamp) and hold.replays(shard, entry[0])
-            if not own and not check.admit(value):
-                continue
-            if not interest.wants(channel):
-                skipped += 1
-                continue
-            frames.append(b"".join((channel, b"\0", value[STAMP_OFFSET:])))
-        cursors[shard] = entries[-1][0]
-    return frames, skipped

@@ -59,7 +59,7 @@ from typing import Any, Final, Unpack
 from .._config import BridgeConfig
 from .._exceptions import BridgeError
 from ..protocol.topics import SubscriptionTopic
-from .catchup import LocalHold, filter_catching_up
+from .catchup import LocalHold
 from .link import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -82,7 +82,7 @@ from .stream_cursor import (
     stream_info,
 )
 from .stream_queries import HISTORY_TIMEOUT, StreamNames, merge_newest, query_setup, read_history
-from .values import STAMP_OFFSET
+from .stream_reply import frames_from_xread
 
 __all__ = [
     "CURSOR_SAVE_INTERVAL",
@@ -223,44 +223,23 @@ class StreamSide(LinkedSide):
                 hold.release("caught up with the stream")
 
     def _filter(self, reply: list[Any]) -> list[bytes]:
-        frames: list[bytes] = []
-        append = frames.append
-        cursors = self._cursors
-        assert cursors is not None
-        check = self._link.check
-        admit = check.admit
-        interest = self._interest
-        wanted = interest.wanted
-        skipped = 0
-        for key, entries in reply:
-            shard = self._key_index.get(key)
-            if shard is None or not entries:
-                continue
-            for entry in entries:
-                fields = entry[1]
-                if fields.__class__ is not list or len(fields) != 2:
-                    check.rejected += 1
-                    continue
-                channel, value = fields
-                if not admit(value):
-                    continue
-                want = wanted.get(channel)
-                if want is None:
-                    want = interest.wants(channel)
-                if not want:
-                    skipped += 1
-                    continue
-                # Same bytes as frame_from_redis(channel, value)[1], without the tuple.
-                append(b"".join((channel, b"\0", value[STAMP_OFFSET:])))
-            cursors[shard] = entries[-1][0]
+        frames, skipped = frames_from_xread(
+            reply, key_index=self._key_index, cursors=self._cursors or [],
+            check=self._link.check, interest=self._interest,
+        )  # fmt: skip
         self._cursor_dirty = True
         self._skipped += skipped
         return frames
 
     def _catch_up(self, reply: list[Any]) -> list[bytes]:
-        frames, skipped = filter_catching_up(
-            reply, key_index=self._key_index, cursors=self._cursors or [], check=self._link.check,
-            stamp=self._link.stamp, interest=self._interest, hold=self.local_hold,
+        stamp, hold = self._link.stamp, self.local_hold
+
+        def replay_own(shard: int, entry_id: bytes, value: bytes) -> bool:
+            return value.startswith(stamp) and hold.replays(shard, entry_id)
+
+        frames, skipped = frames_from_xread(
+            reply, key_index=self._key_index, cursors=self._cursors or [],
+            check=self._link.check, interest=self._interest, replay_own=replay_own,
         )  # fmt: skip
         self._cursor_dirty = True
         self._skipped += skipped
