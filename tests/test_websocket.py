@@ -284,7 +284,7 @@ def test_can_subscribe_and_can_publish_are_enforced(
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("kind", "close_bytes"),
-    [("websockets", 10**9), ("asgi", 10**9), ("websockets", 400_000)],
+    [("websockets", 10**9), ("asgi", 10**9), ("websockets", 800_000)],
     ids=["websockets-gap", "asgi-gap", "websockets-1013"],
 )
 def test_a_stuck_socket_gets_a_gap_or_1013_and_never_slows_the_others(
@@ -292,10 +292,10 @@ def test_a_stuck_socket_gets_a_gap_or_1013_and_never_slows_the_others(
 ) -> None:
     cluster = cluster_factory(per_host=0)
     server = cluster.start_server(
-        "host-a", kind, "host-a/ws-s", queue_bytes=100_000, close_bytes=close_bytes
+        "host-a", kind, "host-a/ws-s", queue_bytes=200_000, close_bytes=close_bytes
     )
     count = 4000
-    chunk = 20  # events per round: 40 kB, well within a reader's queue
+    chunk = 50  # events per round: 100 kB, half a reader's queue
     payload = "x" * 2000  # 4000 events of 2 kB: 8 MB, past every buffer on the way
 
     async def scenario() -> None:
