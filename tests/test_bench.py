@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from circus_events.bench.ws_fanout import ratios
+
 
 @pytest.mark.timeout(120)
 def test_bench_smoke_writes_every_figure_and_ratio(tmp_path: str) -> None:
@@ -111,6 +113,25 @@ def test_bench_websocket_smoke_measures_the_hub(tmp_path: str) -> None:
     assert row["cpu_s_per_10k"] > 0 and row["bytes_per_idle_socket"] is not None
     assert row["redis_connections_host_b"] == 2 and row["redis_connections_host_a"] == 2
     assert "deliveries_per_s" in done.stdout
+    assert report["send_floor_us"] > 0  # one send() per socket per event, same run
+
+
+def test_websocket_ratios_say_what_a_bare_send_per_delivery_would_reach() -> None:
+    """The floor row: a server doing nothing but one 10 us send() per delivery
+    makes 100k deliveries per CPU second, 2x a peer that makes 50k."""
+    results = [
+        {"system": "ce", "sockets": 1000, "deliveries_per_cpu_s": 70_000.0, "p99_ms": 5.0,
+         "bytes_per_idle_socket": 27_000},
+        {"system": "broadcaster", "sockets": 1000, "deliveries_per_cpu_s": 50_000.0,
+         "p99_ms": 9.0, "bytes_per_idle_socket": 30_000},
+        {"system": "socketio", "sockets": 1000, "deliveries_per_cpu_s": 10_000.0,
+         "p99_ms": 30.0, "bytes_per_idle_socket": 44_000},
+    ]  # fmt: skip
+    (row,) = ratios(results, floor_us=10.0)
+    assert row["best_peer"] == "broadcaster"
+    assert row["cpu_ratio"] == 1.4 and row["floor_cpu_ratio"] == 2.0
+    (without,) = ratios(results)
+    assert "floor_cpu_ratio" not in without
 
 
 @pytest.mark.timeout(120)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .servers import RedisServer, free_port
+from .ws_floor import send_floor_us
 
 #: The systems, circus-events first; the others are peers.
 SYSTEMS: Final = ("ce", "socketio", "broadcaster", "channels", "ce-queued")
@@ -52,6 +53,8 @@ DRAIN_TIMEOUT: Final = 30.0
 #: Targets (issue 15): deliveries per CPU second against the best peer, idle memory.
 TARGET_CPU_RATIO: Final = 5.0
 TARGET_IDLE_BYTES: Final = 50 * 1024
+#: Sockets for the send() floor: past a thousand the cost per call is the same.
+FLOOR_SOCKETS: Final = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +261,9 @@ def one_run(system: str, sockets: int, options: WsOptions, peer_python: str) -> 
         run.close()
 
 
-def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """circus-events against the best peer, per socket count, from the same run."""
+def ratios(results: list[dict[str, Any]], floor_us: float | None = None) -> list[dict[str, Any]]:
+    """circus-events against the best peer, per socket count, from the same run;
+    with ``floor_us`` (:mod:`.ws_floor`), the ratio a bare send() per delivery would reach."""
     rows = []
     for sockets in sorted({r["sockets"] for r in results}):
         ce = next((r for r in results if r["sockets"] == sockets and r["system"] == "ce"), None)
@@ -271,18 +275,20 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ce is None or not peers or not ce.get("deliveries_per_cpu_s"):
             continue
         best = max(peers, key=lambda r: r["deliveries_per_cpu_s"])
-        rows.append(
-            {
-                "sockets": sockets,
-                "best_peer": best["system"],
-                "cpu_ratio": round(ce["deliveries_per_cpu_s"] / best["deliveries_per_cpu_s"], 2),
-                "cpu_target": TARGET_CPU_RATIO,
-                "ce_p99_ms": ce["p99_ms"],
-                "best_peer_p99_ms": best["p99_ms"],
-                "ce_bytes_per_idle_socket": ce["bytes_per_idle_socket"],
-                "idle_target_bytes": TARGET_IDLE_BYTES,
-            }
-        )
+        row = {
+            "sockets": sockets,
+            "best_peer": best["system"],
+            "cpu_ratio": round(ce["deliveries_per_cpu_s"] / best["deliveries_per_cpu_s"], 2),
+            "cpu_target": TARGET_CPU_RATIO,
+            "ce_p99_ms": ce["p99_ms"],
+            "best_peer_p99_ms": best["p99_ms"],
+            "ce_bytes_per_idle_socket": ce["bytes_per_idle_socket"],
+            "idle_target_bytes": TARGET_IDLE_BYTES,
+        }
+        if floor_us:
+            # What a server that did nothing but one send() per delivery would reach.
+            row["floor_cpu_ratio"] = round(1e6 / floor_us / best["deliveries_per_cpu_s"], 2)
+        rows.append(row)
     return rows
 
 
@@ -315,11 +321,16 @@ def bench_websocket(
             except (RuntimeError, OSError) as exc:
                 unavailable[f"{system}@{sockets}"] = str(exc)
                 say(f"  failed: {exc}")
+    floor_us = None
+    if results:
+        say("websocket fan-out: the floor, one send() per socket per event")
+        floor_us = round(send_floor_us(min(max(options.sockets), FLOOR_SOCKETS)), 2)
     report = {
         "options": dataclasses.asdict(options),
         "peers": versions,
         "results": results,
-        "ratios": ratios(results),
+        "send_floor_us": floor_us,
+        "ratios": ratios(results, floor_us),
         "unavailable": unavailable,
     }
     print_table(report, say)
@@ -347,6 +358,12 @@ def print_table(report: dict[str, Any], say: Callable[[str], None]) -> None:
             f"{row['ce_p99_ms']} ms vs {row['best_peer_p99_ms']} ms; "
             f"{row['ce_bytes_per_idle_socket']} B per idle socket"
         )
+        if "floor_cpu_ratio" in row:
+            say(
+                f"  floor: one send() per delivery costs {report['send_floor_us']} us of CPU; "
+                f"a server doing nothing else would reach {row['floor_cpu_ratio']}x "
+                f"{row['best_peer']}'s deliveries per CPU second"
+            )
 
 
 def main(argv: list[str] | None = None, stream: IO[str] | None = None) -> None:
