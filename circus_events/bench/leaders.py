@@ -18,24 +18,36 @@ import itertools
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from typing import Any, Final
 
-from .infra import ask_bridge, bridge_env, start_bridge, stop_process, wait_for_bridge
+from .infra import (
+    ask_bridge,
+    bridge_env,
+    redis_connected,
+    start_bridge,
+    stop_process,
+    wait_for_bridge,
+)
 from .servers import RedisServer
 
 __all__ = ["FAULTS", "Cluster", "TermLog", "check"]
 
-#: Fault kinds and their weights.
+#: Fault kinds and their weights. ``cut_redis`` cuts a bridge off from Redis
+#: (its connections killed, its ACL user disabled until the takeover: a
+#: partition); ``blip_redis`` only kills its connections, which it opens again
+#: at once: a blip between two renewals rightly keeps the term (``kept``).
 FAULTS: Final = {
     "kill_worker": 3,
     "stop_worker": 2,
     "release": 3,
     "kill_bridge": 1,
     "cut_redis": 1,
+    "blip_redis": 1,
     "restart_redis": 1,
 }
 #: Longest wait for a new term after a fault (seconds), before the fault counts as lost.
@@ -97,9 +109,12 @@ class Cluster:
         self.roles = roles
         self.ttl = ttl
         self.random = random.Random(seed)
-        self.lease_redis = RedisServer(_mkdir(workdir, "lease-redis")) if redis else None
-        self.store = RedisServer(_mkdir(workdir, "store-redis"))
         self.hosts = [f"host-{n}" for n in range(hosts)]
+        # One ACL user per host: cut_redis disables it to cut that bridge off.
+        users = {host: secrets.token_hex(8) for host in self.hosts}
+        lease_dir = _mkdir(workdir, "lease-redis")
+        self.lease_redis = RedisServer(lease_dir, users=users) if redis else None
+        self.store = RedisServer(_mkdir(workdir, "store-redis"))
         self.workers_per_host = workers_per_host
         self.bridges: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
         self.workers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -136,7 +151,7 @@ class Cluster:
                 self.start_worker(host, "async" if n == 2 else "sync")
 
     def start_bridge(self, host: str, *, wait: bool = True) -> None:
-        url = self.lease_redis.url if self.lease_redis is not None else None
+        url = self.lease_redis.user_url(host) if self.lease_redis is not None else None
         process, bus_dir, log = start_bridge(self.workdir, host, host, "default", url)
         self.bridges[host] = (process, bus_dir, log)
         if wait:
@@ -219,12 +234,18 @@ class Cluster:
                 self.log.wait_new_term(role, token, 2 * self.ttl)
                 continue
             kind = self.random.choices(kinds, counts)[0]
-            fault = {"kind": kind, "role": role, "worker": worker, "token": token}
-            fault["at"] = time.monotonic()
+            fault: dict[str, Any] = {"kind": kind, "role": role, "worker": worker}
+            fault |= {"token": token, "at": time.monotonic(), "kept": False}
             self._inject(kind, role, worker)
-            new = self.log.wait_new_term(role, token, FAILOVER_WAIT)
+            new = None
+            if kind == "blip_redis":  # a takeover within the limit, or the term goes on
+                new = self.log.wait_new_term(role, token, self.ttl + 1)
+                fault["kept"] = new is None and self._still_leads(role, worker, token)
+            if new is None and not fault["kept"]:
+                new = self.log.wait_new_term(role, token, FAILOVER_WAIT)
             fault["takeover"] = None if new is None else new["since"] - fault["at"]
-            if new is None or new["since"] - fault["at"] > 2 * self.ttl + 1:
+            late = fault["takeover"] is not None and fault["takeover"] > 2 * self.ttl + 1
+            if late or (new is None and not fault["kept"]):
                 fault["bridges"] = self.leader_status()
             self.faults.append(fault)
             self._recover(kind, worker)
@@ -248,10 +269,12 @@ class Cluster:
         elif kind == "cut_redis":
             assert self.lease_redis is not None
             with self.lease_redis.client() as client:
-                for conn in client.client_list():
-                    if conn.get("name", "").startswith(f"circus-events:{host}:"):
-                        with contextlib.suppress(Exception):
-                            client.client_kill_filter(_id=conn["id"])
+                client.execute_command("ACL", "SETUSER", host, "off")
+                client.execute_command("CLIENT", "KILL", "USER", host)
+        elif kind == "blip_redis":
+            assert self.lease_redis is not None
+            with self.lease_redis.client() as client:
+                client.execute_command("CLIENT", "KILL", "USER", host)
         else:  # restart_redis
             assert self.lease_redis is not None
             self.lease_redis.restart()
@@ -263,15 +286,39 @@ class Cluster:
             self.start_worker(host)
         elif kind == "stop_worker":
             process.send_signal(signal.SIGCONT)
+        elif kind == "cut_redis":
+            assert self.lease_redis is not None
+            with self.lease_redis.client() as client:
+                client.execute_command("ACL", "SETUSER", host, "on")
+
+    def _still_leads(self, role: str, worker: str, token: int) -> bool:
+        """True if the worker's bridge still runs its term, confirmed, renewed."""
+        host = self.workers[worker][1]
+        for entry in self.leader_status().get(host) or []:
+            if entry["role"] == role and entry["scope"] == "cluster":
+                return bool(
+                    entry["local"]
+                    and entry["confirmed"]
+                    and entry["holder"] == worker
+                    and entry["token"] == token
+                    and entry["time_left"]
+                )
+        return False
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Wait until every bridge answers and has a live candidate for every
-        role (restarted processes take a while on a loaded machine): a
+        """Wait until every bridge answers, has Redis and a live candidate for
+        every role (restarted processes take a while on a loaded machine): a
         takeover is then measured with candidates on every host."""
         started = time.monotonic()
         deadline = started + timeout
         while time.monotonic() < deadline:
-            status = self.leader_status()
+            statuses = self._statuses()
+            status: dict[str, Any] = {h: s and s.get("leaders") for h, s in statuses.items()}
+            if self.lease_redis is not None and not all(
+                s is not None and redis_connected(s) for s in statuses.values()
+            ):
+                time.sleep(0.05)  # poll interval: the loop asks the bridges again
+                continue
             if os.environ.get("LEADER_CHAOS_DEBUG") and time.monotonic() - started > 3:
                 print("settling", status, flush=True)
             alive: dict[str, int] = {}
@@ -290,11 +337,14 @@ class Cluster:
 
     def leader_status(self) -> dict[str, Any]:
         """Every bridge's ``leaders`` status (for a report on a slow takeover)."""
-        found: dict[str, Any] = {}
-        for host, (_, bus_dir, _) in self.bridges.items():
-            status = ask_bridge(bus_dir, "default", "status", timeout=1.0)
-            found[host] = None if status is None else status.get("leaders")
-        return found
+        return {host: s and s.get("leaders") for host, s in self._statuses().items()}
+
+    def _statuses(self) -> dict[str, dict[str, Any] | None]:
+        """Every bridge's ``status`` (None: it did not answer)."""
+        return {
+            host: ask_bridge(bus_dir, "default", "status", timeout=1.0)
+            for host, (_, bus_dir, _) in self.bridges.items()
+        }
 
     def close_all(self) -> None:
         """Ask every worker to close its bus (clean hand-overs), then wait for them."""
@@ -365,9 +415,12 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
         stored = cluster.stored_tokens(role)
         assert stored == sorted(stored), f"{role}: a stale write was accepted"
     takeovers: dict[str, list[float]] = {}
+    kept: dict[str, int] = {}
     missing = 0
     for fault in cluster.faults:
-        if fault["takeover"] is None:
+        if fault["kept"]:
+            kept[fault["kind"]] = kept.get(fault["kind"], 0) + 1
+        elif fault["takeover"] is None:
             missing += 1
         else:
             takeovers.setdefault(fault["kind"], []).append(fault["takeover"])
@@ -377,6 +430,7 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
         "refused_writes": refused,
         "faults": len(cluster.faults),
         "faults_without_takeover": missing,
+        "kept_terms": kept,
         "takeover": {kind: _spread(times) for kind, times in sorted(takeovers.items())},
     }
 
