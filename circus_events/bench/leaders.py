@@ -25,14 +25,8 @@ import sys
 import time
 from typing import Any, Final
 
-from .infra import (
-    ask_bridge,
-    bridge_env,
-    redis_connected,
-    start_bridge,
-    stop_process,
-    wait_for_bridge,
-)
+from ..protocol.lease import renew_deadline
+from .infra import ask_bridge, bridge_env, start_bridge, stop_process, wait_for_bridge
 from .servers import RedisServer
 
 __all__ = ["FAULTS", "Cluster", "TermLog", "check"]
@@ -238,8 +232,10 @@ class Cluster:
             fault |= {"token": token, "at": time.monotonic(), "kept": False}
             self._inject(kind, role, worker)
             new = None
-            if kind == "blip_redis":  # a takeover within the limit, or the term goes on
-                new = self.log.wait_new_term(role, token, self.ttl + 1)
+            if kind == "blip_redis":
+                # A term still confirmed one renew deadline after the blip was
+                # renewed after it (time left = last confirmed + renew deadline - now).
+                new = self.log.wait_new_term(role, token, renew_deadline(self.ttl))
                 fault["kept"] = new is None and self._still_leads(role, worker, token)
             if new is None and not fault["kept"]:
                 new = self.log.wait_new_term(role, token, FAILOVER_WAIT)
@@ -306,19 +302,15 @@ class Cluster:
         return False
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Wait until every bridge answers, has Redis and a live candidate for
-        every role (restarted processes take a while on a loaded machine): a
-        takeover is then measured with candidates on every host."""
+        """Wait until every bridge answers and has a live candidate for every
+        role (restarted processes take a while on a loaded machine): a
+        takeover is then measured with candidates on every host. A bridge may
+        still be reconnecting to Redis (after cut_redis or restart_redis: up
+        to keeper.BACKOFF_MAX); one cut at a time leaves the other hosts."""
         started = time.monotonic()
         deadline = started + timeout
         while time.monotonic() < deadline:
-            statuses = self._statuses()
-            status: dict[str, Any] = {h: s and s.get("leaders") for h, s in statuses.items()}
-            if self.lease_redis is not None and not all(
-                s is not None and redis_connected(s) for s in statuses.values()
-            ):
-                time.sleep(0.05)  # poll interval: the loop asks the bridges again
-                continue
+            status = self.leader_status()
             if os.environ.get("LEADER_CHAOS_DEBUG") and time.monotonic() - started > 3:
                 print("settling", status, flush=True)
             alive: dict[str, int] = {}
@@ -337,14 +329,11 @@ class Cluster:
 
     def leader_status(self) -> dict[str, Any]:
         """Every bridge's ``leaders`` status (for a report on a slow takeover)."""
-        return {host: s and s.get("leaders") for host, s in self._statuses().items()}
-
-    def _statuses(self) -> dict[str, dict[str, Any] | None]:
-        """Every bridge's ``status`` (None: it did not answer)."""
-        return {
-            host: ask_bridge(bus_dir, "default", "status", timeout=1.0)
-            for host, (_, bus_dir, _) in self.bridges.items()
-        }
+        found: dict[str, Any] = {}
+        for host, (_, bus_dir, _) in self.bridges.items():
+            status = ask_bridge(bus_dir, "default", "status", timeout=1.0)
+            found[host] = None if status is None else status.get("leaders")
+        return found
 
     def close_all(self) -> None:
         """Ask every worker to close its bus (clean hand-overs), then wait for them."""
@@ -374,8 +363,9 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
 
     For each role: terms (elected .. lost, or .. the SIGKILL of their
     worker) never overlap and their tokens strictly increase in time order;
-    every accepted guarded write lies inside its own term; the store's
-    writes carry non-decreasing tokens (a stale one was never accepted).
+    every accepted guarded write was checked (``is_leader`` said yes) inside
+    its own term; the store's writes carry non-decreasing tokens (a stale
+    one was never accepted).
     Raises AssertionError with the offending records.
     """
     cluster.log.poll()
@@ -410,7 +400,10 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
     for write in writes:
         found = terms.get((write["role"], write["w"], write["token"]))
         assert found is not None, f"a write outside any term: {write}"
-        assert found[0] <= write["t"] <= found[1], f"a write outside its term: {write}"
+        # is_leader said yes between t0 and t: that moment must lie in the term.
+        assert write["t"] >= found[0] and write["t0"] <= found[1], (
+            f"a write outside its term: {write}"
+        )
     for role in cluster.roles:
         stored = cluster.stored_tokens(role)
         assert stored == sorted(stored), f"{role}: a stale write was accepted"
