@@ -4,11 +4,14 @@
 
 3 simulated hosts (bridges with their own CIRCUS_EVENTS_HOST) x 3 candidate
 workers x 3 roles through a real redis-server; faults: SIGKILL or SIGSTOP of
-a leader, release, SIGKILL of its bridge, its bridge's Redis connections
-cut, Redis killed and restarted. The checker asserts one leader per role at
-a time, strictly increasing tokens, fenced writes in their own terms only.
-Prints the takeover distribution per fault kind (seconds from the fault to
-the next term) as JSON, for the README.
+a leader, release, SIGKILL of its bridge, its bridge cut off from Redis
+until the takeover (connections killed, its ACL user disabled), its bridge's
+connections killed once (a blip: it reconnects at once, and a term whose
+renewals did not fall in the gap rightly goes on: ``kept_terms``), Redis
+killed and restarted. The checker asserts one leader per role at a time,
+strictly increasing tokens, fenced writes in their own terms only. Prints
+the takeover distribution per fault kind (seconds from the fault to the next
+term) as JSON, for the README.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 3 simulated hosts x 3 candidate workers x 3 roles through a real redis-server;
 the fault loop SIGKILLs or SIGSTOPs leaders, makes them release, SIGKILLs
-their bridge, cuts their bridge's Redis connections, restarts Redis. The
+their bridge, cuts their bridge off from Redis (or only kills its connections
+once: a blip may rightly leave the term running), restarts Redis. The
 checker (``circus_events.bench.leaders.check``) asserts that terms never
 overlap, tokens strictly increase, every accepted guarded write lies in its
 own term and the store never accepted a stale token. Then the same on one

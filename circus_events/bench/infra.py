@@ -92,12 +92,15 @@ def start_bridge(
         command[1:3] = ["-c", _NO_CONFIRMS]
         mode = "stream"
     command += ["--host", host, "--namespace", namespace]
-    if redis_url is not None:
+    env = bridge_env()
+    if redis_url is not None and "@" in redis_url:
+        env["CIRCUS_EVENTS_REDIS_URL"] = redis_url  # credentials stay out of `ps`
+    elif redis_url is not None:
         command += ["--redis-url", redis_url]
     if mode is not None:
         command += ["--mode", mode]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=bridge_env())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return process, bus_dir, log_path
 
 

@@ -7,8 +7,9 @@ appended to ``data:<role>``) every ``--every`` seconds. Every term change and
 every write goes to ``--log`` as one JSON line (the checker reads them):
 
 * ``{"e": "elected"|"lost", "role", "token", "since", "until", "reason", "w"}``
-* ``{"e": "write", "role", "token", "t", "ok", "w"}``: ``t`` is when
-  ``is_leader`` said yes, just before the write.
+* ``{"e": "write", "role", "token", "t0", "t", "ok", "w"}``: ``is_leader``
+  said yes at some moment between ``t0`` and ``t`` (the clock read just
+  before and just after it), then the write began.
 
 Lines on stdin steer it: ``release <role>`` (hand over, then run again),
 ``pause <role>`` (check ``is_leader``, then stop itself with SIGSTOP before
@@ -68,9 +69,22 @@ def change_logger(log: Log, role: str) -> Any:
     return on_change
 
 
-def write(store: Any, log: Log, role: str, token: int, checked_at: float) -> bool:
+def checked(lead: Any) -> tuple[float, float] | None:
+    """When ``lead.is_leader`` said yes, bounded by the clock read just before
+    and just after it (None if it said no).
+
+    ``is_leader`` reads the clock itself, in between: one bound alone could
+    fall a microsecond outside the term (past its deadline, or before a
+    term that began on another thread meanwhile).
+    """
+    before = time.monotonic()
+    leading = lead.is_leader
+    return (before, time.monotonic()) if leading else None
+
+
+def write(store: Any, log: Log, role: str, token: int, checked_at: tuple[float, float]) -> bool:
     ok = fenced_write(store, f"data:{role}", f"{token} {log.worker}", token, append=True)
-    log(e="write", role=role, token=token, t=checked_at, ok=ok)
+    log(e="write", role=role, token=token, t0=checked_at[0], t=checked_at[1], ok=ok)
     return ok
 
 
@@ -98,14 +112,13 @@ def run_sync(args: argparse.Namespace, log: Log, store: Any) -> None:
             leads[role].on_change(change_logger(log, role))
         elif verb == "pause" and role in leads:
             lead = leads[role]
-            if lead.wait(30):
-                token, checked_at = lead.token, time.monotonic()
+            if lead.wait(30) and (checked_at := checked(lead)) is not None:
+                token = lead.token
                 os.kill(os.getpid(), signal.SIGSTOP)
                 log(e="resumed", role=role, token=token, leader=lead.is_leader)
                 write(store, log, role, token, checked_at)
         for role, lead in leads.items():
-            if lead.is_leader:
-                checked_at = time.monotonic()
+            if (checked_at := checked(lead)) is not None:
                 write(store, log, role, lead.token, checked_at)
 
 
@@ -140,8 +153,7 @@ async def run_async(args: argparse.Namespace, log: Log, store: Any) -> None:
             leads[role] = bus.leader(role, ttl=args.ttl, scope=args.scope)
             leads[role].on_change(change_logger(log, role))
         for role, lead in leads.items():
-            if lead.is_leader:
-                checked_at = time.monotonic()
+            if (checked_at := checked(lead)) is not None:
                 # A blocking write: the loop (and its renewals) waits meanwhile, as
                 # in a careless application; the fence keeps it safe anyway.
                 write(store, log, role, lead.token, checked_at)

@@ -18,24 +18,30 @@ import itertools
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from typing import Any, Final
 
+from ..protocol.lease import renew_deadline
 from .infra import ask_bridge, bridge_env, start_bridge, stop_process, wait_for_bridge
 from .servers import RedisServer
 
 __all__ = ["FAULTS", "Cluster", "TermLog", "check"]
 
-#: Fault kinds and their weights.
+#: Fault kinds and their weights. ``cut_redis`` cuts a bridge off from Redis
+#: (its connections killed, its ACL user disabled until the takeover: a
+#: partition); ``blip_redis`` only kills its connections, which it opens again
+#: at once: a blip between two renewals rightly keeps the term (``kept``).
 FAULTS: Final = {
     "kill_worker": 3,
     "stop_worker": 2,
     "release": 3,
     "kill_bridge": 1,
     "cut_redis": 1,
+    "blip_redis": 1,
     "restart_redis": 1,
 }
 #: Longest wait for a new term after a fault (seconds), before the fault counts as lost.
@@ -97,9 +103,12 @@ class Cluster:
         self.roles = roles
         self.ttl = ttl
         self.random = random.Random(seed)
-        self.lease_redis = RedisServer(_mkdir(workdir, "lease-redis")) if redis else None
-        self.store = RedisServer(_mkdir(workdir, "store-redis"))
         self.hosts = [f"host-{n}" for n in range(hosts)]
+        # One ACL user per host: cut_redis disables it to cut that bridge off.
+        users = {host: secrets.token_hex(8) for host in self.hosts}
+        lease_dir = _mkdir(workdir, "lease-redis")
+        self.lease_redis = RedisServer(lease_dir, users=users) if redis else None
+        self.store = RedisServer(_mkdir(workdir, "store-redis"))
         self.workers_per_host = workers_per_host
         self.bridges: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
         self.workers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -136,7 +145,7 @@ class Cluster:
                 self.start_worker(host, "async" if n == 2 else "sync")
 
     def start_bridge(self, host: str, *, wait: bool = True) -> None:
-        url = self.lease_redis.url if self.lease_redis is not None else None
+        url = self.lease_redis.user_url(host) if self.lease_redis is not None else None
         process, bus_dir, log = start_bridge(self.workdir, host, host, "default", url)
         self.bridges[host] = (process, bus_dir, log)
         if wait:
@@ -219,12 +228,20 @@ class Cluster:
                 self.log.wait_new_term(role, token, 2 * self.ttl)
                 continue
             kind = self.random.choices(kinds, counts)[0]
-            fault = {"kind": kind, "role": role, "worker": worker, "token": token}
-            fault["at"] = time.monotonic()
+            fault: dict[str, Any] = {"kind": kind, "role": role, "worker": worker}
+            fault |= {"token": token, "at": time.monotonic(), "kept": False}
             self._inject(kind, role, worker)
-            new = self.log.wait_new_term(role, token, FAILOVER_WAIT)
+            new = None
+            if kind == "blip_redis":
+                # A term still confirmed one renew deadline after the blip was
+                # renewed after it (time left = last confirmed + renew deadline - now).
+                new = self.log.wait_new_term(role, token, renew_deadline(self.ttl))
+                fault["kept"] = new is None and self._still_leads(role, worker, token)
+            if new is None and not fault["kept"]:
+                new = self.log.wait_new_term(role, token, FAILOVER_WAIT)
             fault["takeover"] = None if new is None else new["since"] - fault["at"]
-            if new is None or new["since"] - fault["at"] > 2 * self.ttl + 1:
+            late = fault["takeover"] is not None and fault["takeover"] > 2 * self.ttl + 1
+            if late or (new is None and not fault["kept"]):
                 fault["bridges"] = self.leader_status()
             self.faults.append(fault)
             self._recover(kind, worker)
@@ -248,10 +265,12 @@ class Cluster:
         elif kind == "cut_redis":
             assert self.lease_redis is not None
             with self.lease_redis.client() as client:
-                for conn in client.client_list():
-                    if conn.get("name", "").startswith(f"circus-events:{host}:"):
-                        with contextlib.suppress(Exception):
-                            client.client_kill_filter(_id=conn["id"])
+                client.execute_command("ACL", "SETUSER", host, "off")
+                client.execute_command("CLIENT", "KILL", "USER", host)
+        elif kind == "blip_redis":
+            assert self.lease_redis is not None
+            with self.lease_redis.client() as client:
+                client.execute_command("CLIENT", "KILL", "USER", host)
         else:  # restart_redis
             assert self.lease_redis is not None
             self.lease_redis.restart()
@@ -263,11 +282,31 @@ class Cluster:
             self.start_worker(host)
         elif kind == "stop_worker":
             process.send_signal(signal.SIGCONT)
+        elif kind == "cut_redis":
+            assert self.lease_redis is not None
+            with self.lease_redis.client() as client:
+                client.execute_command("ACL", "SETUSER", host, "on")
+
+    def _still_leads(self, role: str, worker: str, token: int) -> bool:
+        """True if the worker's bridge still runs its term, confirmed, renewed."""
+        host = self.workers[worker][1]
+        for entry in self.leader_status().get(host) or []:
+            if entry["role"] == role and entry["scope"] == "cluster":
+                return bool(
+                    entry["local"]
+                    and entry["confirmed"]
+                    and entry["holder"] == worker
+                    and entry["token"] == token
+                    and entry["time_left"]
+                )
+        return False
 
     def settle(self, timeout: float = 60.0) -> None:
         """Wait until every bridge answers and has a live candidate for every
         role (restarted processes take a while on a loaded machine): a
-        takeover is then measured with candidates on every host."""
+        takeover is then measured with candidates on every host. A bridge may
+        still be reconnecting to Redis (after cut_redis or restart_redis: up
+        to keeper.BACKOFF_MAX); one cut at a time leaves the other hosts."""
         started = time.monotonic()
         deadline = started + timeout
         while time.monotonic() < deadline:
@@ -324,8 +363,9 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
 
     For each role: terms (elected .. lost, or .. the SIGKILL of their
     worker) never overlap and their tokens strictly increase in time order;
-    every accepted guarded write lies inside its own term; the store's
-    writes carry non-decreasing tokens (a stale one was never accepted).
+    every accepted guarded write was checked (``is_leader`` said yes) inside
+    its own term; the store's writes carry non-decreasing tokens (a stale
+    one was never accepted).
     Raises AssertionError with the offending records.
     """
     cluster.log.poll()
@@ -360,14 +400,20 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
     for write in writes:
         found = terms.get((write["role"], write["w"], write["token"]))
         assert found is not None, f"a write outside any term: {write}"
-        assert found[0] <= write["t"] <= found[1], f"a write outside its term: {write}"
+        # is_leader said yes between t0 and t: that moment must lie in the term.
+        assert write["t"] >= found[0] and write["t0"] <= found[1], (
+            f"a write outside its term: {write}"
+        )
     for role in cluster.roles:
         stored = cluster.stored_tokens(role)
         assert stored == sorted(stored), f"{role}: a stale write was accepted"
     takeovers: dict[str, list[float]] = {}
+    kept: dict[str, int] = {}
     missing = 0
     for fault in cluster.faults:
-        if fault["takeover"] is None:
+        if fault["kept"]:
+            kept[fault["kind"]] = kept.get(fault["kind"], 0) + 1
+        elif fault["takeover"] is None:
             missing += 1
         else:
             takeovers.setdefault(fault["kind"], []).append(fault["takeover"])
@@ -377,6 +423,7 @@ def check(cluster: Cluster, *, end: float | None = None) -> dict[str, Any]:
         "refused_writes": refused,
         "faults": len(cluster.faults),
         "faults_without_takeover": missing,
+        "kept_terms": kept,
         "takeover": {kind: _spread(times) for kind, times in sorted(takeovers.items())},
     }
 

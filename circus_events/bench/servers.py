@@ -63,19 +63,31 @@ class RedisServer:
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, password: str | None = None, aof: bool = False
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        password: str | None = None,
+        aof: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.directory = directory
         self.log_path = os.path.join(directory, "redis.log")
         self.port = free_port()
         self.password = password
         self.aof = aof
+        #: ACL users (name -> password) with every right, created at each start:
+        #: ``ACL SETUSER <name> off`` then cuts one client off (see ``user_url``).
+        self.users = dict(users or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def user_url(self, user: str) -> str:
+        """The URL of one of ``users``."""
+        return f"redis://{user}:{self.users[user]}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -100,6 +112,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        for user, password in self.users.items():
+            args += ["--user", user, "on", f">{password}", "~*", "&*", "+@all"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.ping():
