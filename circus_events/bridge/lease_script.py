@@ -6,17 +6,21 @@ One key per role (``<prefix>:<namespace>:@lease:{cluster:<role>}``, or
 ``owner`` is one bridge process (a random id per run: a restarted bridge
 waits for its old lease like any other). Next to it, ``@fence:{...}``
 counts the terms (``INCR`` on every new term: the fencing token) and
-``@lease-init:{...}`` marks that this Redis knows the role.
+``@lease-init:{...}`` holds the ``run_id`` of the Redis process that
+last started a term for the role.
 
 * ``acquire``: take the lease if it is free or already ours (a new term:
   a new token), else say who holds it and for how long.
 * ``renew``: extend the lease if it is ours with that token.
 * ``release``: drop the lease if it is ours.
 
-When the marker is missing (a new Redis, or one that lost its data while a
-holder elsewhere may still believe it leads) the first ``acquire`` blocks
-the role for one lease (an ownerless value with the ttl) and moves the
-counter above any token issued before: Redis's clock in milliseconds.
+When the marker is not this process's ``run_id`` (a new Redis, one that
+restarted, lost its data or came back from an older snapshot, a promoted
+replica: in each a holder elsewhere may still believe it leads) the first
+``acquire`` blocks the role for one lease if it is free (an ownerless value
+with the ttl) and moves the counter above any token issued before: Redis's
+clock in milliseconds. A marker alone would survive a restore from an old
+snapshot beside a counter older than tokens already handed out.
 Keys share a hash tag, so the script runs on Redis Cluster too.
 """
 
@@ -53,14 +57,15 @@ if op == 'release' then
   end
   return 0
 end
-if redis.call('EXISTS', KEYS[3]) == 0 then
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+if redis.call('GET', KEYS[3]) ~= run then
   local t = redis.call('TIME')
   local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if current < floor then
     redis.call('SET', KEYS[2], string.format('%.0f', floor))
   end
-  redis.call('SET', KEYS[3], '1')
+  redis.call('SET', KEYS[3], run)
   if not value then
     value = '\\t0\\t\\t'
     redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
