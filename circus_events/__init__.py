@@ -4,7 +4,11 @@ Workers use :class:`Bus` (threads, pre-fork servers) or :class:`AsyncBus`
 (asyncio) to talk to their host's bridge; bridges relay through Redis.
 """
 
-from ._client.leadership import AsyncLeadership, LeaderChange, Leadership
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._event import GAP_QUEUE_FULL, GAP_UPSTREAM, Event, Gap, GapReason, MessageId
 from ._exceptions import (
     ArgumentError,
@@ -26,8 +30,33 @@ from ._exceptions import (
     UsageError,
 )
 from ._version import __version__
-from .aio import AsyncBus, AsyncSubscription
-from .client import Bus, Subscription
+
+if TYPE_CHECKING:
+    from ._client.leadership import AsyncLeadership, LeaderChange, Leadership
+    from .aio import AsyncBus, AsyncSubscription
+    from .client import Bus, Subscription
+
+#: Imported on first use: the clients pull in zmq and asyncio, which the
+#: command line (``circus-events bridge`` checking its options, ``status``)
+#: mostly does not need; that halves its start-up time.
+_LAZY = {
+    "AsyncBus": ".aio",
+    "AsyncSubscription": ".aio",
+    "Bus": ".client",
+    "Subscription": ".client",
+    "AsyncLeadership": "._client.leadership",
+    "LeaderChange": "._client.leadership",
+    "Leadership": "._client.leadership",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "GAP_QUEUE_FULL",
