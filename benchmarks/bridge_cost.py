@@ -14,7 +14,14 @@ between the first publish and the last receipt is counted:
   comparisons need no repeats.
 * ``--tool strace``: ``strace -c -f`` attached to each bridge for the
   interval; syscalls per message per bridge.
+* ``--tool cprofile``: both bridges under cProfile; calls per message of
+  each function (loop turns are ``_run_once``), startup included: use
+  thousands of messages.
 * ``--tool cpu``: ``/proc/<pid>/stat`` CPU time per message (noisy).
+
+Measured on 2026-12-02 (2 shared cores, load 5-14), 300 messages 40 ms
+apart, per lone message: bridge A 133k-143k instructions before the
+loop-turn cuts, 108k-129k after; bridge B 134k-152k before, 67k-82k after.
 
 Usage::
 
