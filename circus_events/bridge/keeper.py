@@ -35,6 +35,7 @@ __all__ = [
     "ConnectionKeeper",
     "LogThrottle",
     "backoff",
+    "client_name",
 ]
 
 BACKOFF_INITIAL: Final = 0.1
@@ -49,6 +50,13 @@ def backoff(failures: int) -> float:
     """The delay before the next attempt after ``failures`` failed ones (>= 1)."""
     delay: float = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** min(failures - 1, 16))
     return delay * random.uniform(0.5, 1.0)
+
+
+def client_name(host: str, role: str) -> str:
+    """The ``CLIENT SETNAME`` of a bridge connection: ``circus-events:<host>:<role>``."""
+    # CLIENT SETNAME refuses spaces and non-printable characters.
+    safe = "".join(c if "!" <= c <= "~" else "_" for c in host)
+    return f"circus-events:{safe}:{role}"
 
 
 class LogThrottle:

@@ -36,7 +36,7 @@ from typing import Any, Final, NamedTuple, NotRequired, Protocol, TypedDict, Unp
 from .._config import BridgeConfig
 from .._exceptions import ConfigError
 from ..protocol.envelope import FLAG_HOST_ONLY, HEADER, NODE_ID_BYTES, REDIS_VERSION
-from .keeper import BACKOFF_MAX, ConnectionKeeper, LogThrottle
+from .keeper import BACKOFF_MAX, ConnectionKeeper, LogThrottle, client_name
 from .outbound import OutboundQueue, ReplyCallback
 from .presence import PRESENCE_TTL_FACTOR, presence_record, redis_names
 from .resp import RedisAddress, RedisConnectError, RespConnection, encode_command
@@ -73,13 +73,6 @@ HEARTBEAT_TIMEOUT: Final = 3.0
 #: Pre-encoded "<len>\r\n" for the value lengths of typical events.
 _LENGTHS: Final = [b"%d\r\n" % n for n in range(4096)]
 _HEADS_MAX: Final = 4096
-
-
-def client_name(host: str, role: str) -> str:
-    """The ``CLIENT SETNAME`` of a bridge connection: ``circus-events:<host>:<role>``."""
-    # CLIENT SETNAME refuses spaces and non-printable characters.
-    safe = "".join(c if "!" <= c <= "~" else "_" for c in host)
-    return f"circus-events:{safe}:{role}"
 
 
 class SideWiring(TypedDict):
@@ -267,6 +260,10 @@ class RedisLink:
         data = self.queue.take(self.loop.time())
         if data is not None:
             pub.write(data)
+
+    def defer_flush(self) -> None:
+        """The caller flushes once it has published what is ready: schedule no turn."""
+        self._flush_scheduled = True
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self.loop is not None:

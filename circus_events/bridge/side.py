@@ -40,6 +40,9 @@ class LinkedSide:
         self._link = link
         self.config = link.config
         self.publish = link.publish
+        #: Publishing what is ready in one go: defer_flush() first, flush() after.
+        self.defer_flush = link.defer_flush
+        self.flush = link.flush
         #: Set while both connections serve.
         self.connected_event = link.connected_event
         #: Set while a sync reply need not wait: Redis serves every local
