@@ -58,6 +58,7 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "GAP_QUEUE_FULL",
     "GAP_UPSTREAM",
