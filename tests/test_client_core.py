@@ -50,6 +50,7 @@ from circus_events.protocol import (
     encode_frame,
     split_frame,
 )
+from circus_events.protocol.pacing import build_pace_ack, build_pace_marker, parse_pace_ack
 
 
 def core(worker: str, *, gaps: list[Gap] | None = None, **options: Any) -> BusCore:
@@ -471,3 +472,15 @@ def test_a_malformed_piece_is_counted_never_raised() -> None:
     receiver = core("rx")
     assert receiver.accept(b"big\0\xc1" + bytes(8)) is None
     assert receiver.undecodable == 1
+
+
+def test_a_pace_marker_is_acknowledged_up_the_subscription_socket() -> None:
+    bus = core("reader")
+    assert bus.accept(build_pace_marker(12345)) is None
+    ack = bus.take_outbox()
+    assert ack == [build_pace_ack(12345, bus.pace_key)]
+    assert parse_pace_ack(ack[0]) == (12345, bus.pace_key)
+    assert bus.undecodable == 0
+    # Each bus's socket has a key of its own, worker id first.
+    other = core("reader")
+    assert other.pace_key != bus.pace_key and other.pace_key.startswith(b"reader")

@@ -20,7 +20,9 @@ the history tokens come in as arguments.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,12 +47,14 @@ from ..protocol import (
     Reassembler,
     SequenceTracker,
     build_history_request,
+    build_pace_ack,
     channel_topic,
     decode_confirm,
     decode_messages,
     inbox_channel,
     inbox_topic,
     is_piece,
+    parse_pace_marker,
 )
 from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
@@ -83,6 +87,9 @@ STATS_DOC: Final = """Counters of this bus, since it opened (or since a fork):
         """
 
 _RAW: Final = int(Codec.RAW)
+#: A pace key's tail after the worker id: the epoch and a number per bus.
+_PACE_KEY: Final = struct.Struct("<QI")
+_PACE_KEYS: Final = itertools.count()
 _ABSENT: Final = object()
 
 
@@ -137,6 +144,8 @@ class BusCore(Publisher):
         """A new identity for this process: new epoch, fresh sequence numbers."""
         super().renew(epoch)
         self.inbox = inbox_topic(self.options.worker)
+        #: Tells this bus's subscription socket apart in the bridge's pace table.
+        self.pace_key = self.options.worker.encode() + _PACE_KEY.pack(epoch, next(_PACE_KEYS))
         # A new socket is subscribed to topic_refs as they are: nothing to change.
         self._topic_was = {}
 
@@ -153,6 +162,10 @@ class BusCore(Publisher):
         except ProtocolError as exc:  # the bridge validated it; count, never crash
             if is_piece(frame):  # a large message, in pieces: off the hot path
                 return self._piece(frame)
+            clock = parse_pace_marker(frame)
+            if clock is not None:  # read up to here: say so (``protocol.pacing``)
+                self.outbox.append(build_pace_ack(clock, self.pace_key))
+                return None
             self.undecodable += 1
             log.warning("dropped a frame that does not decode: %s", exc)
             return None
