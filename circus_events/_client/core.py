@@ -224,14 +224,42 @@ class BusCore(Publisher):
         return events
 
     def _piece(self, frame: bytes) -> list[Event] | None:
-        """Join a large message's pieces (``protocol.chunks``); its events once whole."""
+        """Join a large message's pieces (``protocol.chunks``); its events once whole.
+
+        A broadcast message (the common case) is decoded from its first piece
+        and only its payload is joined: one copy of 512 KiB instead of two
+        (the whole frame, then the payload sliced out of it). Anything else
+        is joined whole and accepted as any frame.
+        """
         try:
-            whole = self.pieces.add(frame)
+            parts = self.pieces.take(frame)
         except ProtocolError as exc:
             self.undecodable += 1
             log.warning("dropped a piece of a large message: %s", exc)
             return None
-        return None if whole is None else self.accept(whole)
+        if parts is None:
+            return None
+        head = b"".join(parts[:2])  # the topic and the first piece: the whole header
+        try:
+            env, times, bounds = decode_messages(head)
+        except ProtocolError:
+            env = None
+        if env is None or env.messages > 1 or env.target is not None or env.flags & FLAG_NOTICE:
+            return self.accept(b"".join([head, *parts[2:]]))
+        return self._large(env, times[0], b"".join([memoryview(head)[bounds[0] :], *parts[2:]]))
+
+    def _large(self, env: Envelope, when: float, payload: bytes) -> list[Event] | None:
+        """:meth:`accept`'s path for one broadcast message, given its payload."""
+        if env.epoch == self.epoch and env.origin == self.options.worker and not self.options.echo:
+            return None
+        key = env.channel + "\0host" if env.flags & FLAG_HOST_ONLY else env.channel
+        missed = self.tracker.observe(env.origin, key, env.epoch, env.seq)
+        if missed == DUPLICATE:
+            return None
+        if missed:
+            self._report_gap(env, missed, env.seq)
+        self.received += 1
+        return [(RawEvent if env.codec == _RAW else Event)(env, env.seq, when, payload)]
 
     def _confirmed(self, payload: bytes) -> None:
         """A confirm or a hello from the bridge (see :mod:`.confirms`)."""
