@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -153,7 +154,12 @@ def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_los
     published = 0
     with (
         Watch(bridge) as watch,
-        Bus(dir=directory, worker="publisher", codec="raw", publish_timeout=30) as publisher,
+        # 64 frames queued (32 MiB): the client bounds its send queue in frames
+        # only, and by default 20,000 x 512 KiB would move the backlog into this
+        # process (6 GiB measured) instead of making publish wait.
+        Bus(
+            dir=directory, worker="publisher", codec="raw", publish_timeout=30, send_queue=64
+        ) as publisher,
     ):
 
         def all_pacing() -> bool:
@@ -172,7 +178,9 @@ def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_los
             publisher.publish("big", payload)
             published += 1
         elapsed = time.monotonic() - begin
+        flush_started = time.monotonic()
         assert publisher.flush(30)
+        flushed_in = time.monotonic() - flush_started
         # 3 subscribers and the publisher's own inbox socket; one publisher.
         bound = documented_bound(start, limits, subscribers=4, publishers=1)
         assert watch.peak <= bound, (watch.peak / MiB, bound / MiB)
@@ -207,7 +215,9 @@ def test_a_stuck_subscriber_costs_the_bridge_its_budget_and_learns_its_exact_los
     assert pacing["stalls"] >= 1, pacing  # the stuck one was found stuck
     print(
         f"\npacing {pacing}\n"
-        f"published {published} x {STUCK_PAYLOAD // 1024} KiB in {elapsed:.1f} s; "
+        f"published {published} x {STUCK_PAYLOAD // 1024} KiB in {elapsed:.1f} s, flushed in "
+        f"{flushed_in:.1f} s (publisher peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB); "
         f"bridge RSS {start / MiB:.0f} -> peak {watch.peak / MiB:.0f} MiB "
         f"(bound {bound / MiB:.0f} MiB); stuck worker missed {result['missed']}"
     )
