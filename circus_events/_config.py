@@ -111,6 +111,18 @@ DEFAULT_REJOIN_TIMEOUT: Final = 5.0
 DEFAULT_HOLD_MAX_BYTES: Final = 64 * 1024 * 1024
 #: A minute: a worker that takes longer to reconnect is not coming back soon.
 MAX_REJOIN_TIMEOUT: Final = 60.0
+#: The bridge stops reading local publishers while a live subscriber is this
+#: many bytes behind (``protocol.pacing``; 0: never), and reads again once it is
+#: within half. At most a quarter of ``subscriber_max_bytes`` is used. 32 MiB
+#: is 64 messages of 512 KiB: a subscriber joining them at ~250 MB/s reads
+#: that in ~0.13 s, so pauses are short and nothing reaches its high-water mark.
+DEFAULT_PACE_BYTES: Final = 32 * 1024 * 1024
+#: A subscriber that reads nothing new for this long while it is behind is
+#: stuck: it paces nobody and loses at its high-water mark (told by gaps).
+DEFAULT_STALL_TIMEOUT: Final = 1.0
+#: Bounds of stall_timeout: a loop turn at the least, a minute of publishers held at most.
+MIN_STALL_TIMEOUT: Final = 0.01
+MAX_STALL_TIMEOUT: Final = 60.0
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
 
@@ -336,6 +348,10 @@ class BridgeConfig:
     rejoin_timeout: float = DEFAULT_REJOIN_TIMEOUT
     #: Bytes of frames it holds meanwhile at most.
     hold_max_bytes: int = DEFAULT_HOLD_MAX_BYTES
+    #: Publishers wait while a live subscriber is this far behind (0: never).
+    pace_bytes: int = DEFAULT_PACE_BYTES
+    #: Seconds without progress after which a subscriber behind paces nobody.
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -355,6 +371,11 @@ class BridgeConfig:
                 f"{min(MIN_FRAMES, self.subscriber_hwm)} frames of {frame} bytes "
                 "(what a subscriber is sent at most)",
             )
+
+    @property
+    def pace_threshold(self) -> int:
+        """How far behind a live subscriber holds publishers (0: pacing off)."""
+        return min(self.pace_bytes, self.subscriber_max_bytes // 4)
 
     @property
     def paths(self) -> SocketPaths:
@@ -452,6 +473,8 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "max_patterns": NumberSpec(int, 0, MAX_MAX_PATTERNS),
     "rejoin_timeout": NumberSpec(float, 0, MAX_REJOIN_TIMEOUT),
     "hold_max_bytes": NumberSpec(int, 0, MAX_BUFFER_MAX_BYTES),
+    "pace_bytes": NumberSpec(int, 0, MAX_SUBSCRIBER_MAX_BYTES),
+    "stall_timeout": NumberSpec(float, MIN_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
 }
 
 

@@ -200,6 +200,16 @@ def cli(verbose: int) -> None:
     "--hold-max-bytes",
     help=f"Bytes it holds meanwhile at most [64 MiB; {_range('hold_max_bytes')}].",
 )
+@click.option(
+    "--pace-bytes",
+    help="Stop reading local publishers while a live subscriber is this many bytes "
+    f"behind, at most subscriber_max_bytes/4 [32 MiB; {_range('pace_bytes')}; 0: never].",
+)
+@click.option(
+    "--stall-timeout",
+    help="Seconds without progress after which a subscriber that is behind paces "
+    f"nobody and loses at its high-water mark [1; {_range('stall_timeout')}].",
+)
 def bridge(
     dir_: str | None,
     namespace: str | None,
@@ -221,6 +231,8 @@ def bridge(
     stream_shards: str | None,
     rejoin_timeout: str | None,
     hold_max_bytes: str | None,
+    pace_bytes: str | None,
+    stall_timeout: str | None,
 ) -> None:
     """Run this host's bridge in the foreground (for supervisor or systemd).
 
@@ -258,6 +270,8 @@ def bridge(
         stream_shards=stream_shards,
         rejoin_timeout=rejoin_timeout,
         hold_max_bytes=hold_max_bytes,
+        pace_bytes=pace_bytes,
+        stall_timeout=stall_timeout,
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("circus_events").setLevel(logging.INFO)

@@ -2,7 +2,7 @@
 
 The bridge binds a ROUTER at ``<dir>/<namespace>/ctl.sock`` and answers
 ``{"cmd": "status"}`` with its status and ``{"cmd": "ping"}`` with
-``{"ok": true, "pid": ..., "started": ...}`` (see ``Bridge._answer``).
+``{"ok": true, "pid": ..., "started": ...}`` (see ``bridge.control_port``).
 :func:`query` is the one client of that protocol: ``circus-events status``,
 ``tail``, the benchmark harness and the tests use it. It raises
 :class:`NoBridgeAnswers` or :class:`BadReply`, both :class:`ControlError`

@@ -43,6 +43,7 @@ from circus_events._client_core import (
     transport_error,
 )
 from circus_events.protocol import (
+    FLAG_HOST_ONLY,
     Codec,
     Pattern,
     decode_frame,
@@ -50,6 +51,7 @@ from circus_events.protocol import (
     encode_frame,
     split_frame,
 )
+from circus_events.protocol.pacing import build_pace_ack, build_pace_marker, parse_pace_ack
 
 
 def core(worker: str, *, gaps: list[Gap] | None = None, **options: Any) -> BusCore:
@@ -470,4 +472,57 @@ def test_a_large_message_in_pieces_becomes_one_event_and_a_lost_piece_a_gap() ->
 def test_a_malformed_piece_is_counted_never_raised() -> None:
     receiver = core("rx")
     assert receiver.accept(b"big\0\xc1" + bytes(8)) is None
+    assert receiver.undecodable == 1
+
+
+def test_a_pace_marker_is_acknowledged_up_the_subscription_socket() -> None:
+    bus = core("reader")
+    assert bus.accept(build_pace_marker(12345)) is None
+    ack = bus.take_outbox()
+    assert ack == [build_pace_ack(12345, bus.pace_key)]
+    assert parse_pace_ack(ack[0]) == (12345, bus.pace_key)
+    assert bus.undecodable == 0
+    # Each bus's socket has a key of its own, worker id first.
+    other = core("reader")
+    assert other.pace_key != bus.pace_key and other.pace_key.startswith(b"reader")
+
+
+def large(seq: int, *, origin: bytes = b"tx", epoch: int = 1, **fields: Any) -> list[bytes]:
+    """A 60 kB message's pieces (``fields``: flags, target... as encode_frame takes)."""
+    channel = fields.pop("channel", "big")
+    frame = encode_frame(
+        channel, origin=origin, host=b"h", epoch=epoch, seq=seq, time=0.0, codec=0,
+        payload=b"x" * 60_000, **fields,
+    )  # fmt: skip
+    return split_frame(frame)
+
+
+def take_all(receiver: BusCore, pieces: list[bytes]) -> list[Any]:
+    return [e for p in pieces for e in receiver.accept(p) or []]
+
+
+def test_a_large_broadcast_is_joined_once_and_checked_like_any_message() -> None:
+    gaps: list[Gap] = []
+    receiver = core("rx", gaps=gaps)
+    (event,) = take_all(receiver, large(1))
+    assert event.payload == b"x" * 60_000 and type(event.payload) is bytes
+    assert take_all(receiver, large(1)) == []  # a repeat
+    assert seqs(take_all(receiver, large(3))) == [3]  # 2 lost: a gap
+    assert [(g.missed, g.seq) for g in gaps] == [(1, 3)]
+    # Host-scoped messages number apart from cluster ones.
+    assert seqs(take_all(receiver, large(1, flags=FLAG_HOST_ONLY))) == [1]
+    # Its own, not echoed unless asked.
+    assert take_all(receiver, large(1, origin=b"rx", epoch=receiver.epoch)) == []
+    assert receiver.received == 3 and receiver.undecodable == 0
+
+
+def test_other_large_frames_are_joined_whole_and_accepted() -> None:
+    receiver = core("rx")
+    (event,) = take_all(receiver, large(1, channel="chat", target="rx"))
+    assert event.channel == "chat" and len(event.payload) == 60_000
+    # A first piece whose header does not decode: refused as the whole frame would be.
+    bad = large(2)
+    end = bad[0].index(b"\0") + 1 + 9  # the topic, then the piece's own header
+    bad[0] = bad[0][:end] + b"\x09" + bad[0][end + 1 :]  # message version 9
+    assert take_all(receiver, bad) == []
     assert receiver.undecodable == 1

@@ -20,7 +20,9 @@ the history tokens come in as arguments.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,12 +47,14 @@ from ..protocol import (
     Reassembler,
     SequenceTracker,
     build_history_request,
+    build_pace_ack,
     channel_topic,
     decode_confirm,
     decode_messages,
     inbox_channel,
     inbox_topic,
     is_piece,
+    parse_pace_marker,
 )
 from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
@@ -83,6 +87,9 @@ STATS_DOC: Final = """Counters of this bus, since it opened (or since a fork):
         """
 
 _RAW: Final = int(Codec.RAW)
+#: A pace key's tail after the worker id: the epoch and a number per bus.
+_PACE_KEY: Final = struct.Struct("<QI")
+_PACE_KEYS: Final = itertools.count()
 _ABSENT: Final = object()
 
 
@@ -137,6 +144,8 @@ class BusCore(Publisher):
         """A new identity for this process: new epoch, fresh sequence numbers."""
         super().renew(epoch)
         self.inbox = inbox_topic(self.options.worker)
+        #: Tells this bus's subscription socket apart in the bridge's pace table.
+        self.pace_key = self.options.worker.encode() + _PACE_KEY.pack(epoch, next(_PACE_KEYS))
         # A new socket is subscribed to topic_refs as they are: nothing to change.
         self._topic_was = {}
 
@@ -153,6 +162,10 @@ class BusCore(Publisher):
         except ProtocolError as exc:  # the bridge validated it; count, never crash
             if is_piece(frame):  # a large message, in pieces: off the hot path
                 return self._piece(frame)
+            clock = parse_pace_marker(frame)
+            if clock is not None:  # read up to here: say so (``protocol.pacing``)
+                self.outbox.append(build_pace_ack(clock, self.pace_key))
+                return None
             self.undecodable += 1
             log.warning("dropped a frame that does not decode: %s", exc)
             return None
@@ -211,14 +224,42 @@ class BusCore(Publisher):
         return events
 
     def _piece(self, frame: bytes) -> list[Event] | None:
-        """Join a large message's pieces (``protocol.chunks``); its events once whole."""
+        """Join a large message's pieces (``protocol.chunks``); its events once whole.
+
+        A broadcast message (the common case) is decoded from its first piece
+        and only its payload is joined: one copy of 512 KiB instead of two
+        (the whole frame, then the payload sliced out of it). Anything else
+        is joined whole and accepted as any frame.
+        """
         try:
-            whole = self.pieces.add(frame)
+            parts = self.pieces.take(frame)
         except ProtocolError as exc:
             self.undecodable += 1
             log.warning("dropped a piece of a large message: %s", exc)
             return None
-        return None if whole is None else self.accept(whole)
+        if parts is None:
+            return None
+        head = b"".join(parts[:2])  # the topic and the first piece: the whole header
+        try:
+            env, times, bounds = decode_messages(head)
+        except ProtocolError:
+            env = None
+        if env is None or env.messages > 1 or env.target is not None or env.flags & FLAG_NOTICE:
+            return self.accept(b"".join([head, *parts[2:]]))
+        return self._large(env, times[0], b"".join([memoryview(head)[bounds[0] :], *parts[2:]]))
+
+    def _large(self, env: Envelope, when: float, payload: bytes) -> list[Event] | None:
+        """:meth:`accept`'s path for one broadcast message, given its payload."""
+        if env.epoch == self.epoch and env.origin == self.options.worker and not self.options.echo:
+            return None
+        key = env.channel + "\0host" if env.flags & FLAG_HOST_ONLY else env.channel
+        missed = self.tracker.observe(env.origin, key, env.epoch, env.seq)
+        if missed == DUPLICATE:
+            return None
+        if missed:
+            self._report_gap(env, missed, env.seq)
+        self.received += 1
+        return [(RawEvent if env.codec == _RAW else Event)(env, env.seq, when, payload)]
 
     def _confirmed(self, payload: bytes) -> None:
         """A confirm or a hello from the bridge (see :mod:`.confirms`)."""

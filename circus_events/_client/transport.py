@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from .._exceptions import BridgeError, BusClosed, CircusEventsError
+from ..protocol import PACE_TOPIC
 from .limits import PUBLISH_LINGER_MS, RECEIVE_HWM, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
 from .options import ClientOptions
 
@@ -34,13 +35,16 @@ def connect_sub(sock: zmq.Socket[Any], options: ClientOptions, topics: Iterable[
 
     XSUB, not SUB: subscriptions are messages we send, so a sync or history
     request can follow them on the same pipe. libzmq re-sends them after
-    every reconnect, as for SUB.
+    every reconnect, as for SUB. Every socket also takes the bridge's pace
+    markers (``protocol.pacing``): acknowledging them keeps publishers from
+    outrunning it.
     """
     sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.send(b"\x01" + PACE_TOPIC)
     for topic in topics:
         sock.send(b"\x01" + topic)
     sock.connect(options.paths.endpoint(options.paths.pub))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -50,18 +49,21 @@ from ..protocol import (
     DUPLICATE,
     FLAG_HOST_ONLY,
     LOCAL_FRAME_MAX,
-    MAX_CONTROL_PARTS,
+    PACE_ACK,
+    PACE_TOPIC,
     InterestTable,
+    PaceTable,
     SequenceTracker,
     SubscriptionRefused,
     check_frame,
     inbox_channel,
-    parse_control_request,
 )
 from .confirms import ConfirmDesk
+from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
 from .leader import LeaderDesk
 from .local import LocalSockets, memory_limits, send_local, send_pieces
+from .pacing import Pacer
 from .rejoin import LocalHold, start_hold
 from .replies import REQUESTS, RedisPort, WorkerReplies
 
@@ -81,8 +83,6 @@ BATCH_BYTES: Final = 8 * 1024 * 1024
 TRIM_INTERVAL: Final = 5.0
 #: A frame this large marks the heap for a trim (see TRIM_INTERVAL).
 TRIM_FRAME_BYTES: Final = 65536
-#: Control messages answered per loop turn.
-CONTROL_BATCH: Final = 100
 
 
 class Bridge:
@@ -120,11 +120,12 @@ class Bridge:
         self._service_scheduled = False
         self._replies: WorkerReplies | None = None
         self._leaders = LeaderDesk(self)
-        self._control_parts = 0
         self._trim_due = False
         self._local_send: Callable[..., Any] = lambda frame, flags=0: None  # XPUB, or the hold
         self._hold: LocalHold | None = None
         self._desk: ConfirmDesk | None = None  # publisher confirms (see .confirms)
+        self._pacer: Pacer | None = None  # backpressure from subscribers (see .pacing)
+        self._control: ControlPort | None = None  # status and ping requests
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -156,8 +157,19 @@ class Bridge:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
         xpub = self._sockets.xpub
+        control = self._sockets.control
+        self._control = ControlPort(control, self.status, self.started_at, self.counters)
         use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
         self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
+        if self.config.pace_threshold:
+            hold = self._hold
+            self._pacer = Pacer(
+                PaceTable(self.config.pace_threshold, self.config.stall_timeout),
+                self._loop,
+                xpub,
+                can_mark=lambda: hold is None or hold.open,
+                resume=self._schedule_service,
+            )
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             redis=self._redis,
@@ -205,6 +217,8 @@ class Bridge:
                 self._loop.remove_signal_handler(signum)
         # 2. Forward what is already queued from workers, so nothing accepted is lost;
         #    let out what the rejoin hold kept, and save who is connected.
+        if self._pacer is not None:
+            self._pacer.close()
         while self._drain_pull():
             pass
         if self._hold is not None:
@@ -252,7 +266,7 @@ class Bridge:
         EAGAIN re-arms its FD, so only XPUB (our sends touched it) needs a check."""
         if self._service_scheduled or self._sockets is None or self._stopping.is_set():
             return
-        if self._drain_pull():
+        if self._pulling() and self._drain_pull():
             self._schedule_service()
         else:
             self._look_at_xpub()
@@ -267,13 +281,23 @@ class Bridge:
         busy = False
         if _events(s.xpub) & _POLLIN:
             busy |= self._drain_subscriptions()
-        if _events(s.pull) & _POLLIN:
+        if self._pulling() and _events(s.pull) & _POLLIN:
             busy |= self._drain_pull()
-        if _events(s.control) & _POLLIN:
-            busy |= self._drain_control()
-        # ZeroMQ's FD is edge-triggered: re-check EVENTS after our own sends.
-        if busy or any(_events(sock) & _POLLIN for sock in (s.pull, s.xpub, s.control)):
+        if _events(s.control) & _POLLIN and self._control is not None:
+            busy |= self._control.drain()
+        if busy or self._any_readable():
             self._schedule_service()
+
+    def _any_readable(self) -> bool:
+        """ZeroMQ's FD is edge-triggered: re-check EVENTS after our own sends."""
+        assert self._sockets is not None
+        s = self._sockets
+        socks = (s.pull, s.xpub, s.control) if self._pulling() else (s.xpub, s.control)
+        return any(_events(sock) & _POLLIN for sock in socks)
+
+    def _pulling(self) -> bool:
+        """False while subscribers hold local publishers back (see .pacing)."""
+        return self._pacer is None or not self._pacer.held
 
     def _drain_pull(self) -> bool:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
@@ -286,7 +310,7 @@ class Bridge:
         host = self.config.host
         desk = self._desk  # stream mode: its gate, and its catch-up hold after a restart
         admit, catchup = (desk.gate, desk.hold) if desk is not None else (None, None)
-        accepted = frames = taken = 0
+        accepted = frames = taken = sent = 0
         if redis is not None:
             redis.defer_flush()  # one write for the whole drain, at its end, not a turn later
         more = True  # unless the loop stops early: BATCH read, more may wait
@@ -320,6 +344,7 @@ class Bridge:
                 continue  # before its resume marker: it comes again (confirms)
             accepted += env.messages
             frames += 1
+            sent += size
             if env.host != host:
                 self._note_foreign_host(env.origin, env.host)
             if catchup is not None and not env.flags & FLAG_HOST_ONLY and catchup.take(frame):
@@ -340,6 +365,8 @@ class Bridge:
         counters["delivered"] += accepted
         if redis is not None:
             redis.flush()
+        if self._pacer is not None:
+            self._pacer.sent(sent)
         return more
 
     def inject(self, frame: bytes) -> bool:
@@ -357,6 +384,8 @@ class Bridge:
         self.counters["accepted_frames"] += 1
         send_local(self._local_send, frame)
         self.counters["delivered"] += env.messages
+        if self._pacer is not None:
+            self._pacer.sent(len(frame))
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
         self._schedule_service()
@@ -400,6 +429,8 @@ class Bridge:
                 send_pieces(self._local_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
+            if self._pacer is not None:  # counted, never held back: Redis does not wait
+                self._pacer.sent(len(frame))
         self._look_at_xpub()
 
     def _look_at_xpub(self) -> None:
@@ -423,6 +454,9 @@ class Bridge:
                 continue
             if frame[:1] in REQUESTS:  # sync, history, leader: answered by the bridge
                 replies.answer(frame)
+                continue
+            if frame[:1] == PACE_ACK or frame[1:] == PACE_TOPIC:
+                self._paced(frame)
                 continue
             try:
                 change = self.interest.feed(frame)
@@ -452,6 +486,15 @@ class Bridge:
                     self._redis.remove_interest(change.topic)
         return True
 
+    def _paced(self, frame: bytes) -> None:
+        """A subscriber's ack, or its (un)subscription to the markers: local only."""
+        if frame[:1] == PACE_ACK and self._pacer is not None:
+            try:
+                self._pacer.ack(frame)
+            except ProtocolError as exc:
+                self.counters["rejected_subscriptions"] += 1
+                self._note_bad_frame(exc)
+
     def _refuse(self, exc: SubscriptionRefused) -> None:
         """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
         Redis; counted, logged now and then, and told to its subscribers."""
@@ -461,50 +504,6 @@ class Bridge:
         self.last_error = str(exc)
         assert self._replies is not None
         self._replies.notice(exc)
-
-    def _drain_control(self) -> bool:
-        """Answer up to CONTROL_BATCH requests; True if more may be waiting.
-
-        Frames are read one at a time: a message of more than
-        MAX_CONTROL_PARTS frames is read to its end and dropped (counted),
-        however long, without keeping its frames.
-        """
-        assert self._sockets is not None
-        control = self._sockets.control
-        parts: list[bytes] = []
-        for _ in range(CONTROL_BATCH * MAX_CONTROL_PARTS):
-            try:
-                frame = control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
-            self._control_parts += 1
-            if self._control_parts <= MAX_CONTROL_PARTS:
-                parts.append(frame)
-            if control.getsockopt(zmq.RCVMORE):
-                continue
-            whole, self._control_parts = self._control_parts, 0
-            if whole > MAX_CONTROL_PARTS or len(parts) < 2:
-                # Too long to answer, or nobody to answer to.
-                self.counters["rejected_control"] += 1
-            else:
-                reply = self._answer(parts[-1])
-                with contextlib.suppress(zmq.ZMQError):
-                    control.send_multipart([*parts[:-1], reply], zmq.NOBLOCK)
-            parts = []
-        return True
-
-    def _answer(self, request: bytes) -> bytes:
-        """Answer one control request (JSON ``{"cmd": ...}``); an error reply if bad."""
-        try:
-            command = parse_control_request(request)
-        except ProtocolError as exc:
-            self.counters["rejected_control"] += 1
-            return json.dumps({"error": f"bad request: {exc}"}).encode()
-        if command == "status":
-            return json.dumps(self.status()).encode()
-        if command == "ping":  # the pid and start tell a restarted bridge (``tail``)
-            return json.dumps({"ok": True, "pid": os.getpid(), "started": self.started_at}).encode()
-        return json.dumps({"error": f"unknown request {command[:60]!r}"}).encode()
 
     async def _trim_now_and_then(self) -> None:
         while True:
@@ -556,6 +555,7 @@ class Bridge:
                 "missed": self.tracker.missed,
             },
             "rejoin": self._hold.status() if self._hold is not None else None,
+            "pacing": self._pacer.status() if self._pacer is not None else None,
             "last_error": self.last_error,
         }
 

@@ -62,6 +62,13 @@ from .interest import (
     parse_history_request,
     parse_sync_request,
 )
+from .pacing import (
+    PACE_ACK,
+    PACE_TOPIC,
+    PaceTable,
+    build_pace_ack,
+    parse_pace_marker,
+)
 from .sequence import DUPLICATE, SequenceTracker
 from .topics import (
     MAX_CHANNEL_BYTES,
@@ -100,6 +107,8 @@ __all__ = [
     "MAX_SUBSCRIPTION_FRAME",
     "MIN_FRAMES",
     "NODE_ID_BYTES",
+    "PACE_ACK",
+    "PACE_TOPIC",
     "REPLAY_TOKEN_BYTES",
     "RESUME_CHANNEL",
     "SYNC_CHANNEL",
@@ -110,6 +119,7 @@ __all__ = [
     "HistoryRequest",
     "InterestChange",
     "InterestTable",
+    "PaceTable",
     "Pattern",
     "Reassembler",
     "SequenceTracker",
@@ -117,6 +127,7 @@ __all__ = [
     "SubscriptionTopic",
     "batch_items",
     "build_history_request",
+    "build_pace_ack",
     "channel_topic",
     "check_frame",
     "decode_confirm",
@@ -137,6 +148,7 @@ __all__ = [
     "parse_codec",
     "parse_control_request",
     "parse_history_request",
+    "parse_pace_marker",
     "parse_subscription_topic",
     "parse_sync_request",
     "single_envelopes",

@@ -97,6 +97,13 @@ class Reassembler:
         (counted in :attr:`dropped`); a malformed one also raises
         :class:`ProtocolError`.
         """
+        parts = self.take(piece)
+        return None if parts is None else b"".join(parts)  # one copy of the whole
+
+    def take(self, piece: bytes) -> list[bytes | memoryview] | None:
+        """As :meth:`add`, but the whole frame's parts in order, not joined: the
+        topic (with its NUL), then each piece's body. A receiver that only
+        needs the payload joins that part alone (one copy instead of two)."""
         end = split_topic(piece) + 1
         if len(piece) < end + _PIECE.size:
             self._drop()
@@ -112,7 +119,7 @@ class Reassembler:
         elif index != len(self._pieces) or count != self._count or topic != self._topic:
             self._drop()
             return None  # the rest of a frame whose start was lost
-        body = memoryview(piece)[end + _PIECE.size :]  # joined once, never copied before
+        body = memoryview(piece)[end + _PIECE.size :]  # never copied before the join
         self._size += len(body)
         if self._size > self.max_bytes:
             self._drop()
@@ -120,12 +127,12 @@ class Reassembler:
         self._pieces.append(body)
         if index + 1 < count:
             return None
-        frame = b"".join([self._topic, *self._pieces])  # one copy of the whole
+        parts: list[bytes | memoryview] = [self._topic, *self._pieces]
         self._reset()
-        if frame[end : end + 1] == _MARK_BYTE:
+        if parts[1][:1] == _MARK_BYTE:
             self.dropped += 1
             raise ProtocolError("pieces that join into another piece")
-        return frame
+        return parts
 
     def _drop(self) -> None:
         if self._pieces:
