@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from circus_events._exceptions import NoBridgeAnswers
@@ -412,12 +413,21 @@ class CircusHost:
     def stop(self) -> None:
         if self.process is None:
             return
+        # circusd starts its watchers, plugins and stats in sessions of their
+        # own: its process group does not hold them, so note them first.
+        try:
+            family = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
         if self.process.poll() is None:
             self.process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(30)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # anything circusd left behind
+        for process in family:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         self.process.wait(10)
         self.process = None
 

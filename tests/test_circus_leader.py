@@ -31,7 +31,7 @@ CANDIDATE = """
 cmd = {python} {workers}/candidate.py {log} job {ttl} {name} {extra}
 numprocesses = 1
 copy_env = True
-graceful_timeout = 5
+graceful_timeout = 1
 autostart = {autostart}
 """
 
