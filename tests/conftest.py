@@ -419,10 +419,14 @@ class CircusHost:
             family = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.Error:
             family = []
-        if self.process.poll() is None:
+        # circusd drops a SIGTERM that arrives while it runs a command (a
+        # ConflictError in its log: "arbiter is already running watcher_stop
+        # command"), e.g. a `circusctl stop` a test just sent: ask again.
+        deadline = time.monotonic() + 30
+        while self.process.poll() is None and time.monotonic() < deadline:
             self.process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(30)
+                self.process.wait(1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # anything circusd left behind
         for process in family:
