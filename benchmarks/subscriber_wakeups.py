@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from circus_events import Bus
+from circus_events._client.limits import DEFAULT_SEND_QUEUE
 from circus_events.client import Subscription
 
 PUBLISHER = """
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=2_000.0, help="messages/s, paced phase")
     args = parser.parse_args()
+    if not 0 < args.messages <= DEFAULT_SEND_QUEUE:
+        # The back-to-back phase queues them all in the publisher while its bridge is stopped.
+        parser.error(f"--messages must be from 1 to {DEFAULT_SEND_QUEUE:,} (the send queue)")
     directory = tempfile.mkdtemp(prefix="ce-wakeups-")
     bridge = subprocess.Popen(
         [sys.executable, "-m", "circus_events", "bridge", "--dir", directory, "--host", "h"],
@@ -107,6 +112,7 @@ def main() -> None:
         bridge.send_signal(signal.SIGCONT)
         bridge.terminate()
         bridge.wait()
+        shutil.rmtree(directory, ignore_errors=True)
     print(f"paced at {args.rate:,.0f}/s: {paced:,} messages, {paced_cpu / paced * 1e6:.1f} us each")
     print(f"back to back: {together:,} messages, {together_cpu / together * 1e6:.1f} us each")
     print(

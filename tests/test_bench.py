@@ -172,3 +172,22 @@ def test_paced_chart_without_matplotlib_is_an_svg(tmp_path: str) -> None:
     with open(path) as f:
         text = f.read()
     assert text.startswith("<svg") and text.count("<polyline") == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("subscriber_wakeups.py", ["--messages", "300", "--rate", "1000"], "waking up: about"),
+        ("ws_deliver_loop.py", ["--sockets", "50", "--rounds", "5"], "us per socket per event"),
+    ],
+)
+def test_cost_breakdown_scripts_run(script: str, args: list[str], says: str) -> None:
+    """The scripts behind the README's where-the-CPU-goes figures still run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), *args],
+        capture_output=True, text=True, timeout=110, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert says in done.stdout
