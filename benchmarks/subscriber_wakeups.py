@@ -48,6 +48,7 @@ with Bus(dir=directory, host="h", worker="publisher", codec="raw") as bus:
         if pause > 0:
             time.sleep(pause)  # pacing: one message, one frame
         bus.publish("load.x", b"x" * 40)
+    print("sent", flush=True)  # all handed to the bus (queued, if the bridge is stopped)
     bus.flush()
 """
 
@@ -94,15 +95,17 @@ def main() -> None:
             if not bus.sync(10):
                 raise SystemExit("the bridge did not confirm the subscription")
 
-            publisher = subprocess.Popen([*publish, str(args.rate)])
+            publisher = subprocess.Popen([*publish, str(args.rate)], stdout=subprocess.DEVNULL)
             cpu = time.process_time()
             paced = _receive(subscription, args.messages)
             paced_cpu = time.process_time() - cpu
             publisher.wait()
 
             bridge.send_signal(signal.SIGSTOP)
-            publisher = subprocess.Popen([*publish, str(args.rate)])
-            time.sleep(args.messages / args.rate + 1.0)  # it sends into the stopped bridge
+            publisher = subprocess.Popen([*publish, str(args.rate)], stdout=subprocess.PIPE)
+            assert publisher.stdout is not None
+            if publisher.stdout.readline() != b"sent\n":  # into the stopped bridge
+                raise SystemExit("the publisher failed")
             cpu = time.process_time()
             bridge.send_signal(signal.SIGCONT)
             together = _receive(subscription, args.messages)
@@ -113,11 +116,12 @@ def main() -> None:
         bridge.terminate()
         bridge.wait()
         shutil.rmtree(directory, ignore_errors=True)
-    print(f"paced at {args.rate:,.0f}/s: {paced:,} messages, {paced_cpu / paced * 1e6:.1f} us each")
-    print(f"back to back: {together:,} messages, {together_cpu / together * 1e6:.1f} us each")
-    print(
-        f"waking up: about {(paced_cpu / paced - together_cpu / together) * 1e6:.1f} us per message"
-    )
+    if not paced or not together:
+        raise SystemExit(f"lost: {paced} paced and {together} back to back arrived")
+    one_by_one, back_to_back = paced_cpu / paced * 1e6, together_cpu / together * 1e6
+    print(f"paced at {args.rate:,.0f}/s: {paced:,} messages, {one_by_one:.1f} us each")
+    print(f"back to back: {together:,} messages, {back_to_back:.1f} us each")
+    print(f"waking up: about {one_by_one - back_to_back:.1f} us per message")
 
 
 if __name__ == "__main__":
