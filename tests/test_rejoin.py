@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,12 +31,14 @@ from circus_events.bridge.rejoin import (
     save_workers,
 )
 from circus_events.bridge.roundtrip import RoundTrip
+from circus_events.bridge.stream_side import CURSOR_SAVE_INTERVAL
 from circus_events.protocol.chunks import LOCAL_FRAME_MAX, split_frame
 from circus_events.protocol.rejoin import REJOIN_MIN_WAIT
 
 pytestmark = pytest.mark.timeout(90)
 
 CLI = [sys.executable, "-m", "circus_events"]
+STREAM = ("--mode", "stream")
 
 
 def saved_workers(bridge: BridgeProcess) -> list[str]:
@@ -52,6 +55,11 @@ def rejoin(bridge: BridgeProcess) -> dict[str, object]:
     assert status is not None
     state: dict[str, object] = status["rejoin"]
     return state
+
+
+def from_redis(bridge: BridgeProcess) -> int:
+    status = bridge.status()
+    return 0 if status is None else int(status["counters"]["from_redis"])
 
 
 def subscriber(
@@ -100,6 +108,55 @@ def test_restarted_bridge_holds_delivery_until_a_late_subscriber_is_back(
         for sub in subs:
             got = sub.result(60)
             assert [data for _, data in got["events"]] == list(range(60))
+            assert got["missed"] == 0
+
+
+def test_a_bridge_killed_while_holding_has_not_saved_its_cursor_past_what_it_held(
+    redis_server: RedisServer,
+    bridge_factory: Callable[..., BridgeProcess],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """Stream mode: a restarted bridge reads the stream into its rejoin hold and is
+    SIGKILLed before the hold opens. Its saved cursor must not have moved past what
+    it held, or the next bridge skips those entries for good (the chaos loop lost
+    two seconds of messages that way). Both subscribers get all 110, in order."""
+    # The stream side waits up to RESUME_WAIT (3 s) for the stopped worker's
+    # subscriptions, then reads into the rejoin hold, which waits up to 20 s.
+    a = bridge_factory(
+        "host-a", redis_url=redis_server.url, args=(*STREAM, "--rejoin-timeout", "20")
+    )
+    bridge_factory("host-b", redis_url=redis_server.url, args=STREAM)
+    subs = [subscriber(workers, a, f"host-a/sub/{n}", 110) for n in (1, 2)]
+    directory = str(a.directory.parent / "host-b")
+    with Bus(dir=directory, host="host-b", worker="host-b/pub/1") as bus:
+        for i in range(10):
+            bus.publish("orders.paid", i)
+        assert bus.flush(10)
+        wait_until(
+            lambda: {"host-a/sub/1", "host-a/sub/2"} <= set(saved_workers(a)),
+            15,
+            "the bridge to save its workers",
+        )
+        a.kill()
+        late = subs[1].process
+        late.send_signal(signal.SIGSTOP)  # keeps the next bridge's hold on
+        try:
+            a.start()
+            for i in range(10, 110):
+                bus.publish("orders.paid", i)
+            assert bus.flush(10)
+            wait_until(lambda: from_redis(a) >= 100, 20, "the entries read (and held)")
+            # The fault under test: killed a second into its hold, after five
+            # cursor-save intervals (scenario timing, not synchronisation).
+            time.sleep(5 * CURSOR_SAVE_INTERVAL)
+            assert rejoin(a)["state"] == "holding"
+            a.kill()
+        finally:
+            late.send_signal(signal.SIGCONT)
+        a.start()
+        for sub in subs:
+            got = sub.result(60)
+            assert [data for _, data in got["events"]] == list(range(110))
             assert got["missed"] == 0
 
 

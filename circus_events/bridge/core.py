@@ -244,7 +244,10 @@ class Bridge:
 
         kind = StreamSide if self.config.mode == "stream" else RedisSide
         side: RedisPort = kind(
-            self.config, deliver=self.deliver_from_redis, status_provider=self.local_status
+            self.config,
+            deliver=self.deliver_from_redis,
+            status_provider=self.local_status,
+            delivery_held=lambda: self._hold is not None and self._hold.keeping,
         )
         return side
 

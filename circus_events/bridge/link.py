@@ -86,6 +86,9 @@ class SideWiring(TypedDict):
     #: pub/sub: how long a backlog waits after an outage; stream: the longest
     #: wait for the saved subscriptions after a restart (each side's default).
     resume_grace: NotRequired[float]
+    #: True while frames wait in the bridge's rejoin hold, not yet delivered:
+    #: stream mode then saves no cursor (it may be past some of them).
+    delivery_held: NotRequired[Callable[[], bool]]
 
 
 class LinkKind(NamedTuple):

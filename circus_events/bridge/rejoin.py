@@ -118,6 +118,11 @@ class LocalHold:
     def open(self) -> bool:
         return self.policy.open
 
+    @property
+    def keeping(self) -> bool:
+        """True while frames wait in the hold, not delivered yet."""
+        return bool(self.policy.frames)
+
     # -- the send path while the hold is not open ---------------------------------
 
     def send(self, frame: bytes, flags: int = 0) -> None:

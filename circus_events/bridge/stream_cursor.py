@@ -41,7 +41,9 @@ Where the cursor lives
     derives from the host name, so a bridge restarted by circus (which may
     get a fresh socket directory) or on a rebuilt machine with the same name
     finds it again; beside the sockets it would be lost with them. It is
-    saved every :data:`.stream_side.CURSOR_SAVE_INTERVAL` when it moved, and on close; it
+    saved every :data:`.stream_side.CURSOR_SAVE_INTERVAL` when it moved
+    (never while the bridge's rejoin hold keeps frames it has not delivered:
+    the cursor may be past them), and on close; it
     expires after :data:`.stream_side.CURSOR_TTL` without saves. A SIGKILLed bridge
     re-delivers at most that interval's entries; the receivers drop them as
     duplicates by sequence number. A bridge without a saved cursor reads

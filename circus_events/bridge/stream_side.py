@@ -136,6 +136,7 @@ class StreamSide(LinkedSide):
     def __init__(self, config: BridgeConfig, **wiring: Unpack[SideWiring]) -> None:
         super().__init__(RedisLink(config, self, _KIND, **wiring))
         self._resume_wait = wiring.get("resume_grace", RESUME_WAIT)
+        self._delivery_held = wiring.get("delivery_held") or _never
         self._names = names = StreamNames(config)
         self._keys = names.streams
         self._key_index = {key: n for n, key in enumerate(self._keys)}
@@ -472,6 +473,11 @@ class StreamSide(LinkedSide):
         epoch = self._epoch
         if cursors is None or epoch is None or self._link.pub is None:
             return
+        if self._delivery_held():
+            # Entries read meanwhile wait in the rejoin hold: a cursor saved
+            # past them would skip them for good if this bridge died before
+            # letting them out. Saved (dirty stays set) once the hold opens.
+            return
         # While a restarted bridge awaits its workers, the saved subscriptions stand.
         interest = (self._interest_dirty or force) and self._awaited is None
         if not (self._cursor_dirty or interest or force):
@@ -577,3 +583,7 @@ class StreamSide(LinkedSide):
             catching_up=self.local_hold.active, catchup_overflows=self.local_hold.overflows,
         )  # fmt: skip
         return status
+
+
+def _never() -> bool:
+    return False
