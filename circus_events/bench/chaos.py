@@ -10,9 +10,10 @@ processes (two on ``host-a``, one on ``host-b``; each publishes its numbers
 faults one at a time (:meth:`Chaos.fault`): a bridge SIGKILLed and
 restarted, a bridge SIGSTOPped and continued, Redis SIGKILLed and restarted
 from its AOF, a subscriber SIGSTOPped and continued. At the end
-(:meth:`Chaos.finish`) the publishers stop, flush and send an end marker,
-and each subscriber reports, per publisher: what it received (count,
-distinct, repeats, out of order), and what its bus reported missed.
+(:meth:`Chaos.finish`), once both bridges serve their subscribers again with
+their Redis subscriptions confirmed, the publishers stop, flush and send an
+end marker, and each subscriber reports, per publisher: what it received
+(count, distinct, repeats, out of order), and what its bus reported missed.
 
 :func:`check` turns the reports into verdicts: in stream mode every
 subscriber never stopped must have received every message once, in order;
@@ -256,11 +257,34 @@ class Chaos:
         self.log(what)
         return what
 
+    def _wait_whole(self, bridge: _Bridge) -> None:
+        """Until ``bridge`` serves its subscribers again and Redis has confirmed
+        their interest. The end markers go out after this: one that left while
+        the other host was still resubscribing would be lost with nothing after
+        it to reveal the loss (pub/sub keeps nothing), an unreportable tail."""
+        from .._exceptions import NoBridgeAnswers  # noqa: PLC0415
+        from ..control import query  # noqa: PLC0415
+
+        expected = {name for name, host in SUBSCRIBERS if host == bridge.host}
+        deadline = time.monotonic() + BRIDGE_START_TIMEOUT
+        status: Any = None
+        while True:
+            with contextlib.suppress(NoBridgeAnswers):
+                status = query(bridge.directory, NAMESPACE, "status", 0.5)
+            if status is not None and _whole(status, expected):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bridge {bridge.host} is not whole again: {status}")
+            time.sleep(0.05)  # poll interval: the loop re-checks
+
     def finish(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Stop publishing, collect every report (see :func:`check`)."""
+        """Stop publishing once every bridge is whole again (:meth:`_wait_whole`),
+        collect every report (see :func:`check`)."""
         for bridge in self.bridges.values():
             bridge.signal(signal.SIGCONT)
             self._wait_answering(bridge)
+        for bridge in self.bridges.values():
+            self._wait_whole(bridge)
         published = {w.name: w.ask("stop", timeout) for w in self.publishers}
         deadline = time.monotonic() + timeout
         reports: dict[str, Any] = {}
@@ -288,6 +312,17 @@ class Chaos:
                 bridge.stop()
         with contextlib.suppress(Exception):
             self.redis.stop()
+
+
+def _whole(status: dict[str, Any], subscribers: set[str]) -> bool:
+    """A bridge's status says: its subscribers are back and Redis confirmed their interest."""
+    redis = status.get("redis") or {}
+    return (
+        subscribers <= set(status.get("workers", ()))
+        and status.get("patterns", 0) >= 1
+        and redis.get("state") == "connected"
+        and bool(redis.get("subscriptions_settled", True))  # stream mode: nothing to settle
+    )
 
 
 def check(result: dict[str, Any]) -> list[str]:
