@@ -57,7 +57,7 @@ test: setup lint typecheck
 		--cov=circus_events._client.core --cov=circus_events._client.publishing \
 		--cov=circus_events._client.batch --cov=circus_events._client.queues \
 		--cov=circus_events._client.plans --cov=circus_events._client.limits \
-		--cov=circus_events._client.confirms \
+		--cov=circus_events._client.confirms --cov=circus_events._client.credit \
 		--cov-branch --cov-fail-under=100 --cov-report=term-missing:skip-covered
 
 bench: setup

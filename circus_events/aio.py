@@ -34,11 +34,16 @@ from ._client.limits import (
 )
 from ._client.options import Scope, check_timeout, or_forever
 from ._client.plans import (
+    ASK_CREDIT,
+    NOW,
     AskSync,
     AwaitConfirmed,
+    AwaitCredit,
     AwaitMarker,
     Plan,
+    SendMarker,
     advance,
+    credit_plan,
     flush_plan,
     sync_plan,
 )
@@ -175,6 +180,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         self._reader: asyncio.Task[None] | None = None
         #: Held while a send waits for room, so that frames leave in order.
         self._send_lock = asyncio.Lock()
+        #: Set when a credit marker comes back (publishes waiting for credit).
+        self._credit_back = asyncio.Event()
         self._flush_scheduled = False
         #: Resends under way (a hello), kept referenced until done.
         self._resends: set[asyncio.Task[None]] = set()
@@ -271,6 +278,7 @@ class AsyncBus(BusBase[AsyncSubscription]):
                 elif isinstance(step, AwaitMarker):
                     answer = await _within(markers[step.token].wait(), step.timeout)
                 else:
+                    assert isinstance(step, SendMarker)  # sync and flush plans ask no credit
                     frame = self._core.flush_frame(step.token, time.time())
                     answer = await _within(self._send(frame, step.timeout), None)
                 step = advance(plan, answer)
@@ -373,6 +381,9 @@ class AsyncBus(BusBase[AsyncSubscription]):
         burst; a held batch leaves when full, before any other frame, or on the
         loop's next turn (a publishing task that never yields fills it first;
         :meth:`Bus._publish` has a receiver thread that sends it when due)."""
+        if self._core.credit.exhausted and asyncio.current_task() is not self._reader:
+            # The reader task (a handler) could not take credit back while it waits.
+            await self._wait_for_credit()
         async with self._send_lock:  # uncontended: no wait, no loop turn
             try:
                 await self._publish_locked(prepared)
@@ -422,8 +433,37 @@ class AsyncBus(BusBase[AsyncSubscription]):
         except zmq.Again:
             self._schedule_flush()
             return False
+        self._count_sent(len(frame))
         self._core.batch_sent(frame)
         return True
+
+    async def _wait_for_credit(self) -> None:
+        """Wait until the bridge has read enough of what was sent (``credit_plan``)."""
+        self._ensure_reader()  # credit comes back through the reader
+        credit = self._core.credit
+        seconds = self._send_timeout(None)
+        plan = credit_plan(credit, seconds)
+        step = advance(plan, None)
+        while not isinstance(step, bool):
+            if self.closed:
+                raise BusClosed("the bus is closed")
+            answer = None
+            if step is NOW:
+                answer = time.monotonic()
+            elif step is ASK_CREDIT:
+                if not self._send_lock.locked():  # else a send waits for room: later
+                    self._send_credit_marker()
+            else:
+                assert isinstance(step, AwaitCredit)
+                self._credit_back.clear()
+                if credit.exhausted:
+                    await _within(self._credit_back.wait(), step.timeout)
+            step = advance(plan, answer)
+        if not step:
+            raise self._credit_timed_out(seconds)
+
+    def _credit_returned(self) -> None:
+        self._credit_back.set()
 
     async def _send(self, frame: bytes, timeout: float | None = None) -> None:
         """Send a frame made elsewhere (a flush marker), after any held batch."""
@@ -446,6 +486,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
             async with self._send_lock:
                 for frame in self._core.hello(kind, instance, time.time()):
                     await self._send_locked(frame)
+                if self._core.credit.exhausted:  # markers sent to the old bridge died with it
+                    self._send_credit_marker()
         except (PublishTimeout, zmq.ZMQError) as exc:
             # Kept still: the bridge asks again when it drops what follows.
             log.warning("could not send again what the bridge has not confirmed: %s", exc)
@@ -473,6 +515,7 @@ class AsyncBus(BusBase[AsyncSubscription]):
                 await asyncio.wait_for(self._push.send(frame), seconds)
             except TimeoutError:
                 raise self._timed_out(seconds) from None
+        self._count_sent(len(frame))
 
     async def _read_loop(self) -> None:
         try:

@@ -67,8 +67,10 @@ class Bus(ThreadedBus):
     (defaults :data:`DEFAULT_QUEUE_SIZE` events and
     :data:`DEFAULT_QUEUE_MAX_BYTES`; ``subscribe()`` can set its own): a full
     one drops for itself alone and ``on_gap`` gets a ``queue_full``
-    :class:`Gap` with its pattern. Every error a method raises is a
-    :class:`CircusEventsError`.
+    :class:`Gap` with its pattern. ``send_queue`` (frames) and
+    ``send_queue_bytes`` bound what waits for the bridge: past either,
+    ``publish`` waits up to ``publish_timeout``. Every error a method raises
+    is a :class:`CircusEventsError`.
     """
 
     def publish(self, channel: str, data: Any, *, scope: Scope = "cluster") -> None:

@@ -406,7 +406,8 @@ def test_patterns_compile_once_and_bad_ones_raise_channel_errors() -> None:
 @pytest.mark.parametrize(
     ("options", "key"),
     [({"queue_size": 0}, "queue_size"), ({"queue_max_bytes": 1.5}, "queue_max_bytes"),
-     ({"send_queue": True}, "send_queue"), ({"publish_timeout": math.nan}, "publish_timeout")],
+     ({"send_queue": True}, "send_queue"), ({"send_queue_bytes": 0}, "send_queue_bytes"),
+     ({"publish_timeout": math.nan}, "publish_timeout")],
 )  # fmt: skip
 def test_bus_options_name_the_bad_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as error:

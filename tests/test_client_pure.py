@@ -1,5 +1,5 @@
 """The pure client core (circus_events/_client: core, publishing, batch, queues,
-plans, limits): every decision, with the time given, to full branch coverage."""
+plans, limits, credit): every decision, with the time given, to full branch coverage."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from circus_events import GAP_QUEUE_FULL, ArgumentError, BridgeError, Event, Gap
 from circus_events._client.batch import FULL, REFUSED, Step
 from circus_events._client.confirms import KEPT_FRAME_OVERHEAD
 from circus_events._client.core import STATS_DOC, BusCore
+from circus_events._client.credit import CREDIT_PREFIX, SendCredit
 from circus_events._client.limits import (
+    CREDIT_RETRY,
     DEFAULT_QUEUE_SIZE,
     HISTORY_RETRY,
     HISTORY_TIMEOUT,
@@ -21,13 +23,16 @@ from circus_events._client.limits import (
 )
 from circus_events._client.options import ClientOptions
 from circus_events._client.plans import (
+    ASK_CREDIT,
     NOW,
     AskSync,
     AwaitConfirmed,
+    AwaitCredit,
     AwaitMarker,
     Plan,
     SendMarker,
     advance,
+    credit_plan,
     flush_plan,
     sync_plan,
 )
@@ -456,6 +461,39 @@ def test_flush_then_waits_for_the_confirms_within_its_time() -> None:
     assert unconfirmed.run(flush_plan(b"s", b"f", 10.0)) is False
 
 
+def run_credit(credit: SendCredit, seconds: float, back_at: float) -> tuple[bool, list[float]]:
+    """Run a credit plan; a marker sent by ``back_at`` comes back then (the
+    bridge has read everything). The result, and when markers were sent."""
+    now, asks = 0.0, []
+    plan = credit_plan(credit, seconds)
+    action = advance(plan, None)
+    while not isinstance(action, bool):
+        reply: Any = None
+        if action == NOW:
+            reply = now
+        elif action == ASK_CREDIT:
+            asks.append(now)
+            credit.marker_token(now)
+        else:
+            assert isinstance(action, AwaitCredit)
+            if asks and asks[-1] <= back_at <= now + action.timeout:
+                credit.read, now = credit.sent, back_at
+            else:
+                now += action.timeout
+        action = advance(plan, reply)
+    return action, asks
+
+
+def test_credit_waits_only_while_exhausted_and_asks_again_every_flush_retry() -> None:
+    credit = SendCredit(100)
+    assert run_credit(credit, 5.0, back_at=0.0) == (True, []), "not exhausted: no wait"
+    credit.sent = 150
+    assert run_credit(credit, 5.0, back_at=0.35) == (True, [0.0]), "no marker yet: one now"
+    credit.sent, credit.asked_at = 300, 0.0
+    done, asks = run_credit(credit, 2.5, back_at=float("inf"))
+    assert not done and asks == pytest.approx([1.0, 2.0], abs=CREDIT_RETRY + 0.01), "then give up"
+
+
 def test_a_batch_that_continues_its_stream_is_taken_whole() -> None:
     bus = core()
     first = encode_batch(
@@ -590,3 +628,56 @@ def test_a_confirm_that_does_not_decode_is_counted(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING):
         assert bus.accept(bad) is None
     assert bus.stats()["undecodable"] == 1 and "confirm" in caplog.text
+
+
+# -- send credit (send_queue_bytes) ------------------------------------------------
+
+
+def test_credit_is_exhausted_past_the_limit_and_a_marker_gives_it_back() -> None:
+    credit = SendCredit(1000)
+    credit.sent = 1000
+    assert not credit.exhausted, "up to the limit, publish goes on"
+    credit.sent = 1001
+    assert credit.exhausted
+    token = credit.marker_token(now=5.0)
+    assert token.startswith(CREDIT_PREFIX) and credit.asked_at == 5.0 and credit.markers == 1
+    assert credit.next_mark == 1001 + 250, "the next marker is a quarter of the limit later"
+    assert credit.marker_back(token)
+    assert credit.read == 1001 and credit.unread == 0 and not credit.exhausted
+
+
+def test_credit_ignores_foreign_stale_and_impossible_markers() -> None:
+    mine, other = SendCredit(100), SendCredit(100)
+    mine.sent = other.sent = 500
+    old = mine.marker_token(0.0)
+    mine.sent = 800
+    new = mine.marker_token(0.0)
+    assert not mine.marker_back(other.marker_token(0.0)), "another worker's key"
+    assert not mine.marker_back(b"\x00" * 8), "a sync or flush token"
+    assert mine.marker_back(new) and mine.read == 800
+    assert mine.marker_back(old) and mine.read == 800, "an older marker never goes back"
+    forged = new[:-8] + (10**9).to_bytes(8, "big")
+    assert mine.marker_back(forged) and mine.read == 800, "more than was sent is refused"
+
+
+def test_a_marker_that_met_a_full_pipe_is_due_again_at_once() -> None:
+    credit = SendCredit(100)
+    credit.sent = 30
+    credit.marker_token(1.0)
+    credit.marker_lost()
+    assert credit.next_mark == credit.sent and credit.asked_at == float("-inf")
+
+
+def test_a_credit_marker_is_a_flush_marker_to_ourselves_that_gives_credit_back() -> None:
+    bus = BusCore(
+        ClientOptions.resolve(dir="/nonexistent", host="h", worker="w", send_queue_bytes=1000),
+        None,
+        1,
+    )
+    tokens: list[bytes] = []
+    bus.on_flush = tokens.append
+    bus.credit.sent = 1500
+    assert bus.credit.exhausted
+    assert bus.accept(bus.credit_frame(now=2.0, wall=1.0)) is None
+    assert len(tokens) == 1 and bus.credit.marker_back(tokens[0])
+    assert bus.credit.read == 1500 and not bus.credit.exhausted

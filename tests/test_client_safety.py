@@ -329,6 +329,7 @@ def test_bad_arguments_raise_only_circus_events_errors(
         {"queue_max_bytes": 0},
         {"queue_max_bytes": "1"},
         {"send_queue": -1},
+        {"send_queue_bytes": "64"},
         {"publish_timeout": "x"},
         {"publish_timeout": math.inf},
         {"publish_timeout": -1},

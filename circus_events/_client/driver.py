@@ -30,6 +30,7 @@ from .limits import (
     DEFAULT_QUEUE_MAX_BYTES,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SEND_QUEUE,
+    DEFAULT_SEND_QUEUE_BYTES,
 )
 from .options import ClientOptions, compile_pattern, history_args
 from .queues import QueueBound, Subscriber
@@ -104,6 +105,8 @@ class BusBase(abc.ABC, Generic[Sub]):
     """What both buses do the same way (their docstrings say what they are)."""
 
     _context: zmq.Context[Any]
+    #: The PUSH socket to the bridge, as a plain socket (sends that never wait).
+    _push_now: zmq.Socket[bytes]
     #: What ``subscribe()`` returns.
     _subscription_type: type[Sub]
 
@@ -121,6 +124,7 @@ class BusBase(abc.ABC, Generic[Sub]):
         queue_size: int = DEFAULT_QUEUE_SIZE,
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(
@@ -134,6 +138,7 @@ class BusBase(abc.ABC, Generic[Sub]):
             queue_size=queue_size,
             queue_max_bytes=queue_max_bytes,
             send_queue=send_queue,
+            send_queue_bytes=send_queue_bytes,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap, new_epoch())
@@ -268,7 +273,10 @@ class BusBase(abc.ABC, Generic[Sub]):
                 self._waiters.pop(token, None)
 
     def _flushed(self, token: bytes) -> None:
-        """A sync or flush marker came back (on the receiving side)."""
+        """A sync, flush or credit marker came back (on the receiving side)."""
+        if self._core.credit.marker_back(token):
+            self._credit_returned()
+            return
         waiter = self._waiters.get(token)
         if waiter is not None:
             waiter.set()
@@ -309,6 +317,38 @@ class BusBase(abc.ABC, Generic[Sub]):
             f"the bridge at {options.paths.pull} took no message for "
             f"{timeout}s and {options.send_queue} are queued; is the bridge running?"
         )
+
+    def _credit_timed_out(self, timeout: float) -> PublishTimeout:
+        options = self._core.options
+        return PublishTimeout(
+            f"the bridge at {options.paths.pull} has not read {self._core.credit.unread} "
+            f"bytes sent (send_queue_bytes={options.send_queue_bytes}) for {timeout}s; "
+            "is the bridge running?"
+        )
+
+    @abc.abstractmethod
+    def _credit_returned(self) -> None:
+        """A credit marker came back: wake publishes waiting for credit."""
+
+    def _count_sent(self, size: int) -> None:
+        """Count a frame that left (under the send lock); a credit marker
+        follows when one is due."""
+        credit = self._core.credit
+        credit.sent += size
+        if credit.sent >= credit.next_mark:
+            self._send_credit_marker()
+
+    def _send_credit_marker(self) -> None:
+        """Send a credit marker now, under the send lock; if the pipe is full,
+        after the next frame (or the next look of a waiting publish)."""
+        core = self._core
+        marker = core.credit_frame(time.monotonic(), time.time())
+        try:
+            self._push_now.send(marker, zmq.NOBLOCK)
+        except zmq.Again:
+            core.credit.marker_lost()
+            return
+        core.credit.sent += len(marker)
 
     def _end_subscriptions(self) -> None:
         for subscription in list(self._subscriptions):

@@ -15,6 +15,10 @@ MAX_TIMEOUT: Final = 365 * 86_400.0
 #: ``publish`` waits. Frames, each one message or a batch of at most
 #: BATCH_MAX_BYTES: 20k x ~150 B is 3 MB, 20k full batches 320 MB.
 DEFAULT_SEND_QUEUE: Final = 20_000
+#: ...and bytes sent that the bridge has not read yet before ``publish`` waits
+#: (``credit``): what bounds that queue when its frames are large. 64 MiB is
+#: the whole frame queue at 3 KiB a message, 64 messages of the 1 MiB most.
+DEFAULT_SEND_QUEUE_BYTES: Final = 64 * 1024 * 1024
 #: Bytes of sent messages kept until the bridge confirms Redis has them
 #: (stream mode), to send again to a restarted bridge. Past it the oldest
 #: are let go (counted in ``stats()["released"]``): a publisher is never
@@ -46,6 +50,9 @@ MAX_CACHED_CHANNELS: Final = 4096
 SYNC_RETRY: Final = 0.2
 #: Seconds before an unanswered flush marker is sent again.
 FLUSH_RETRY: Final = 1.0
+#: How often (s) a publish waiting for credit looks whether the bus closed,
+#: or tries again to send a marker that met a full pipe.
+CREDIT_RETRY: Final = 0.1
 #: Seconds of silence before a history request is sent again, and in all.
 HISTORY_RETRY: Final = 3.0
 HISTORY_TIMEOUT: Final = 30.0

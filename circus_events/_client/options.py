@@ -33,6 +33,7 @@ from .limits import (
     DEFAULT_QUEUE_MAX_BYTES,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SEND_QUEUE,
+    DEFAULT_SEND_QUEUE_BYTES,
     MAX_TIMEOUT,
 )
 
@@ -127,6 +128,7 @@ class ClientOptions:
     send_queue: int
     queue_size: int
     queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
 
     @classmethod
     def resolve(
@@ -141,6 +143,7 @@ class ClientOptions:
         max_message_bytes: int | None = None,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         environ: Mapping[str, str] | None = None,
@@ -175,6 +178,7 @@ class ClientOptions:
                 f"must be from 0 to {MAX_TIMEOUT:.0f} seconds, not {publish_timeout!r}",
             )
         _check_count("send_queue", send_queue, ConfigError)
+        _check_count("send_queue_bytes", send_queue_bytes, ConfigError)
         _check_count("queue_size", queue_size, ConfigError)
         _check_count("queue_max_bytes", queue_max_bytes, ConfigError)
         paths = socket_paths(bridge.dir, bridge.namespace)
@@ -190,6 +194,7 @@ class ClientOptions:
             max_message_bytes=bridge.max_message_bytes,
             publish_timeout=publish_timeout,
             send_queue=send_queue,
+            send_queue_bytes=send_queue_bytes,
             queue_size=queue_size,
             queue_max_bytes=queue_max_bytes,
         )

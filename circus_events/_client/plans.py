@@ -1,9 +1,10 @@
-"""``sync()`` and ``flush()`` written once, as plans both clients run (pure).
+"""Plans both clients run (pure): ``sync()``, ``flush()``, the wait for send credit.
 
 Theory of operation: a plan is a generator that yields what it needs done
-(:data:`NOW`, :class:`AskSync`, :class:`SendMarker`, :class:`AwaitMarker`)
-and gets the result back; :class:`~circus_events.Bus` runs it with a thread
-waiting, :class:`~circus_events.AsyncBus` with ``await``. The rules (what is
+(:data:`NOW`, :class:`AskSync`, :class:`SendMarker`, :class:`AwaitMarker`,
+:data:`ASK_CREDIT`, :class:`AwaitCredit`) and gets the result back;
+:class:`~circus_events.Bus` runs it with a thread waiting,
+:class:`~circus_events.AsyncBus` with ``await``. The rules (what is
 repeated, how often, when to give up) are here only.
 """
 
@@ -12,23 +13,29 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Final, NamedTuple
 
-from .limits import FLUSH_RETRY, SYNC_RETRY
+from .credit import SendCredit
+from .limits import CREDIT_RETRY, FLUSH_RETRY, SYNC_RETRY
 
 __all__ = [
+    "ASK_CREDIT",
     "NOW",
     "Action",
     "AskSync",
     "AwaitConfirmed",
+    "AwaitCredit",
     "AwaitMarker",
     "Plan",
     "SendMarker",
     "advance",
+    "credit_plan",
     "flush_plan",
     "sync_plan",
 ]
 
 #: The result is the monotonic time.
 NOW: Final = "now"
+#: Send a credit marker now (``credit``), under the send lock; no result.
+ASK_CREDIT: Final = "ask credit"
 
 
 class AskSync(NamedTuple):
@@ -62,7 +69,14 @@ class AwaitConfirmed(NamedTuple):
     timeout: float
 
 
-Action = str | AskSync | SendMarker | AwaitMarker | AwaitConfirmed
+class AwaitCredit(NamedTuple):
+    """Wait at most ``timeout`` for a credit marker to come back (or the bus to
+    close); no result."""
+
+    timeout: float
+
+
+Action = str | AskSync | SendMarker | AwaitMarker | AwaitConfirmed | AwaitCredit
 Plan = Generator[Action, Any, bool]
 
 
@@ -97,6 +111,23 @@ def flush_plan(sync_token: bytes, token: bytes, seconds: float) -> Plan:
             return bool((yield AwaitConfirmed(remaining)))
         if remaining <= FLUSH_RETRY:
             return False
+
+
+def credit_plan(credit: SendCredit, seconds: float) -> Plan:
+    """Until the bridge has read enough of what was sent that ``credit`` is no
+    longer exhausted; False after ``seconds``. A marker dies with a bridge
+    that dies: one is sent again while the last is FLUSH_RETRY old, and
+    one that met a full pipe after CREDIT_RETRY."""
+    now = yield NOW
+    deadline = now + seconds
+    while credit.exhausted:
+        if now >= deadline:
+            return False
+        if now - credit.asked_at >= FLUSH_RETRY:
+            yield ASK_CREDIT
+        yield AwaitCredit(min(deadline - now, CREDIT_RETRY))
+        now = yield NOW
+    return True
 
 
 def advance(plan: Plan, reply: Any) -> Action | bool:

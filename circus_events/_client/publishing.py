@@ -42,6 +42,7 @@ from .batch import (
     new_tuple,
 )
 from .confirms import Unconfirmed
+from .credit import SendCredit
 from .limits import (
     BATCH_MAX_BYTES,
     BATCH_MAX_WAIT,
@@ -86,6 +87,8 @@ class Publisher:
         self._seqs: dict[str, int] = {}
         #: Sent, not confirmed yet (a forked child resends none of its parent's).
         self.unconfirmed = Unconfirmed()
+        #: Bytes sent that the bridge has not read yet (``send_queue_bytes``).
+        self.credit = SendCredit(self.options.send_queue_bytes)
         #: Messages let go unconfirmed past unconfirmed_max_bytes.
         self.released = 0
         #: Messages waiting to leave together (publishing side, see OpenBatch).
@@ -310,6 +313,10 @@ class Publisher:
         return self.encode(
             FLUSH_CHANNEL, token, "host", worker, wall=wall, system=True, codec=Codec.RAW
         )
+
+    def credit_frame(self, now: float, wall: float) -> bytes:
+        """A credit marker (:mod:`.credit`) for everything sent so far."""
+        return self.flush_frame(self.credit.marker_token(now), wall)
 
     def resume_frame(self, instance: bytes, wall: float) -> bytes:
         """The marker sent before resending to a bridge that said hello:

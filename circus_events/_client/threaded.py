@@ -35,6 +35,7 @@ from .batch import Prepared, Step
 from .core import BusCore
 from .driver import BusBase, new_epoch
 from .limits import CONFIRM_POLL, HISTORY_POLL, RECEIVE_BATCH
+from .plans import ASK_CREDIT, NOW, AwaitCredit, advance, credit_plan
 from .queues import Subscriber
 from .sync_queue import Subscription
 from .transport import connect_push, connect_sub, send_up, transport_error
@@ -89,6 +90,8 @@ class ThreadedBus(BusBase[Subscription]):
         options = self._core.options
         self._pid = _getpid()
         self._lock = threading.Lock()  # guards the PUSH socket and the open batch
+        #: Notified when a credit marker comes back (publishers wait on it).
+        self._credit_back = threading.Condition(threading.Lock())
         #: The receiver thread is asked to send the open batch (see _hold).
         self._flush_requested = False
         self._wake_lock = threading.Lock()  # guards the wake-up socket
@@ -102,7 +105,7 @@ class ThreadedBus(BusBase[Subscription]):
         #: thread ends the context once it has closed them.
         self._term_on_exit = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._push = self._context.socket(zmq.PUSH)
+        self._push = self._push_now = self._context.socket(zmq.PUSH)
         connect_push(self._push, options)
         wake_address = f"inproc://circus-events-wake-{id(self)}"
         self._woken = self._context.socket(zmq.PULL)
@@ -172,6 +175,9 @@ class ThreadedBus(BusBase[Subscription]):
         most about BATCH_MAX_WAIT plus one look of the receiver thread.
         """
         core = self._core
+        if core.credit.exhausted and not self._on_io_thread():
+            # On the receiving thread no credit could come back while we wait.
+            self._wait_for_credit()
         with self._lock:
             try:
                 self._publish_locked(core, prepared)
@@ -219,6 +225,7 @@ class ThreadedBus(BusBase[Subscription]):
                     self._flush_requested = True
                     self._poke()
                 return
+            self._count_sent(len(frame))
         self._core.batch_sent(frame)
 
     def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
@@ -231,6 +238,35 @@ class ThreadedBus(BusBase[Subscription]):
             if not push.poll(int(seconds * 1000), zmq.POLLOUT):
                 raise self._timed_out(seconds) from None
             push.send(frame, zmq.NOBLOCK)
+        self._count_sent(len(frame))
+
+    def _wait_for_credit(self) -> None:
+        """Wait until the bridge has read enough of what was sent (``credit_plan``)."""
+        credit = self._core.credit
+        seconds = self._send_timeout(None)
+        plan = credit_plan(credit, seconds)
+        step = advance(plan, None)
+        while not isinstance(step, bool):
+            if self.closed:
+                raise BusClosed("the bus is closed")
+            answer = None
+            if step is NOW:
+                answer = _monotonic()
+            elif step is ASK_CREDIT:
+                with self._lock:
+                    self._send_credit_marker()
+            else:
+                assert isinstance(step, AwaitCredit)
+                with self._credit_back:
+                    if credit.exhausted:
+                        self._credit_back.wait(step.timeout)
+            step = advance(plan, answer)
+        if not step:
+            raise self._credit_timed_out(seconds)
+
+    def _credit_returned(self) -> None:
+        with self._credit_back:
+            self._credit_back.notify_all()
 
     def _hello(self, kind: int, instance: bytes) -> None:
         """A bridge said hello (on the receiving thread): resume with it and send
@@ -239,6 +275,8 @@ class ThreadedBus(BusBase[Subscription]):
             with self._lock:
                 for frame in self._core.hello(kind, instance, _time()):
                     self._send_locked(frame)
+                if self._core.credit.exhausted:  # markers sent to the old bridge died with it
+                    self._send_credit_marker()
         except (PublishTimeout, zmq.ZMQError) as exc:
             # Kept still: the bridge asks again when it drops what follows.
             log.warning("could not send again what the bridge has not confirmed: %s", exc)
