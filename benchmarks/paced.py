@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from circus_events.bench.paced import PacedOptions, bench_paced
+from circus_events.bench.paced import SYSTEMS, PacedOptions, bench_paced
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--loads", help="offered loads, msg/s, comma-separated")
     parser.add_argument("--seconds", type=float, help="seconds per measurement [4]")
     parser.add_argument("--repeats", type=int, help="measurements per system and load [3]")
-    parser.add_argument("--systems", help="ce,raw [both]")
+    parser.add_argument("--systems", help="ce,ce-late,raw [ce,raw]; ce-late: max_delay 0.5 s")
     parser.add_argument("--no-charts", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the bridge and Redis logs")
     parser.add_argument("--out", default="bench-results")
@@ -43,6 +43,9 @@ def main() -> None:
         changes["loads"] = tuple(float(x) for x in args.loads.split(","))
     if args.systems:
         changes["systems"] = tuple(args.systems.split(","))
+        unknown = set(changes["systems"]) - set(SYSTEMS)
+        if unknown:
+            parser.error(f"unknown systems {sorted(unknown)}: choose from {', '.join(SYSTEMS)}")
     options = dataclasses.replace(PacedOptions.preset(args.quick), **changes)  # type: ignore[arg-type]
     bench_paced(options, args.out, charts=not args.no_charts)
 

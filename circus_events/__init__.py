@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._event import GAP_QUEUE_FULL, GAP_UPSTREAM, Event, Gap, GapReason, MessageId
+from ._event import GAP_LATE, GAP_QUEUE_FULL, GAP_UPSTREAM, Event, Gap, GapReason, MessageId
 from ._exceptions import (
     ArgumentError,
     BadReply,
@@ -60,6 +60,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "GAP_LATE",
     "GAP_QUEUE_FULL",
     "GAP_UPSTREAM",
     "ArgumentError",

@@ -6,14 +6,17 @@ from typing import Any, Final, Literal, NamedTuple
 
 from .protocol import Envelope, decode_payload
 
-__all__ = ["GAP_QUEUE_FULL", "GAP_UPSTREAM", "Event", "Gap", "GapReason", "MessageId"]
+__all__ = ["GAP_LATE", "GAP_QUEUE_FULL", "GAP_UPSTREAM", "Event", "Gap", "GapReason", "MessageId"]
 
-GapReason = Literal["upstream", "queue_full"]
+GapReason = Literal["upstream", "queue_full", "late"]
 #: Lost before this worker had them: the bridge's per-worker limit, Redis, a restart.
 GAP_UPSTREAM: Final = "upstream"
 #: Received by this worker but dropped for one subscription, whose queue was
 #: full (nobody read it): the others got them.
 GAP_QUEUE_FULL: Final = "queue_full"
+#: Reached this worker older than its ``max_delay``: dropped unread, for every
+#: subscription of the bus.
+GAP_LATE: Final = "late"
 
 
 class MessageId(NamedTuple):
@@ -120,6 +123,8 @@ class Gap(NamedTuple):
     revealed the gap and ``pattern`` is None. ``"queue_full"``: this worker
     had them, but the queue of the subscription to ``pattern`` was full, so
     that subscription alone lost them; ``seq`` is the last one it lost.
+    ``"late"``: they reached this worker older than the bus's ``max_delay``
+    and were dropped unread (every subscription); ``seq`` is the last one.
     Either way ``missed`` counts each lost message once.
     """
 
@@ -128,7 +133,7 @@ class Gap(NamedTuple):
     channel: str
     missed: int
     #: The sequence number of the message that revealed the gap (upstream),
-    #: or of the last message dropped (queue_full).
+    #: or of the last message dropped (queue_full, late).
     seq: int
     #: The pattern of the subscription that dropped them (queue_full only).
     pattern: str | None = None

@@ -69,7 +69,11 @@ class Bus(ThreadedBus):
     one drops for itself alone and ``on_gap`` gets a ``queue_full``
     :class:`Gap` with its pattern. ``send_queue`` (frames) and
     ``send_queue_bytes`` bound what waits for the bridge: past either,
-    ``publish`` waits up to ``publish_timeout``. Every error a method raises
+    ``publish`` waits up to ``publish_timeout``. ``max_delay`` (seconds,
+    default None: no limit) drops events that arrive older than that,
+    before any handler or subscription sees them, and reports each to
+    ``on_gap`` as a ``late`` gap: latency bounded in time when a worker
+    cannot keep up, at the price of events. Every error a method raises
     is a :class:`CircusEventsError`.
     """
 

@@ -164,6 +164,30 @@ def test_paced_bench_quick_measures_both_systems(tmp_path: str) -> None:
     assert "carries" in done.stdout
 
 
+@pytest.mark.timeout(120)
+def test_paced_bench_runs_subscribers_with_max_delay_and_refuses_unknown_systems(
+    tmp_path: str,
+) -> None:
+    """``benchmarks/paced.py --systems ce-late``: subscribers with ``max_delay``."""
+    out = os.path.join(str(tmp_path), "out")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "paced.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUS_EVENTS_")}
+    args = [sys.executable, script, "--quick", "--loads", "500", "--no-charts", "--out", out]
+    done = subprocess.run(
+        [*args, "--systems", "ce-late"], capture_output=True, text=True, timeout=110, env=env,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    with open(os.path.join(out, "paced.json")) as f:
+        (row,) = json.load(f)["summary"]["ce-late"]["by_load"]
+    assert row["delivered_fraction"] > 0.9
+    bad = subprocess.run(
+        [*args, "--systems", "ce,nope"], capture_output=True, text=True, timeout=60, env=env,
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown systems ['nope']" in bad.stderr
+
+
 def test_paced_chart_without_matplotlib_is_an_svg(tmp_path: str) -> None:
     from circus_events.bench.paced_report import write_svg  # noqa: PLC0415
 

@@ -4,11 +4,21 @@ plans, limits, credit): every decision, with the time given, to full branch cove
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import pytest
 
-from circus_events import GAP_QUEUE_FULL, ArgumentError, BridgeError, Event, Gap, MessageTooLarge
+from circus_events import (
+    GAP_LATE,
+    GAP_QUEUE_FULL,
+    ArgumentError,
+    BridgeError,
+    ConfigError,
+    Event,
+    Gap,
+    MessageTooLarge,
+)
 from circus_events._client.batch import FULL, REFUSED, Step
 from circus_events._client.confirms import KEPT_FRAME_OVERHEAD
 from circus_events._client.core import STATS_DOC, BusCore
@@ -507,6 +517,35 @@ def test_a_batch_that_continues_its_stream_is_taken_whole() -> None:
     assert [e.seq for e in bus.accept(first) or []] == [1, 2, 3]
     assert [(e.seq, e.time) for e in bus.accept(following) or []] == [(4, 2.0), (5, 2.0)]
     assert bus.stats()["received"] == 5
+
+
+def test_events_older_than_max_delay_are_dropped_for_all_and_reported_late() -> None:
+    gaps: list[Gap] = []
+    bus = core(gaps=gaps, max_delay=1.0)
+    bus.wall_clock = lambda: 12.5
+    subscriber, got = queued()
+    bus.add(subscriber)
+    batch = encode_batch(
+        "ch", origin=b"pub", host=b"h", epoch=1, first_seq=1, times=[10.0, 11.0, 12.0],
+        codec=Codec.RAW, payloads=[b"a", b"b", b"c"],
+    )  # fmt: skip
+    assert bus.deliver(batch) is None  # no handler: queued
+    assert [event.payload for event in got] == [b"c"], "sent 1.5 and 2.5 s ago: late"
+    assert bus.deliver(frame(seq=4)) is None and len(got) == 1, "sent at 5.0: all late"
+    bus.settle(0.0)
+    assert gaps == [Gap("pub", "h", "ch", 3, 4, None, GAP_LATE)]
+    assert bus.stats()["late"] == 3 and bus.stats()["dropped"] == 0
+    bus.wall_clock = lambda: 5.5
+    assert bus.deliver(frame(seq=5)) is None and len(got) == 2, "in time"
+
+
+def test_max_delay_needs_a_clock_and_a_positive_number() -> None:
+    bus = core(max_delay=1.0)
+    with pytest.raises(RuntimeError, match="wall_clock"):
+        bus.deliver(frame())
+    for bad in (0, -1.0, "1", True, math.inf):
+        with pytest.raises(ConfigError, match="max_delay"):
+            core(max_delay=bad)
 
 
 def test_drops_without_on_gap_are_counted_and_routes_skip_other_patterns() -> None:

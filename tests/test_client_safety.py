@@ -330,6 +330,8 @@ def test_bad_arguments_raise_only_circus_events_errors(
         {"queue_max_bytes": "1"},
         {"send_queue": -1},
         {"send_queue_bytes": "64"},
+        {"max_delay": 0},
+        {"max_delay": math.nan},
         {"publish_timeout": "x"},
         {"publish_timeout": math.inf},
         {"publish_timeout": -1},

@@ -15,7 +15,8 @@ round of frames calls :meth:`BusCore.settle` and sends
 
 Nothing here opens a socket or reads a clock, a random source or the
 environment: the time (``now`` monotonic, ``wall`` Unix), the epoch and
-the history tokens come in as arguments.
+the history tokens come in as arguments, and the one clock ``max_delay``
+needs on every frame (``wall_clock``) is the driver's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._config import FRAME_SLACK, MAX_MAX_MESSAGE_BYTES
-from .._event import GAP_QUEUE_FULL, Event, Gap, RawEvent
+from .._event import GAP_LATE, GAP_QUEUE_FULL, Event, Gap, RawEvent
 from .._exceptions import ArgumentError, BridgeError, ProtocolError
 from ..protocol import (
     CONFIRM_CHANNEL,
@@ -59,7 +60,7 @@ from ..protocol import (
 from ..protocol.lease import LEADER_CHANNEL
 from .limits import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_SIZE, HISTORY_RETRY, HISTORY_TIMEOUT
 from .publishing import SCOPES, Publisher
-from .queues import HistoryLoad, QueueBound, Subscriber
+from .queues import DropLedger, HistoryLoad, QueueBound, Subscriber
 
 if TYPE_CHECKING:
     from .options import ClientOptions
@@ -83,7 +84,9 @@ STATS_DOC: Final = """Counters of this bus, since it opened (or since a fork):
         - ``unconfirmed``: messages sent that the bridge has not confirmed
           yet (stream mode: kept to send again to a restarted bridge);
         - ``released``: messages let go unconfirmed past the memory bound
-          (no longer protected against a bridge crash).
+          (no longer protected against a bridge crash);
+        - ``late``: events that arrived older than ``max_delay`` and were
+          dropped unread (each reported to ``on_gap`` as a ``late`` gap).
         """
 
 _RAW: Final = int(Codec.RAW)
@@ -91,6 +94,10 @@ _RAW: Final = int(Codec.RAW)
 _PACE_KEY: Final = struct.Struct("<QI")
 _PACE_KEYS: Final = itertools.count()
 _ABSENT: Final = object()
+
+
+def _no_clock() -> float:
+    raise RuntimeError("max_delay needs the driver's wall_clock")
 
 
 class BusCore(Publisher):
@@ -113,9 +120,15 @@ class BusCore(Publisher):
         #: whether it was subscribed before: a subscribe and a close in
         #: between send nothing (see :meth:`take_outbox`).
         self._topic_was: dict[bytes, bool] = {}
-        #: Subscriptions that dropped events not reported yet, and all drops reported.
-        self.dropping: list[QueueBound] = []
+        #: Ledgers of drops not reported yet (full subscriptions, late events),
+        #: and the queue_full drops reported.
+        self.dropping: list[DropLedger] = []
         self.dropped = 0
+        #: Events older than this (seconds, by ``wall_clock``) are dropped on arrival.
+        self.max_delay = options.max_delay
+        #: The driver's Unix-time clock (read per frame only with ``max_delay``).
+        self.wall_clock: Callable[[], float] = _no_clock
+        self.late = DropLedger(None, GAP_LATE, self.dropping)
         self.tracker = SequenceTracker()
         #: Large messages arrive in pieces; at most one is held while joined.
         self.pieces = Reassembler(MAX_MAX_MESSAGE_BYTES + FRAME_SLACK)
@@ -305,9 +318,10 @@ class BusCore(Publisher):
         """Tell ``on_gap`` what full subscription queues dropped (call after each
         round of frames: one gap per subscription and channel, not per event)."""
         dropping, self.dropping[:] = list(self.dropping), []
-        for bound in dropping:
-            for gap in bound.take_gaps():
-                self.dropped += gap.missed
+        for ledger in dropping:
+            for gap in ledger.take_gaps():
+                if gap.reason == GAP_QUEUE_FULL:
+                    self.dropped += gap.missed
                 self._gap(gap)
 
     def deliver(self, frame: bytes) -> tuple[list[Event], list[Subscriber]] | None:
@@ -317,6 +331,10 @@ class BusCore(Publisher):
         events = self.accept(frame)
         if events is None:
             return None
+        if self.max_delay is not None:
+            events = self._in_time(events, self.wall_clock() - self.max_delay)
+            if not events:
+                return None
         channel = events[0].channel
         handlers = []
         for subscriber in self.subscribers:
@@ -330,6 +348,16 @@ class BusCore(Publisher):
                 else:
                     handlers.append(subscriber)
         return (events, handlers) if handlers else None
+
+    def _in_time(self, events: list[Event], oldest: float) -> list[Event]:
+        """The events sent at ``oldest`` (Unix time) or later; the others go to
+        the ``late`` ledger (one frame's events come from one sender, in order)."""
+        if events[0].time >= oldest:
+            return events
+        kept = [event for event in events if event.time >= oldest]
+        late = len(events) - len(kept)
+        self.late.drop(events[late - 1], late)
+        return kept
 
     def route(self, events: list[Event]) -> list[Subscriber]:
         """The subscribers to hand ``events`` (one channel) to now; those
@@ -557,4 +585,5 @@ class BusCore(Publisher):
             "dropped": self.dropped,
             "unconfirmed": self.unconfirmed.messages,
             "released": self.released,
+            "late": self.late.dropped,
         }

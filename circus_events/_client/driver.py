@@ -125,6 +125,7 @@ class BusBase(abc.ABC, Generic[Sub]):
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         send_queue: int = DEFAULT_SEND_QUEUE,
         send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
+        max_delay: float | None = None,
         max_message_bytes: int | None = None,
     ) -> None:
         options = ClientOptions.resolve(
@@ -139,9 +140,11 @@ class BusBase(abc.ABC, Generic[Sub]):
             queue_max_bytes=queue_max_bytes,
             send_queue=send_queue,
             send_queue_bytes=send_queue_bytes,
+            max_delay=max_delay,
             max_message_bytes=max_message_bytes,
         )
         self._core = BusCore(options, on_gap, new_epoch())
+        self._core.wall_clock = time.time
         self._core.on_flush = self._flushed
         self._core.on_leader = self._leader_message
         #: Candidacies (``leader()``) by (scope, role).

@@ -129,6 +129,7 @@ class ClientOptions:
     queue_size: int
     queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES
     send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
+    max_delay: float | None = None
 
     @classmethod
     def resolve(
@@ -144,6 +145,7 @@ class ClientOptions:
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         send_queue: int = DEFAULT_SEND_QUEUE,
         send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
+        max_delay: float | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         environ: Mapping[str, str] | None = None,
@@ -177,6 +179,16 @@ class ClientOptions:
                 "publish_timeout",
                 f"must be from 0 to {MAX_TIMEOUT:.0f} seconds, not {publish_timeout!r}",
             )
+        if max_delay is not None and (
+            isinstance(max_delay, bool)
+            or not isinstance(max_delay, int | float)
+            or not 0 < max_delay <= MAX_TIMEOUT
+        ):
+            raise ConfigError(
+                "max_delay",
+                f"must be None or more than 0 and at most {MAX_TIMEOUT:.0f} seconds,"
+                f" not {max_delay!r}",
+            )
         _check_count("send_queue", send_queue, ConfigError)
         _check_count("send_queue_bytes", send_queue_bytes, ConfigError)
         _check_count("queue_size", queue_size, ConfigError)
@@ -195,6 +207,7 @@ class ClientOptions:
             publish_timeout=publish_timeout,
             send_queue=send_queue,
             send_queue_bytes=send_queue_bytes,
+            max_delay=None if max_delay is None else float(max_delay),
             queue_size=queue_size,
             queue_max_bytes=queue_max_bytes,
         )

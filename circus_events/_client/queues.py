@@ -6,11 +6,11 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from .._event import GAP_QUEUE_FULL, Event, Gap
+from .._event import GAP_QUEUE_FULL, Event, Gap, GapReason
 from ..protocol import Pattern
 from .limits import EVENT_OVERHEAD_BYTES
 
-__all__ = ["Failure", "HistoryLoad", "QueueBound", "Subscriber"]
+__all__ = ["DropLedger", "Failure", "HistoryLoad", "QueueBound", "Subscriber"]
 
 
 class Subscriber:
@@ -46,7 +46,47 @@ class Subscriber:
         self.history: HistoryLoad | None = None
 
 
-class QueueBound:
+class DropLedger:
+    """Events this worker dropped, per (origin, host, channel), until the bus
+    reports them (:meth:`BusCore.report_drops`): one :class:`Gap` each, with
+    ``pattern`` and ``reason``; the sum of ``missed`` is what was lost."""
+
+    __slots__ = ("_pending", "_report_to", "dropped", "pattern", "reason")
+
+    def __init__(self, pattern: str | None, reason: GapReason, report_to: list[DropLedger]) -> None:
+        self.pattern = pattern
+        self.reason = reason
+        #: Events dropped, ever.
+        self.dropped = 0
+        self._report_to = report_to
+        #: Drops not reported yet: (origin, host, channel) -> [missed, last seq].
+        self._pending: dict[tuple[str, str, str], list[int]] = {}
+
+    def drop(self, last: Event, count: int) -> None:
+        """``count`` events of ``last``'s frame, up to ``last``, were dropped."""
+        self.dropped += count
+        key = (last.origin, last.host, last.channel)
+        pending = self._pending
+        entry = pending.get(key)
+        if entry is None:
+            if not pending:
+                self._report_to.append(self)
+            pending[key] = [count, last.seq]
+        else:
+            entry[0] += count
+            entry[1] = last.seq
+
+    def take_gaps(self) -> list[Gap]:
+        """The drops since the last call, one gap per (origin, host, channel)."""
+        gaps = [
+            Gap(origin, host, channel, missed, seq, self.pattern, self.reason)
+            for (origin, host, channel), (missed, seq) in self._pending.items()
+        ]
+        self._pending = {}
+        return gaps
+
+
+class QueueBound(DropLedger):
     """How much one subscription's queue may take, and the exact count of what
     it dropped.
 
@@ -69,12 +109,8 @@ class QueueBound:
         "_bytes_in",
         "_floor",
         "_marks",
-        "_pending",
-        "_report_to",
-        "dropped",
         "max_bytes",
         "max_events",
-        "pattern",
         "per_event",
     )
 
@@ -83,25 +119,20 @@ class QueueBound:
         pattern: str,
         max_events: int,
         max_bytes: int,
-        report_to: list[QueueBound],
+        report_to: list[DropLedger],
         per_event: int = EVENT_OVERHEAD_BYTES,
     ) -> None:
-        self.pattern = pattern
+        super().__init__(pattern, GAP_QUEUE_FULL, report_to)
         self.max_events = max_events
         self.max_bytes = max_bytes
         #: Bytes an event costs besides the frame bytes it came with.
         self.per_event = per_event
-        #: Events dropped, ever.
-        self.dropped = 0
-        self._report_to = report_to
         self._appended = 0
         self._bytes_in = 0
         #: Bytes of the frames known to be taken out of the queue.
         self._floor = 0
         #: (events appended, bytes appended) after each frame still (partly) queued.
         self._marks: collections.deque[tuple[int, int]] = collections.deque()
-        #: Drops not reported yet: (origin, host, channel) -> [missed, last seq].
-        self._pending: dict[tuple[str, str, str], list[int]] = {}
 
     def queued_bytes(self, queued: int) -> int:
         """Bytes in a queue holding ``queued`` items (at most one frame too many)."""
@@ -147,29 +178,6 @@ class QueueBound:
         self._appended += count
         self._bytes_in += nbytes
         self._marks.append((self._appended, self._bytes_in))
-
-    def drop(self, last: Event, count: int) -> None:
-        """``count`` events of ``last``'s frame, up to ``last``, were not queued."""
-        self.dropped += count
-        key = (last.origin, last.host, last.channel)
-        pending = self._pending
-        entry = pending.get(key)
-        if entry is None:
-            if not pending:
-                self._report_to.append(self)
-            pending[key] = [count, last.seq]
-        else:
-            entry[0] += count
-            entry[1] = last.seq
-
-    def take_gaps(self) -> list[Gap]:
-        """The drops since the last call, one gap per (origin, host, channel)."""
-        gaps = [
-            Gap(origin, host, channel, missed, seq, self.pattern, GAP_QUEUE_FULL)
-            for (origin, host, channel), (missed, seq) in self._pending.items()
-        ]
-        self._pending = {}
-        return gaps
 
 
 class Failure:

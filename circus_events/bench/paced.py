@@ -58,7 +58,7 @@ from .paced_workers import (
 from .stack import running_stack
 from .workers import SETUP_TIMEOUT, Workers, latency_figures, process_cpu_ns
 
-__all__ = ["CARRIED_P99_MS", "PacedOptions", "bench_paced", "run_paced"]
+__all__ = ["CARRIED_P99_MS", "SYSTEMS", "PacedOptions", "bench_paced", "run_paced"]
 
 #: A load is carried with everything delivered and p99 under this.
 CARRIED_P99_MS: Final = 10.0
@@ -66,7 +66,14 @@ CARRIED_P99_MS: Final = 10.0
 SETTLE_SECONDS: Final = 1.5
 #: Publishers start together this long after "go" (every process is ready).
 START_DELAY: Final = 0.05
-SYSTEMS: Final = {"ce": "circus-events pub/sub", "raw": "raw redis-py PUBLISH/PSUBSCRIBE"}
+SYSTEMS: Final = {
+    "ce": "circus-events pub/sub",
+    "ce-late": "circus-events pub/sub, subscribers with max_delay",
+    "raw": "raw redis-py PUBLISH/PSUBSCRIBE",
+}
+#: ``max_delay`` (s) of the ``ce-late`` subscribers: latency bounded in time
+#: past saturation, at the price of events (each reported as a ``late`` gap).
+LATE_MAX_DELAY: Final = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +102,7 @@ class PacedOptions:
 
 def measure(stack: Any, spec: PacedSpec) -> dict[str, Any]:
     """One system at one load: start everyone, go, collect, figures."""
-    ce = spec.system == "ce"
+    ce = spec.system != "raw"
     workers = Workers(stack.context)
     hubs = {"redis": stack.redis.pid}
     if ce:
@@ -273,6 +280,7 @@ def run_paced(options: PacedOptions) -> dict[str, Any]:
                             messages=max(1, int(rate * options.seconds)),
                             warmup_s=options.warmup_s, pub_bus=stack.target("a"),
                             sub_bus=stack.target("b"), redis_port=stack.redis.port,
+                            max_delay=LATE_MAX_DELAY if system == "ce-late" else None,
                         )  # fmt: skip
                         result = measure(stack, spec)
                         runs.append(result)
@@ -298,7 +306,7 @@ def run_paced(options: PacedOptions) -> dict[str, Any]:
 def _describe(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     return (
-        f"paced {r['system']:<3} {r['offered_per_s']:>7,.0f} msg/s offered "
+        f"paced {r['system']:<7} {r['offered_per_s']:>7,.0f} msg/s offered "
         f"({r['achieved_per_s']:,.0f} achieved): delivered {r['delivered_fraction']:.1%}, "
         f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms, "
         f"CPU {r['cpu_s_per_10k']:.2f} s/10k"

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 __all__ = ["print_paced", "write_paced_chart"]
 
-_COLOURS: Final = {"ce": "#1f77b4", "raw": "#d62728"}
+_COLOURS: Final = {"ce": "#1f77b4", "ce-late": "#2ca02c", "raw": "#d62728"}
 _DASHES: Final = {"p50": "", "p99": "6,3", "p999": "2,3"}
 
 

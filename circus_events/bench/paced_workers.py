@@ -52,6 +52,7 @@ class PacedSpec:
     pub_bus: BusTarget
     sub_bus: BusTarget
     redis_port: int
+    max_delay: float | None = None  # ce subscribers' (the ce-late system)
 
     @property
     def pattern(self) -> str:
@@ -173,6 +174,7 @@ def ce_paced_subscriber_main(spec: PacedSpec, conn: Connection, index: int) -> N
         host=target.host,
         worker=f"paced-subscriber-{index}",
         codec="raw",
+        max_delay=spec.max_delay,
     ) as bus:
         subscription = bus.subscribe(spec.pattern)
         if not bus.sync(SETUP_TIMEOUT):
@@ -186,14 +188,20 @@ def ce_paced_subscriber_main(spec: PacedSpec, conn: Connection, index: int) -> N
             try:
                 take(get(timeout=0.05).data)
             except queue.Empty:
-                if conn.poll(0):
+                if conn.poll(0) or recorder.count + _lost(bus) >= expected:
                     break
                 continue
             if recorder.count % STOP_CHECK_EVERY == 0 and conn.poll(0):
                 break
         cpu = time.process_time_ns() - cpu
-        missed = bus.stats()["missed"]
+        missed = _lost(bus)
     _report(conn, recorder, cpu, missed)
+
+
+def _lost(bus: Any) -> int:
+    """Events a bus knows it lost: holes upstream and events dropped late."""
+    stats = bus.stats()
+    return int(stats["missed"] + stats["late"])
 
 
 def raw_paced_subscriber_main(spec: PacedSpec, conn: Connection, index: int) -> None:
