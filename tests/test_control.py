@@ -16,8 +16,9 @@ import pytest
 import zmq
 from conftest import BridgeProcess
 
-from circus_events._config import BridgeConfig
+from circus_events._config import BridgeConfig, socket_paths
 from circus_events._exceptions import CircusEventsError, ControlError
+from circus_events.bridge.local import CONTROL_REPLY_HWM, LocalSockets
 from circus_events.control import BadReply, NoBridgeAnswers, control_path, query
 from circus_events.plugin import parse_plugin_options
 
@@ -27,6 +28,26 @@ def test_status_and_ping_from_a_running_bridge(bridge: BridgeProcess) -> None:
     assert status["host"] == "host-a" and status["namespace"] == "default"
     ping = query(str(bridge.directory), "default", "ping", 5.0)
     assert ping["ok"] is True and ping["pid"] == status["pid"]  # pid, start: a restart shows
+
+
+def test_a_peer_that_asks_and_never_reads_holds_two_replies_not_a_thousand(
+    short_tmp: Path,
+) -> None:
+    """libzmq's default (1,000 queued replies per peer) let one such peer take a
+    bridge to 2.8 GB with 15 MB ``status`` replies; now at most two wait."""
+    config = BridgeConfig.from_options({"dir": str(short_tmp)})
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sockets = LocalSockets(
+        context, socket_paths(config.dir, config.namespace),
+        max_message_bytes=config.max_message_bytes, subscriber_hwm=config.subscriber_hwm,
+        subscriber_max_bytes=config.subscriber_max_bytes,
+        publisher_max_bytes=config.publisher_max_bytes,
+    )  # fmt: skip
+    try:
+        assert sockets.control.getsockopt(zmq.SNDHWM) == CONTROL_REPLY_HWM == 2
+    finally:
+        sockets.close()
+        context.term()
 
 
 def test_no_bridge_answers_within_the_timeout(short_tmp: Path) -> None:

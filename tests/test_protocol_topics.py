@@ -142,7 +142,6 @@ SUBSCRIPTION_TOPICS: list[tuple[bytes, str, bool, str | None]] = [
     (b"\0", "", True, None),
     (b"@w:web.1\0", "@w:web.1", True, "web.1"),
     (b"@w:web.1", "@w:web.1", False, None),  # a prefix is never an inbox
-    (b"@w:\0", "@w:", True, ""),
     (b"\xc3\xa9\0", "é", True, None),
     (b"x" * 403, "x" * 403, False, None),  # channel + inbox prefix + worker id
 ]
@@ -163,6 +162,8 @@ BAD_SUBSCRIPTION_TOPICS: list[tuple[bytes, str]] = [
     (b"\xc3", "not UTF-8"),
     (b"x" * 404, "too long"),
     (b"x" * 404 + b"\0", "too long"),
+    (b"@w:a\x01b\0", "worker id"),
+    (b"@w:\0", "worker id"),
 ]
 
 

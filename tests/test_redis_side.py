@@ -36,6 +36,7 @@ from helpers import (
 
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import ConfigError
+from circus_events.bridge.keeper import MAX_KEY_CHARS, MAX_KEYS, LogThrottle
 from circus_events.bridge.outbound import OutboundQueue
 from circus_events.bridge.redis_side import (
     HEARTBEAT_TIMEOUT,
@@ -790,3 +791,20 @@ def test_outbound_queue_requeues_unanswered_in_order() -> None:
         queue.push(b"c", 10)
     queue.trim()
     assert queue.pending_bytes == 1000 and queue.dropped == 50
+
+
+def test_the_log_throttle_remembers_a_bounded_number_of_short_keys() -> None:
+    """Keys carry text a Redis chose (error messages): never an unbounded table."""
+    throttle = LogThrottle(interval=3600)
+    assert throttle.allow("x" * 10_000) and not throttle.allow("x" * MAX_KEY_CHARS + "y")
+    for n in range(MAX_KEYS * 3):
+        assert throttle.allow(f"problem {n}")
+    assert len(throttle._last) == MAX_KEYS
+    assert all(len(key) <= MAX_KEY_CHARS for key in throttle._last)
+    assert not throttle.allow(f"problem {MAX_KEYS * 3 - 1}"), "the newest are kept"
+    throttle.forget("problem 767")
+    assert throttle.allow("problem 767")
+    expiring = LogThrottle(interval=0.0)
+    for n in range(MAX_KEYS + 5):
+        assert expiring.allow(f"k{n}")
+    assert len(expiring._last) <= MAX_KEYS

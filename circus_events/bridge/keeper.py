@@ -44,6 +44,9 @@ BACKOFF_MAX: Final = 1.0
 STABLE_AFTER: Final = 5.0
 #: The same problem is logged again at most this often.
 LOG_REPEAT_INTERVAL: Final = 30.0
+#: Problems a LogThrottle remembers at once, and the length of each key kept.
+MAX_KEYS: Final = 256
+MAX_KEY_CHARS: Final = 200
 
 
 def backoff(failures: int) -> float:
@@ -60,7 +63,11 @@ def client_name(host: str, role: str) -> str:
 
 
 class LogThrottle:
-    """Say yes to a key at most once per ``interval`` seconds."""
+    """Say yes to a key at most once per ``interval`` seconds.
+
+    Keys may carry text a server chose (an error message): each is cut to
+    MAX_KEY_CHARS and at most MAX_KEYS are remembered, expired ones first.
+    """
 
     __slots__ = ("_interval", "_last")
 
@@ -70,15 +77,21 @@ class LogThrottle:
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
+        key = key[:MAX_KEY_CHARS]
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
             return False
+        if last is None and len(self._last) >= MAX_KEYS:
+            interval = self._interval
+            self._last = {k: t for k, t in self._last.items() if now - t < interval}
+            if len(self._last) >= MAX_KEYS:
+                del self._last[next(iter(self._last))]  # all live: the first remembered goes
         self._last[key] = now
         return True
 
     def forget(self, key: str) -> None:
         """The problem is over: its next occurrence is logged at once."""
-        self._last.pop(key, None)
+        self._last.pop(key[:MAX_KEY_CHARS], None)
 
 
 class ConnectionKeeper:

@@ -50,6 +50,9 @@ PULL_HWM: Final = 20_000
 #: Control requests queued per peer: ``status`` is asked now and then, and
 #: each request is at most MAX_CONTROL_REQUEST bytes (16 x 64 KiB = 1 MiB).
 CONTROL_HWM: Final = 16
+#: Replies queued per peer: a client asks once and waits, so a peer that asks
+#: and never reads holds two ``status`` replies, not libzmq's default 1,000.
+CONTROL_REPLY_HWM: Final = 2
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -95,6 +98,7 @@ class LocalSockets:
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_REQUEST)
             self.control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+            self.control.setsockopt(zmq.SNDHWM, CONTROL_REPLY_HWM)
             self.control.bind("ipc://" + paths.control)
             # Only this user can write the namespace folder (checked above), so
             # these paths are the sockets just bound, not links planted since.

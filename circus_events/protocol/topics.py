@@ -145,6 +145,10 @@ def parse_subscription_topic(topic: bytes) -> SubscriptionTopic:
         raise ChannelError(f"subscription topic {topic[:60]!r} is not UTF-8") from None
     if len(body) > MAX_CHANNEL_BYTES + len(INBOX_PREFIX) + MAX_WORKER_ID_BYTES:
         raise ChannelError(f"subscription topic {topic[:60]!r}... is too long")
+    if exact and name.startswith(INBOX_PREFIX):
+        # An inbox names a worker: status lists it (control characters would
+        # come out six times longer in its JSON).
+        validate_worker_id(name[len(INBOX_PREFIX) :])
     return SubscriptionTopic(name, exact)
 
 
