@@ -44,6 +44,7 @@ from circus_events.bridge.redis_side import (
     read_cluster_status,
     redis_names,
 )
+from circus_events.bridge.replies import MAX_DEFERRED_SYNCS, WorkerReplies
 from circus_events.bridge.resp import RedisConnectError, open_connection, parse_redis_url
 from circus_events.bridge.subscriptions import (
     MAX_NAMES_PER_COMMAND,
@@ -52,6 +53,7 @@ from circus_events.bridge.subscriptions import (
 )
 from circus_events.protocol import (
     FLAG_HOST_ONLY,
+    SYNC_REQUEST,
     SubscriptionTopic,
     decode_frame,
     frame_from_redis,
@@ -808,3 +810,43 @@ def test_the_log_throttle_remembers_a_bounded_number_of_short_keys() -> None:
     for n in range(MAX_KEYS + 5):
         assert expiring.allow(f"k{n}")
     assert len(expiring._last) <= MAX_KEYS
+
+
+class _UnsettledRedis:
+    """Just what a sync reply looks at: connected, subscriptions not confirmed yet."""
+
+    connected = True
+    subscriptions_settled = False
+
+    def __init__(self) -> None:
+        self.settled_event = asyncio.Event()
+        self.first_attempt = asyncio.Event()
+
+
+def test_sync_requests_held_while_redis_settles_are_kept_once_each_and_bounded() -> None:
+    """A client asks again every 0.2 s while it waits: one entry per request,
+    and a flood of distinct ones stops at MAX_DEFERRED_SYNCS (they ask again)."""
+
+    async def main() -> None:
+        sent: list[bytes] = []
+        redis = _UnsettledRedis()
+        replies = WorkerReplies(
+            send=sent.append, redis=redis, stream_mode=False,  # type: ignore[arg-type]
+            origin=b"bridge", counters={}, stopping=asyncio.Event(),
+            note_bad_frame=lambda exc: None,
+        )  # fmt: skip
+        for _ in range(50):
+            replies.answer_sync(SYNC_REQUEST + b"w1\0same-token")
+        for n in range(MAX_DEFERRED_SYNCS + 500):
+            replies.answer_sync(SYNC_REQUEST + b"w2\0" + b"%d" % n)
+        assert sent == [], "nothing answered before Redis settles"
+        redis.subscriptions_settled = True
+        redis.settled_event.set()
+        for _ in range(100):  # loop turns for the settle task, not a wait for time
+            if sent:
+                break
+            await asyncio.sleep(0)
+        assert len(sent) == MAX_DEFERRED_SYNCS
+        assert sum(b"same-token" in frame for frame in sent) == 1, "asked 50 times, answered once"
+
+    asyncio.run(main())

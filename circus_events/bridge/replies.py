@@ -54,11 +54,21 @@ from ..protocol import (
 from ..protocol.lease import LEADER_REQUEST
 from .catchup import LocalHold
 
-__all__ = ["HISTORY_CONNECT_WAIT", "REQUESTS", "SETTLE_WAIT", "RedisPort", "WorkerReplies"]
+__all__ = [
+    "HISTORY_CONNECT_WAIT",
+    "MAX_DEFERRED_SYNCS",
+    "REQUESTS",
+    "SETTLE_WAIT",
+    "RedisPort",
+    "WorkerReplies",
+]
 
 #: Longest a sync reply waits for Redis to confirm this host's subscriptions
 #: (or, for a bridge that has never reached Redis, to connect).
 SETTLE_WAIT: Final = 5.0
+#: Distinct sync requests (worker, token) held while Redis settles: each costs
+#: a few hundred bytes; past this many a request is dropped and asked again.
+MAX_DEFERRED_SYNCS: Final = 10_000
 #: Longest a history request waits for Redis to be connected (a bridge that
 #: has just started, or is reconnecting).
 HISTORY_CONNECT_WAIT: Final = 5.0
@@ -125,7 +135,9 @@ class WorkerReplies:
         self._note_bad_frame = note_bad_frame
         self._epoch = time.time_ns() // 1000
         self._seq = 0
-        self._deferred_syncs: list[tuple[str, bytes]] = []
+        #: Sync requests waiting for Redis to settle, once each (a client asks
+        #: again every 0.2 s while it waits), at most MAX_DEFERRED_SYNCS.
+        self._deferred_syncs: dict[tuple[str, bytes], None] = {}
         self._settle_task: asyncio.Task[None] | None = None
         self._history_tasks: set[asyncio.Task[None]] = set()
 
@@ -180,7 +192,8 @@ class WorkerReplies:
             self._note_bad_frame(exc)
             return
         if self._must_wait():
-            self._deferred_syncs.append((worker, token))
+            if len(self._deferred_syncs) < MAX_DEFERRED_SYNCS:  # else it asks again
+                self._deferred_syncs[(worker, token)] = None
             if self._settle_task is None:
                 self._settle_task = asyncio.get_running_loop().create_task(
                     self._answer_when_settled()
@@ -209,7 +222,7 @@ class WorkerReplies:
                             await redis.first_attempt.wait()
         finally:
             self._settle_task = None
-            waiting, self._deferred_syncs = self._deferred_syncs, []
+            waiting, self._deferred_syncs = self._deferred_syncs, {}
             if not self._stopping.is_set():
                 for worker, token in waiting:
                     self.send_direct(worker, SYNC_CHANNEL, token)
