@@ -277,10 +277,15 @@ def test_malformed_values_are_counted_not_fatal(redis_server: RedisServer) -> No
                 b"\x01" + b"\0" * 8 + b"\x09" * 40,
             ):
                 client.publish("circus-events:t:orders.junk", junk)
+            # A channel longer than any bus name, matching the pattern: refused
+            # before it could become a key of the pattern owner cache.
+            long_name = "circus-events:t:orders." + "x" * 100_000
+            valid = make_frame("orders.x", 1)
+            client.publish(long_name, frame_to_redis(valid, valid.index(b"\0"), b"\x07" * 8))
             frame = make_frame("orders.ok", 1)
             a.publish(frame)
             await until(
-                lambda: b.status()["rejected"] == 5 and b.frames,
+                lambda: b.status()["rejected"] == 6 and b.frames,
                 10,
                 "junk rejected, frame delivered",
             )

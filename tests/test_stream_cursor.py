@@ -29,6 +29,7 @@ from circus_events.bridge.stream_cursor import (
     stream_info,
 )
 from circus_events.protocol import SubscriptionTopic
+from circus_events.protocol.topics import MAX_TOPIC_BYTES
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -253,3 +254,6 @@ def test_interest_cache_is_bounded() -> None:
     assert len(interest.wanted) == WANTED_CACHE_MAX
     interest.wants(b"one more")
     assert interest.wanted == {b"one more": False}
+    interest.add(SubscriptionTopic("", False))  # everything
+    assert not interest.wants(b"x" * (MAX_TOPIC_BYTES + 1)), "no bus's name"
+    assert interest.wants(b"x" * MAX_TOPIC_BYTES) and len(interest.wanted) == 1

@@ -48,7 +48,7 @@ from typing import Any, Final, Unpack
 
 from .._config import BridgeConfig
 from .._exceptions import BridgeError
-from ..protocol.topics import SubscriptionTopic
+from ..protocol.topics import MAX_TOPIC_BYTES, SubscriptionTopic
 from .keeper import BACKOFF_INITIAL, BACKOFF_MAX, LOG_REPEAT_INTERVAL
 from .link import (
     CLOSE_FLUSH_TIMEOUT,
@@ -150,6 +150,7 @@ class RedisSide(LinkedSide):
         admit = self._link.check.admit
         base_len = self._link.base_len
         hb_channel = self._hb_channel
+        longest = base_len + MAX_TOPIC_BYTES
         while True:
             reply = gets()
             if reply is False:
@@ -167,6 +168,9 @@ class RedisSide(LinkedSide):
             elif size == 4 and reply[0] == b"pmessage":
                 channel = reply[2]
                 value = reply[3]
+                if len(channel) > longest:  # no bus's name: never a key of owns()'s cache
+                    self._link.check.rejected += 1
+                    continue
                 if channel.startswith(self._hb_prefix) or not self._subs.owns(reply[1], channel):
                     continue
             else:

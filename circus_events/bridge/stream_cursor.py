@@ -96,7 +96,7 @@ import json
 import zlib
 from typing import Any, Final
 
-from ..protocol.topics import SubscriptionTopic
+from ..protocol.topics import MAX_TOPIC_BYTES, SubscriptionTopic
 
 __all__ = [
     "WANTED_CACHE_MAX",
@@ -382,7 +382,10 @@ class Interest:
         return True
 
     def wants(self, channel: bytes) -> bool:
-        """Whether some local worker wants ``channel``; cached."""
+        """Whether some local worker wants ``channel``; cached, unless it is
+        longer than any bus name (a Redis writer chooses it: never a cache key)."""
+        if len(channel) > MAX_TOPIC_BYTES:
+            return False
         want = channel in self._exact or any(channel.startswith(p) for p in self._prefixes)
         if len(self.wanted) >= WANTED_CACHE_MAX:
             self.wanted.clear()

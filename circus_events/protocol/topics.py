@@ -27,6 +27,7 @@ __all__ = [
     "GLOB_CHARS",
     "INBOX_PREFIX",
     "MAX_CHANNEL_BYTES",
+    "MAX_TOPIC_BYTES",
     "MAX_WORKER_ID_BYTES",
     "Pattern",
     "SubscriptionTopic",
@@ -48,6 +49,9 @@ GLOB_CHARS: Final = frozenset("*?[")
 #: Reserved for the bus: worker inboxes and control channels.
 SYSTEM_PREFIX: Final = "@"
 INBOX_PREFIX: Final = "@w:"
+#: Longest name a bus ever uses on the wire, a worker's inbox: anything longer
+#: that arrives (a subscription, a Redis channel) is no bus's.
+MAX_TOPIC_BYTES: Final = MAX_CHANNEL_BYTES + len(INBOX_PREFIX) + MAX_WORKER_ID_BYTES
 #: Leadership changes are published on ``@leader.<role>``: the one system
 #: channel workers may subscribe to.
 LEADER_EVENTS_PREFIX: Final = "@leader."
@@ -143,7 +147,7 @@ def parse_subscription_topic(topic: bytes) -> SubscriptionTopic:
         name = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ChannelError(f"subscription topic {topic[:60]!r} is not UTF-8") from None
-    if len(body) > MAX_CHANNEL_BYTES + len(INBOX_PREFIX) + MAX_WORKER_ID_BYTES:
+    if len(body) > MAX_TOPIC_BYTES:
         raise ChannelError(f"subscription topic {topic[:60]!r}... is too long")
     if exact and name.startswith(INBOX_PREFIX):
         # An inbox names a worker: status lists it (control characters would
