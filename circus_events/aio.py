@@ -447,14 +447,10 @@ class AsyncBus(BusBase[AsyncSubscription]):
         while not isinstance(step, bool):
             if self.closed:
                 raise BusClosed("the bus is closed")
-            answer = None
-            if step is NOW:
-                answer = time.monotonic()
-            elif step is ASK_CREDIT:
-                if not self._send_lock.locked():  # else a send waits for room: later
-                    self._send_credit_marker()
-            else:
-                assert isinstance(step, AwaitCredit)
+            answer = time.monotonic() if step is NOW else None
+            if step is ASK_CREDIT and not self._send_lock.locked():  # else a send waits: later
+                self._send_credit_marker()
+            elif isinstance(step, AwaitCredit):
                 self._credit_back.clear()
                 if credit.exhausted:
                     await _within(self._credit_back.wait(), step.timeout)
