@@ -351,12 +351,15 @@ class BusCore(Publisher):
 
     def _in_time(self, events: list[Event], oldest: float) -> list[Event]:
         """The events sent at ``oldest`` (Unix time) or later; the others go to
-        the ``late`` ledger (one frame's events come from one sender, in order)."""
+        the ``late`` ledger. A frame's events are in sending order, so the first
+        is the oldest (a sender's clock need not agree: any order is counted)."""
         if events[0].time >= oldest:
             return events
-        kept = [event for event in events if event.time >= oldest]
-        late = len(events) - len(kept)
-        self.late.drop(events[late - 1], late)
+        kept: list[Event] = []
+        late: list[Event] = []
+        for event in events:
+            (kept if event.time >= oldest else late).append(event)
+        self.late.drop(late[-1], len(late))
         return kept
 
     def route(self, events: list[Event]) -> list[Subscriber]:
