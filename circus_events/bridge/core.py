@@ -23,7 +23,8 @@ subscriber by a high-water mark derived from ``subscriber_max_bytes``
 (``protocol.budget``), per publisher by one derived from
 ``publisher_max_bytes`` (a full pipe slows its worker down); subscription
 and control frames by ``MAXMSGSIZE``; the subscriptions by
-:class:`InterestTable`'s caps. What libzmq frees (a stuck subscriber's
+:class:`InterestTable`'s caps, and those refused, which libzmq keeps, by
+cutting who holds the most (:mod:`.holders`). What libzmq frees (a stuck subscriber's
 queue, a departed worker's subscriptions) is handed back to the system now
 and then (:func:`trim_heap`).
 """
@@ -61,6 +62,7 @@ from ..protocol import (
 from .confirms import ConfirmDesk
 from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
+from .holders import RefusalHolders
 from .leader import LeaderDesk
 from .local import LocalSockets, memory_limits, send_local, send_pieces
 from .pacing import Pacer
@@ -125,6 +127,7 @@ class Bridge:
         self._hold: LocalHold | None = None
         self._desk: ConfirmDesk | None = None  # publisher confirms (see .confirms)
         self._pacer: Pacer | None = None  # backpressure from subscribers (see .pacing)
+        self._holders = RefusalHolders(self.counters)  # refused topics libzmq keeps
         self._control: ControlPort | None = None  # status and ping requests
 
     # -- lifecycle ------------------------------------------------------------
@@ -134,15 +137,7 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._context = zmq.Context()
         try:
-            self._sockets = LocalSockets(
-                self._context,
-                self.config.paths,
-                max_message_bytes=self.config.max_message_bytes,
-                subscriber_hwm=self.config.subscriber_hwm,
-                subscriber_max_bytes=self.config.subscriber_max_bytes,
-                publisher_max_bytes=self.config.publisher_max_bytes,
-                group=self.config.group,
-            )
+            self._sockets = LocalSockets.for_config(self._context, self.config)
         except BaseException:
             # destroy, not term: term waits forever for a socket that a failed
             # setup left open (the hang seen with an out-of-range subscriber_hwm).
@@ -445,14 +440,15 @@ class Bridge:
     def _drain_subscriptions(self) -> bool:
         assert self._sockets is not None and self._replies is not None
         xpub = self._sockets.xpub
-        replies = self._replies
+        replies, holders = self._replies, self._holders
         for _ in range(BATCH):
             try:
-                frame = xpub.recv(zmq.NOBLOCK)
+                message = xpub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return False
+            frame = message.bytes
             if xpub.getsockopt(zmq.RCVMORE):
-                self._discard_rest(xpub)
+                holders.discard_rest(xpub)
                 self.counters["rejected_subscriptions"] += 1
                 continue
             if frame[:1] in REQUESTS:  # sync, history, leader: answered by the bridge
@@ -461,18 +457,20 @@ class Bridge:
             if frame[:1] == PACE_ACK or frame[1:] == PACE_TOPIC:
                 self._paced(frame)
                 continue
+            if frame[:1] == b"\x00":
+                self._trim_due = True  # libzmq freed its trie entry
+                holders.cancelled(message, frame)
             try:
                 change = self.interest.feed(frame)
-            except SubscriptionRefused as exc:
-                self._refuse(exc)
-                continue
             except ProtocolError as exc:
-                self.counters["rejected_subscriptions"] += 1
-                self._note_bad_frame(exc)
+                if isinstance(exc, SubscriptionRefused):
+                    self._refuse(exc)
+                else:
+                    self.counters["rejected_subscriptions"] += 1
+                    self._note_bad_frame(exc)
+                holders.refused(message, frame)  # libzmq stored it all the same
                 continue
-            if frame[0] == 0:
-                self._trim_due = True  # libzmq freed its trie entry
-            elif self._desk is not None:
+            if frame[0] == 1 and self._desk is not None:
                 self._desk.subscribed(frame)  # a worker's inbox: hello
             if change is None:
                 continue

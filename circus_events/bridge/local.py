@@ -27,6 +27,7 @@ from ..protocol import (
     LOCAL_FRAME_MAX,
     MAX_CONTROL_REQUEST,
     MAX_SUBSCRIPTION_FRAME,
+    REFUSED_HOLD_BUDGET,
     hwm_for_bytes,
     split_frame,
     worst_case,
@@ -53,6 +54,12 @@ CONTROL_HWM: Final = 16
 #: Replies queued per peer: a client asks once and waits, so a peer that asks
 #: and never reads holds two ``status`` replies, not libzmq's default 1,000.
 CONTROL_REPLY_HWM: Final = 2
+#: XPUB's RCVHWM: frames queued from one subscriber (subscriptions, acks and
+#: requests). libzmq moves a subscriber's whole queue into an unbounded list of
+#: its own each time it looks, so this bounds how fast that list can grow:
+#: with libzmq's 1,000, two peers sending junk took the bridge to 1.6 GB in
+#: 10 s; with 16, eight peers leave it flat. Clients queue on their side.
+UPSTREAM_HWM: Final = 16
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
 
@@ -88,6 +95,7 @@ class LocalSockets:
             self.pull.bind("ipc://" + paths.pull)
             self.xpub = context.socket(zmq.XPUB)
             self.xpub.setsockopt(zmq.SNDHWM, sndhwm)
+            self.xpub.setsockopt(zmq.RCVHWM, UPSTREAM_HWM)
             self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             # Subscription frames: a longer one makes libzmq drop its sender
             # before storing it.
@@ -112,6 +120,21 @@ class LocalSockets:
             raise BridgeError(
                 f"cannot bind the bridge sockets in {paths.directory}: {exc}"
             ) from exc
+
+    @classmethod
+    def for_config(
+        cls, context: zmq.Context[zmq.Socket[bytes]], config: BridgeConfig
+    ) -> LocalSockets:
+        """The sockets of a bridge configured by ``config``."""
+        return cls(
+            context,
+            config.paths,
+            max_message_bytes=config.max_message_bytes,
+            subscriber_hwm=config.subscriber_hwm,
+            subscriber_max_bytes=config.subscriber_max_bytes,
+            publisher_max_bytes=config.publisher_max_bytes,
+            group=config.group,
+        )
 
     def close(self) -> None:
         """Close the sockets, remove their files, release the lock."""
@@ -189,4 +212,5 @@ def memory_limits(config: BridgeConfig) -> dict[str, int]:
         "per_publisher_bytes": worst_case(pub_hwm, frame),
         "buffer_max_bytes": config.buffer_max_bytes,
         "hold_max_bytes": config.hold_max_bytes,
+        "refused_hold_bytes": REFUSED_HOLD_BUDGET,
     }

@@ -47,6 +47,7 @@ from .envelope import (
     single_envelopes,
     split_topic,
 )
+from .holds import HOLD_ENTRY_BYTES, REFUSED_HOLD_BUDGET, RefusedHolds
 from .interest import (
     FLUSH_CHANNEL,
     HISTORY_END_CHANNEL,
@@ -97,6 +98,7 @@ __all__ = [
     "HELLO_NO_CONFIRMS",
     "HISTORY_END_CHANNEL",
     "HISTORY_REQUEST",
+    "HOLD_ENTRY_BYTES",
     "INSTANCE_BYTES",
     "LOCAL_FRAME_MAX",
     "MAX_BATCH_COUNT",
@@ -109,6 +111,7 @@ __all__ = [
     "NODE_ID_BYTES",
     "PACE_ACK",
     "PACE_TOPIC",
+    "REFUSED_HOLD_BUDGET",
     "REPLAY_TOKEN_BYTES",
     "RESUME_CHANNEL",
     "SYNC_CHANNEL",
@@ -122,6 +125,7 @@ __all__ = [
     "PaceTable",
     "Pattern",
     "Reassembler",
+    "RefusedHolds",
     "SequenceTracker",
     "SubscriptionRefused",
     "SubscriptionTopic",
