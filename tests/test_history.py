@@ -81,16 +81,21 @@ def test_history_limit_and_order(
             events.get(timeout=0.3)
 
 
+def publish_burst(bridge: BridgeProcess, total: int) -> None:
+    """``bulk`` events 0 to total - 1, as fast as one publisher goes (batched)."""
+    with Bus(dir=str(bridge.directory), host="host-a", worker="p") as p:
+        for n in range(total):
+            p.publish("bulk", n)
+        assert p.flush()
+
+
 def test_history_counts_events_inside_batched_entries(
     redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
 ) -> None:
     """A burst is kept as a few batch entries; history still counts events."""
     a = bridge_factory("host-a", redis_url=redis_server.url, args=("--mode", "stream"))
     total = 3_000
-    with Bus(dir=str(a.directory), host="host-a", worker="p") as p:
-        for n in range(total):
-            p.publish("bulk", n)
-        assert p.flush()
+    publish_burst(a, total)
     assert a.counters()["accepted_frames"] < total / 10, "the burst was batched"
     with Bus(dir=str(a.directory), host="host-a", worker="late") as late:
         for limit in (1, 150, 1000):
@@ -100,3 +105,23 @@ def test_history_counts_events_inside_batched_entries(
             with pytest.raises(queue.Empty):
                 events.get(timeout=0.3)
             events.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_history_larger_than_the_subscriber_queue_arrives_whole(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    """60,000 events is three times a subscriber queue's 20,000 frames: XPUB
+    dropped what did not fit (53,957 arrived, and nothing said so); a reply
+    now waits for its worker to read."""
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=("--mode", "stream"))
+    total = 60_000
+    publish_burst(a, total)
+    with Bus(dir=str(a.directory), host="host-a", worker="late") as late:
+        events = late.subscribe("bulk", history=total)
+        got = [events.get(timeout=20).data for _ in range(total)]
+        assert got == list(range(total))
+        with pytest.raises(queue.Empty):
+            events.get(timeout=0.3)
+        assert late.stats()["gaps"] == 0
+    assert a.counters()["history_replayed"] == total

@@ -64,7 +64,7 @@ from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
 from .holders import RefusalHolders
 from .leader import LeaderDesk
-from .local import LocalSockets, memory_limits, send_local, send_pieces
+from .local import LocalSockets, memory_limits, send_local, send_pieces, send_unless_full
 from .pacing import Pacer
 from .rejoin import LocalHold, start_hold
 from .replies import REQUESTS, RedisPort, WorkerReplies
@@ -167,6 +167,7 @@ class Bridge:
             )
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
+            try_send=lambda frame: send_unless_full(xpub, frame),
             redis=self._redis,
             stream_mode=self.config.mode == "stream",
             origin=self.config.host.encode("utf-8"),

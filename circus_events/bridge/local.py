@@ -171,6 +171,32 @@ def send_local(send: Callable[[bytes, int], object], frame: bytes) -> None:
         send_pieces(send, frame)
 
 
+def send_unless_full(xpub: zmq.Socket[bytes], frame: bytes) -> bool | None:
+    """Send ``frame`` to local subscribers unless a queue it goes to is full.
+
+    True: sent. False: a queue is full, nothing was sent (wait and try
+    again). None: a later piece of a large frame did not fit, so the frame
+    is lost to that subscriber (pieces must not interleave with other frames,
+    so the rest cannot wait). For replies to one worker (history); live
+    traffic drops instead, so that a stuck subscriber never stalls the others.
+    """
+    xpub.setsockopt(zmq.XPUB_NODROP, 1)
+    try:
+        pieces = split_frame(frame)
+        try:
+            xpub.send(pieces[0], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        try:
+            for piece in pieces[1:]:
+                xpub.send(piece, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return True
+    finally:
+        xpub.setsockopt(zmq.XPUB_NODROP, 0)
+
+
 def publisher_hwm(publisher_max_bytes: int, max_message_bytes: int) -> int:
     """PULL's RCVHWM (per publisher pipe): at most ``PULL_HWM`` frames, fewer to keep
     that many of the largest frames within ``publisher_max_bytes``."""

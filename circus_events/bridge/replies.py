@@ -30,32 +30,27 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from .._exceptions import ChannelError, CircusEventsError, ProtocolError
+from .._exceptions import ProtocolError
 from ..protocol import (
     FLAG_HOST_ONLY,
     FLAG_NOTICE,
-    FLAG_REPLAY,
     HISTORY_END_CHANNEL,
     HISTORY_REQUEST,
     SYNC_CHANNEL,
     SYNC_REQUEST,
     Codec,
-    Envelope,
     HistoryRequest,
-    Pattern,
     SubscriptionRefused,
     SubscriptionTopic,
-    decode_frame,
     encode_frame,
     parse_history_request,
     parse_sync_request,
-    single_envelopes,
 )
 from ..protocol.lease import LEADER_REQUEST
 from .catchup import LocalHold
+from .history import MAX_HISTORY_REPLIES, TrySend, read_reply, send_reply
 
 __all__ = [
-    "HISTORY_CONNECT_WAIT",
     "MAX_DEFERRED_SYNCS",
     "REQUESTS",
     "SETTLE_WAIT",
@@ -69,9 +64,6 @@ SETTLE_WAIT: Final = 5.0
 #: Distinct sync requests (worker, token) held while Redis settles: each costs
 #: a few hundred bytes; past this many a request is dropped and asked again.
 MAX_DEFERRED_SYNCS: Final = 10_000
-#: Longest a history request waits for Redis to be connected (a bridge that
-#: has just started, or is reconnecting).
-HISTORY_CONNECT_WAIT: Final = 5.0
 
 
 #: First bytes of the requests workers send up their subscription socket.
@@ -119,6 +111,7 @@ class WorkerReplies:
         self,
         *,
         send: Callable[[bytes], object],
+        try_send: TrySend,
         redis: RedisPort | None,
         stream_mode: bool,
         origin: bytes,
@@ -127,6 +120,7 @@ class WorkerReplies:
         note_bad_frame: Callable[[Exception], None],
     ) -> None:
         self._send = send
+        self._try_send = try_send
         self._redis = redis
         self._stream_mode = stream_mode
         self._origin = origin
@@ -139,7 +133,8 @@ class WorkerReplies:
         #: again every 0.2 s while it waits), at most MAX_DEFERRED_SYNCS.
         self._deferred_syncs: dict[tuple[str, bytes], None] = {}
         self._settle_task: asyncio.Task[None] | None = None
-        self._history_tasks: set[asyncio.Task[None]] = set()
+        #: History replies in progress, by (worker, token).
+        self._history_replies: dict[tuple[str, bytes], asyncio.Task[None]] = {}
 
     def _frame(self, channel: str, payload: bytes, **extra: Any) -> bytes:
         self._seq += 1
@@ -230,62 +225,28 @@ class WorkerReplies:
     # -- history --------------------------------------------------------------
 
     def start_history(self, frame: bytes) -> None:
-        """A worker subscribed with ``history=``: replay what Redis kept."""
+        """A worker subscribed with ``history=``: replay what Redis kept (see .history)."""
         try:
             request = parse_history_request(frame)
         except ProtocolError as exc:
             self._counters["rejected_subscriptions"] += 1
             self._note_bad_frame(exc)
             return
+        key = (request.worker, request.token)
+        if key in self._history_replies or len(self._history_replies) >= MAX_HISTORY_REPLIES:
+            return  # in progress, or too many at once: the client asks again
         task = asyncio.get_running_loop().create_task(self._replay_history(request))
-        self._history_tasks.add(task)
-        task.add_done_callback(self._history_tasks.discard)
+        self._history_replies[key] = task
+        task.add_done_callback(lambda _: self._history_replies.pop(key, None))
 
     async def _replay_history(self, request: HistoryRequest) -> None:
-        error = ""
-        frames: list[bytes] = []
-        redis = self._redis
-        if redis is None:
-            error = "history needs a Redis in stream mode (mode = stream)"
-        else:
-            if self._stream_mode:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(HISTORY_CONNECT_WAIT):
-                        await redis.connected_event.wait()  # the side connects on its own
-            try:
-                frames = await redis.history(
-                    Pattern(request.pattern).matches, request.limit, request.since_ms
-                )
-            except (CircusEventsError, ChannelError) as exc:
-                error = f"history is not available: {exc}"
+        frames, error = await read_reply(self._redis, self._stream_mode, request)
         if self._stopping.is_set():
             return
-        replayed: list[Envelope] = []
-        for frame in frames:
-            try:
-                env = decode_frame(frame)
-            except ProtocolError:
-                continue
-            if env.target is not None:
-                continue  # direct messages are for their worker only, never history
-            replayed.extend(single_envelopes(env))
-        if request.limit is not None:
-            # The stream side counts entries; a batch entry holds several events.
-            replayed = replayed[-request.limit :] if request.limit else []
-        for env in replayed:
-            self._send(
-                encode_frame(
-                    env.channel,
-                    origin=env.origin.encode(),
-                    host=env.host.encode(),
-                    epoch=env.epoch,
-                    seq=env.seq,
-                    time=env.time,
-                    codec=Codec(env.codec),
-                    payload=request.token + env.payload,
-                    flags=FLAG_REPLAY,
-                    target=request.worker,
-                )
-            )
-        self.send_direct(request.worker, HISTORY_END_CHANNEL, request.token + error.encode())
-        self._counters["history_replayed"] += len(replayed)
+        sent, problem = await send_reply(self._try_send, frames, self._stopping)
+        self._counters["history_replayed"] += sent
+        end = request.token + (error or problem).encode()
+        target = request.worker
+        await send_reply(
+            self._try_send, [self._frame(HISTORY_END_CHANNEL, end, target=target)], self._stopping
+        )

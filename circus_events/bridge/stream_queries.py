@@ -34,6 +34,7 @@ import hiredis
 from .._config import BridgeConfig
 from .._exceptions import BridgeError
 from ..protocol.topics import INBOX_PREFIX
+from .history import HISTORY_MAX_BYTES
 from .resp import RespConnection, encode_command
 from .stream_cursor import StreamId, StreamReplyError, format_id, id_before, parse_id, stream_info
 from .values import STAMP_OFFSET, ValueCheck
@@ -140,7 +141,7 @@ async def read_history(
     page = HISTORY_PAGE if count is None else min(HISTORY_PAGE, max(count, 100))
     end: bytes = b"+"
     found: list[tuple[StreamId, bytes]] = []
-    scanned = 0
+    scanned = size = 0
     while True:
         reply = await request(encode_command("XREVRANGE", key, end, start, "COUNT", page))
         if isinstance(reply, Exception):
@@ -151,7 +152,9 @@ async def read_history(
             frame = _history_frame(fields, match, check)
             if frame is not None:
                 found.append((parse_id(raw_id), frame))
-                if count is not None and len(found) >= count:
+                size += len(frame)
+                # Past what a reply carries (it says so): no more is needed.
+                if (count is not None and len(found) >= count) or size > HISTORY_MAX_BYTES:
                     return found
         scanned += len(reply)
         # The stream holds about `retention` entries; the bound guards a racing writer.
