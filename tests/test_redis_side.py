@@ -836,7 +836,8 @@ def test_sync_requests_held_while_redis_settles_are_kept_once_each_and_bounded()
         sent: list[bytes] = []
         redis = _UnsettledRedis()
         replies = WorkerReplies(
-            send=sent.append, redis=redis, stream_mode=False,  # type: ignore[arg-type]
+            send=sent.append, try_send=lambda frame: sent.append(frame) is None,
+            redis=redis, stream_mode=False,  # type: ignore[arg-type]
             origin=b"bridge", counters={}, stopping=asyncio.Event(),
             note_bad_frame=lambda exc: None,
         )  # fmt: skip
