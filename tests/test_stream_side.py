@@ -36,6 +36,7 @@ from helpers import (
 from circus_events import Bus
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import BridgeError, ConfigError
+from circus_events.bridge.stream_queries import XREAD_COUNT, XREAD_MAX_BYTES, xread_count
 from circus_events.bridge.stream_side import (
     StreamNames,
     StreamSide,
@@ -563,3 +564,12 @@ def test_two_redis_connections_per_bridge_in_stream_mode(
     finally:
         for bus in buses:
             bus.close()
+
+
+def test_xread_count_keeps_a_reply_of_the_largest_entries_within_64_mib() -> None:
+    """hiredis holds a whole reply: COUNT shrinks as messages may grow."""
+    assert xread_count(1024, 1) == XREAD_COUNT == 1000
+    assert xread_count(1024 * 1024, 1) == 63  # the default max_message_bytes
+    assert xread_count(1024 * 1024, 4) == 15  # COUNT is per stream
+    assert xread_count(256 * 1024 * 1024, 1) == 1  # never 0
+    assert xread_count(1024 * 1024, 1) * (1024 * 1024 + 4096) <= XREAD_MAX_BYTES

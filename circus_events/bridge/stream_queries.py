@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import hiredis
 
-from .._config import BridgeConfig
+from .._config import FRAME_SLACK, BridgeConfig
 from .._exceptions import BridgeError
 from ..protocol.topics import INBOX_PREFIX
 from .history import HISTORY_MAX_BYTES
@@ -42,11 +42,14 @@ from .values import STAMP_OFFSET, ValueCheck
 __all__ = [
     "HISTORY_PAGE",
     "HISTORY_TIMEOUT",
+    "XREAD_COUNT",
+    "XREAD_MAX_BYTES",
     "SetupReplies",
     "StreamNames",
     "merge_newest",
     "query_setup",
     "read_history",
+    "xread_count",
 ]
 
 #: history() gives up (BridgeError) after this long.
@@ -55,6 +58,21 @@ HISTORY_TIMEOUT: Final = 10.0
 HISTORY_PAGE: Final = 1000
 
 _INBOX: Final = INBOX_PREFIX.encode("utf-8")
+
+#: Entries per stream per XREAD, at most.
+XREAD_COUNT: Final = 1000
+#: Bytes one XREAD reply may hold at the largest entries bridges write:
+#: hiredis holds a whole reply in memory (1,000 entries of 1 MiB is 1 GiB).
+XREAD_MAX_BYTES: Final = 64 * 1024 * 1024
+
+
+def xread_count(max_message_bytes: int, shards: int) -> int:
+    """Entries per stream per XREAD: XREAD_COUNT, fewer when that many entries
+    of the largest size (a message of ``max_message_bytes`` and its header)
+    from every shard would pass XREAD_MAX_BYTES; at least one."""
+    entry = max_message_bytes + FRAME_SLACK
+    return max(1, min(XREAD_COUNT, XREAD_MAX_BYTES // (entry * shards)))
+
 
 #: Sends one command on the ordered connection; resolves to its reply.
 Request = Callable[[bytes], Awaitable[Any]]

@@ -12,12 +12,13 @@ Same two connections as pub/sub mode (``circus-events:<host>:pub`` and
   node id, header, payload); the entry's one field is the local channel.
   Cursor saves, the data-epoch check, presence and :meth:`StreamSide.history`
   go over it too.
-* **sub** loops on ``XREAD COUNT 1000 BLOCK 1000 STREAMS <every shard>
+* **sub** loops on ``XREAD COUNT <n> BLOCK 1000 STREAMS <every shard>
   <cursors>``: one command in flight; each reply is filtered (own node id,
   ``ignore_hosts``, malformed, and channels no local worker wants: skipped,
   the cursor still advances), the next ``XREAD`` is sent, then the frames go
   to ``deliver``. Nothing to subscribe: ``subscriptions_settled`` is
-  ``connected``.
+  ``connected``. ``<n>`` is 1,000, fewer where that many of the largest
+  entries would make a reply past 64 MiB (:func:`.stream_queries.xread_count`).
 
 Redis names (``<base>`` is ``<redis_prefix>:<namespace>:``): streams
 ``<base>@stream:<n>`` for ``n`` in ``0..stream_shards-1`` (a channel's shard is
@@ -81,7 +82,15 @@ from .stream_cursor import (
     start_id,
     stream_info,
 )
-from .stream_queries import HISTORY_TIMEOUT, StreamNames, merge_newest, query_setup, read_history
+from .stream_queries import (
+    HISTORY_TIMEOUT,
+    XREAD_COUNT,
+    StreamNames,
+    merge_newest,
+    query_setup,
+    read_history,
+    xread_count,
+)
 from .stream_reply import frames_from_xread
 
 __all__ = [
@@ -102,8 +111,6 @@ __all__ = [
 
 log = logging.getLogger("circus_events.redis")
 
-#: Entries per stream per XREAD.
-XREAD_COUNT: Final = 1000
 #: XREAD blocks at most this long: an idle connection still answers every second.
 XREAD_BLOCK_MS: Final = 1000
 #: An XREAD without an answer for this long: the connection is dead.
@@ -144,7 +151,8 @@ class StreamSide(LinkedSide):
         self._cursor_key = names.cursor
         self._shards = config.stream_shards
         self._maxlen = b"%d" % config.retention
-        args = [b"XREAD", b"COUNT", b"%d" % XREAD_COUNT, b"BLOCK", b"%d" % XREAD_BLOCK_MS]
+        count = xread_count(config.max_message_bytes, config.stream_shards)
+        args = [b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % XREAD_BLOCK_MS]
         args += [b"STREAMS", *self._keys]
         self._xread_head = b"*%d\r\n" % (len(args) + self._shards) + b"".join(
             b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args
