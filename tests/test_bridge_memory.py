@@ -38,7 +38,7 @@ from circus_events import Bus
 from circus_events._config import BridgeConfig
 from circus_events._exceptions import ConfigError
 from circus_events.plugin import parse_plugin_options
-from circus_events.protocol import LOCAL_FRAME_MAX
+from circus_events.protocol import LOCAL_FRAME_MAX, Reassembler, channel_topic
 
 MiB: Final = 1024 * 1024
 #: How long the publisher sends 512 KiB messages at a stuck
@@ -626,3 +626,57 @@ def test_a_small_publisher_budget_slows_but_never_stalls(
         assert [event.payload for event in got] == plan
         assert [event.seq for event in got] == list(range(1, len(plan) + 1))
         assert reader.stats()["missed"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_stream_backlog_of_large_messages_is_read_in_bounded_replies(
+    bridge_factory: Callable[..., BridgeProcess],
+    redis_server: RedisServer,
+    raw_context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """hiredis holds a whole reply: an XREAD of 1,000 entries of 1 MiB is 1 GiB.
+    A bridge back from a pause finds 200 messages of 900 KiB (180 MB) waiting,
+    and reads them in replies of at most 64 MiB (with COUNT 1000 its RSS rose
+    by about 460 MiB, with the bound by about 180: a reply is held as bytes,
+    values and frames at once). Its subscriber is a plain SUB socket that only
+    counts, so that its speed does not weigh."""
+    stream = ("--mode", "stream")
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=stream)
+    b = bridge_factory("host-b", redis_url=redis_server.url, args=stream)
+    assert b.process is not None
+    sub = raw_context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, channel_topic("big"))
+    sub.connect(f"ipc://{b.directory}/default/out.sock")
+    joiner = Reassembler(2 * MiB)
+    whole = 0
+
+    def drain() -> bool:
+        nonlocal whole
+        while sub.poll(0):
+            whole += joiner.add(sub.recv()) is not None
+        return whole == 200
+
+    redis = redis_server.client()
+    with Bus(dir=str(a.directory), host="host-a", worker="writer") as writer:
+        wait_until(lambda: b.status()["subscriptions"] >= 1, 10, "host-b's subscriber")
+        assert writer.sync(10)
+        start = rss(b.process.pid)
+        os.kill(b.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(200):
+                writer.publish("big", "x" * 900 * 1024)
+            assert writer.flush(30)
+            streams = [key for key in redis.keys("*") if redis.type(key) == b"stream"]
+            wait_until(
+                lambda: sum(redis.xlen(key) for key in streams) >= 200, 30, "the backlog in Redis"
+            )
+        finally:
+            os.kill(b.process.pid, signal.SIGCONT)
+        with Watch(b) as watch:
+            wait_until(drain, 60, "the backlog delivered")
+        # Redis took the 180 MB more slowly than the writer sent them: its
+        # bridge held the writer back rather than drop from its 64 MiB buffer.
+        assert a.status()["redis"]["dropped"] == 0
+    sub.close(linger=0)
+    print(f"\nbridge RSS {start / MiB:.0f} -> peak {watch.peak / MiB:.0f} MiB")
+    assert watch.peak <= start + 300 * MiB

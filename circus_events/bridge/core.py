@@ -39,7 +39,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import zmq
 
@@ -64,7 +64,16 @@ from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
 from .holders import RefusalHolders
 from .leader import LeaderDesk
-from .local import LocalSockets, memory_limits, send_local, send_pieces, send_unless_full
+from .local import POLLIN as _POLLIN
+from .local import (
+    LocalSockets,
+    memory_limits,
+    send_local,
+    send_pieces,
+    send_unless_full,
+)
+from .local import socket_events as _events
+from .local import socket_fd as _fd
 from .pacing import Pacer
 from .rejoin import LocalHold, start_hold
 from .replies import REQUESTS, RedisPort, WorkerReplies
@@ -151,6 +160,7 @@ class Bridge:
         if self.config.redis_url:
             self._redis = self._make_redis_side()
             redis_task = asyncio.create_task(self._redis.run(), name="circus-events-redis")
+            self._redis.on_uncongested(self._schedule_service)
         xpub = self._sockets.xpub
         control = self._sockets.control
         self._control = ControlPort(control, self.status, self.started_at, self.counters)
@@ -295,8 +305,11 @@ class Bridge:
         return any(_events(sock) & _POLLIN for sock in socks)
 
     def _pulling(self) -> bool:
-        """False while subscribers hold local publishers back (see .pacing)."""
-        return self._pacer is None or not self._pacer.held
+        """False while subscribers (see .pacing) or a congested Redis hold local
+        publishers back."""
+        redis = self._redis
+        pacer = self._pacer
+        return (pacer is None or not pacer.held) and (redis is None or not redis.congested)
 
     def _drain_pull(self) -> bool:
         """Handle up to BATCH frames from workers; True if more may be waiting."""
@@ -572,19 +585,6 @@ class Bridge:
         status["redis"] = self._redis.status() if self._redis is not None else None
         status["leaders"] = self._leaders.status()
         return status
-
-
-# Plain ints: an enum member costs a class lookup and an enum ``&`` per use.
-_EVENTS: Final = int(zmq.EVENTS)
-_POLLIN: Final = int(zmq.POLLIN)
-
-
-def _fd(sock: zmq.Socket[bytes]) -> int:
-    return cast(int, sock.getsockopt(zmq.FD))
-
-
-def _events(sock: zmq.Socket[bytes]) -> int:
-    return cast(int, sock.getsockopt(_EVENTS))
 
 
 def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 import zmq
 
@@ -169,6 +169,22 @@ def send_local(send: Callable[[bytes, int], object], frame: bytes) -> None:
         send(frame, zmq.NOBLOCK)
     else:
         send_pieces(send, frame)
+
+
+# Plain ints: an enum member costs a class lookup and an enum ``&`` per use.
+_EVENTS: Final = int(zmq.EVENTS)
+#: ``zmq.POLLIN`` as a plain int.
+POLLIN: Final = int(zmq.POLLIN)
+
+
+def socket_fd(sock: zmq.Socket[bytes]) -> int:
+    """The file descriptor that wakes an event loop for ``sock`` (edge-triggered)."""
+    return cast(int, sock.getsockopt(zmq.FD))
+
+
+def socket_events(sock: zmq.Socket[bytes]) -> int:
+    """``sock``'s ZMQ_EVENTS (POLLIN, POLLOUT): what it can do now."""
+    return cast(int, sock.getsockopt(_EVENTS))
 
 
 def send_unless_full(xpub: zmq.Socket[bytes], frame: bytes) -> bool | None:

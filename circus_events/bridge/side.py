@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .catchup import LocalHold
 from .link import RedisLink
 
-__all__ = ["LinkedSide", "Publish"]
+__all__ = ["CONGESTION_RECHECK", "LinkedSide", "Publish"]
+
+#: While congested, how often the side looks whether it still is.
+CONGESTION_RECHECK: Final = 0.02
 
 
 class Publish(Protocol):
@@ -50,6 +53,39 @@ class LinkedSide:
         self.settled_event = link.settled_event
         #: Set once the first attempt to reach Redis ended, either way.
         self.first_attempt = link.first_attempt
+        self._congested_at = link.config.buffer_max_bytes // 2
+        self._recheck: asyncio.TimerHandle | None = None
+        self._on_uncongested: Callable[[], None] | None = None
+
+    @property
+    def congested(self) -> bool:
+        """Connected, yet Redis takes less than local workers send: the write
+        buffer is full and half of ``buffer_max_bytes`` waits behind it.
+
+        The bridge stops reading its local publishers meanwhile (``publish``
+        waits; nothing is dropped), as it does for a slow local subscriber,
+        and :meth:`on_uncongested`'s callback tells it when to read again.
+        Never while Redis is away: local delivery goes on, and the buffer
+        drops its oldest past ``buffer_max_bytes``.
+        """
+        link = self._link
+        pub = link.pub
+        if pub is None or not pub.writing_paused or link.queue.pending_bytes < self._congested_at:
+            return False
+        if self._recheck is None and link.loop is not None:
+            if link.throttle.allow("congested"):
+                link.log.info("circus-events: Redis takes less than local workers send: they wait")
+            self._recheck = link.loop.call_later(CONGESTION_RECHECK, self._look_again)
+        return True
+
+    def on_uncongested(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a congestion the bridge saw has ended."""
+        self._on_uncongested = callback
+
+    def _look_again(self) -> None:
+        self._recheck = None
+        if not self.congested and self._on_uncongested is not None:  # else: looks again
+            self._on_uncongested()
 
     async def run(self) -> None:
         """Keep both connections up until :meth:`close`. Never raises for Redis trouble."""
