@@ -300,6 +300,7 @@ class RedisSide(LinkedSide):
         unreachable, timeout, auth_failed, tls_failed, loading, redis_error,
         config_error, closed."""
         status = self._link.status()
+        status["congestions"] = self.congestions
         status.update(
             subscribe_errors=self._sub_errors,
             subscriptions=self._subs.count,

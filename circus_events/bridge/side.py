@@ -56,6 +56,8 @@ class LinkedSide:
         self._congested_at = link.config.buffer_max_bytes // 2
         self._recheck: asyncio.TimerHandle | None = None
         self._on_uncongested: Callable[[], None] | None = None
+        #: Times a congested Redis held local publishers back (``status``).
+        self.congestions = 0
 
     @property
     def congested(self) -> bool:
@@ -73,6 +75,7 @@ class LinkedSide:
         if pub is None or not pub.writing_paused or link.queue.pending_bytes < self._congested_at:
             return False
         if self._recheck is None and link.loop is not None:
+            self.congestions += 1
             if link.throttle.allow("congested"):
                 link.log.info("circus-events: Redis takes less than local workers send: they wait")
             self._recheck = link.loop.call_later(CONGESTION_RECHECK, self._look_again)

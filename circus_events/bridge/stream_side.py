@@ -574,6 +574,7 @@ class StreamSide(LinkedSide):
         ``skipped`` (entries no local worker
         wanted), ``resuming`` (waiting for workers after a restart)."""
         status = self._link.status()
+        status["congestions"] = self.congestions
         cursors = self._cursors
         status.update(
             mode="stream",
