@@ -155,7 +155,8 @@ class RefusalHolders:
         parts all the same, so they are charged."""
         while sock.getsockopt(zmq.RCVMORE):
             part = sock.recv(zmq.NOBLOCK, copy=False)
-            if part.bytes[:1] == b"\x00":
-                self.cancelled(part, part.bytes)
+            data = part.bytes
+            if data[:1] == b"\x00":
+                self.cancelled(part, data)
             else:
-                self.refused(part, part.bytes)
+                self.refused(part, data)

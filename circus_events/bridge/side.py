@@ -56,6 +56,7 @@ class LinkedSide:
         self._congested_at = link.config.buffer_max_bytes // 2
         self._recheck: asyncio.TimerHandle | None = None
         self._on_uncongested: Callable[[], None] | None = None
+        self._holding = False
         #: Times a congested Redis held local publishers back (``status``).
         self.congestions = 0
 
@@ -75,9 +76,11 @@ class LinkedSide:
         if pub is None or not pub.writing_paused or link.queue.pending_bytes < self._congested_at:
             return False
         if self._recheck is None and link.loop is not None:
-            self.congestions += 1
-            if link.throttle.allow("congested"):
-                link.log.info("circus-events: Redis takes less than local workers send: they wait")
+            if not self._holding:  # a new congestion, not the same one looked at again
+                self._holding = True
+                self.congestions += 1
+                if link.throttle.allow("congested"):
+                    link.log.info("circus-events: Redis takes less than local workers send")
             self._recheck = link.loop.call_later(CONGESTION_RECHECK, self._look_again)
         return True
 
@@ -87,7 +90,10 @@ class LinkedSide:
 
     def _look_again(self) -> None:
         self._recheck = None
-        if not self.congested and self._on_uncongested is not None:  # else: looks again
+        if self.congested:
+            return  # looks again
+        self._holding = False
+        if self._on_uncongested is not None:
             self._on_uncongested()
 
     async def run(self) -> None:
