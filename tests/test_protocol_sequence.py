@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circus_events.protocol.sequence import DEFAULT_MAX_KEYS, DUPLICATE, WINDOW, SequenceTracker
+from circus_events.protocol.sequence import (
+    DEFAULT_MAX_KEYS,
+    DUPLICATE,
+    WINDOW,
+    ChannelNumbers,
+    SequenceTracker,
+)
 
 D = DUPLICATE
 
@@ -245,3 +251,19 @@ def test_a_run_that_does_not_follow_is_judged_one_by_one() -> None:
     assert tracker.observe_run("w", "c", 2, 1, 2) == [0, 0]  # restarted origin
     assert tracker.observe_run("w", "c", 1, 22, 2) == [DUPLICATE, DUPLICATE]
     assert (tracker.gaps, tracker.missed, tracker.duplicates) == (1, 5, 4)
+
+
+def test_channel_numbers_count_per_channel_and_start_again_under_a_new_epoch() -> None:
+    numbers = ChannelNumbers(epoch=100, max_channels=2)
+    assert [numbers.next("a"), numbers.next("a"), numbers.next("b")] == [
+        (100, 1), (100, 2), (100, 1)
+    ]  # fmt: skip
+    assert numbers.next("b") == (100, 2) and len(numbers) == 2
+    # A third name: every name forgotten, numbered again under the next epoch.
+    assert numbers.next("c") == (101, 1) and len(numbers) == 1
+    assert numbers.next("a") == (101, 1)
+    # A receiver takes the new epoch as a restart: no gap, no duplicate.
+    tracker = SequenceTracker()
+    for epoch, seq in [(100, 1), (100, 2), (101, 1), (101, 2)]:
+        assert tracker.observe("bridge", "a", epoch, seq) != DUPLICATE
+    assert tracker.gaps == 0

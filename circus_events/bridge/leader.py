@@ -51,6 +51,7 @@ from ..protocol.lease import (
     parse_leader_request,
     poll_period,
 )
+from ..protocol.sequence import ChannelNumbers
 from .lease_script import LEASE_SCRIPT, lease_keys, parse_lease_value
 from .replies import RedisPort
 
@@ -64,6 +65,8 @@ log = logging.getLogger("circus_events.leader")
 #: Roles (per scope) a bridge keeps track of, and candidates per role.
 MAX_ROLES: Final = 1000
 MAX_CANDIDATES: Final = 1000
+#: Roles whose event channel keeps its numbering at once (see ChannelNumbers).
+MAX_NUMBERED_ROLES: Final = 10 * MAX_ROLES
 #: How often terms are checked and leases tried (seconds).
 TICK: Final = 0.02
 #: A candidate silent for this many ttls is forgotten (it asks every sixth of one).
@@ -119,7 +122,8 @@ class LeaderDesk:
         self._last_token = 0
         self._epoch = time.time_ns() // 1000
         self._seq = 0
-        self._event_seqs: dict[str, int] = {}
+        # @leader.<role> events, numbered per channel (role names come and go).
+        self._numbers = ChannelNumbers(self._epoch, MAX_NUMBERED_ROLES)
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -416,13 +420,13 @@ class LeaderDesk:
         }
         channel = leader_channel(desk.role)
         # Numbered per channel, as receivers count (a hole would be a gap).
-        seq = self._event_seqs[channel] = self._event_seqs.get(channel, 0) + 1
+        epoch, seq = self._numbers.next(channel)
         self._inject(
             encode_frame(
                 channel,
                 origin=self._origin,
                 host=self._origin,
-                epoch=self._epoch,
+                epoch=epoch,
                 seq=seq,
                 time=time.time(),
                 codec=Codec.JSON,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DUPLICATE", "WINDOW", "SequenceTracker"]
+__all__ = ["DUPLICATE", "WINDOW", "ChannelNumbers", "SequenceTracker"]
 
 #: Returned by :meth:`SequenceTracker.observe` for a message to drop.
 DUPLICATE: Final = -1
@@ -119,3 +119,33 @@ class SequenceTracker:
         """Drop all state about one origin (it left for good)."""
         for key in [k for k in self._state if k[0] == origin]:
             del self._state[key]
+
+
+class ChannelNumbers:
+    """A sender's side: the next (epoch, seq) per channel, for at most
+    ``max_channels`` channels at once.
+
+    A sender that numbers channels it makes up as it goes (one per leader
+    role) would keep every name forever; past ``max_channels`` it forgets
+    them all and numbers again under the next epoch, which receivers take
+    as a restart (tracking starts afresh: no gap, no duplicate).
+    """
+
+    __slots__ = ("_seqs", "epoch", "max_channels")
+
+    def __init__(self, epoch: int, max_channels: int) -> None:
+        self.epoch = epoch
+        self.max_channels = max_channels
+        self._seqs: dict[str, int] = {}
+
+    def next(self, channel: str) -> tuple[int, int]:
+        """The epoch and sequence number of ``channel``'s next message."""
+        seq = self._seqs.get(channel, 0) + 1
+        if seq == 1 and len(self._seqs) >= self.max_channels:
+            self._seqs.clear()
+            self.epoch += 1
+        self._seqs[channel] = seq
+        return self.epoch, seq
+
+    def __len__(self) -> int:
+        return len(self._seqs)
