@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from ._exceptions import ChannelError, ConfigError
 from ._redis_url import RedisAddress, check_tls_files, parse_redis_url
+from .protocol.backlog import DEFAULT_BACKLOG_BYTES
 from .protocol.budget import MIN_FRAMES, min_budget
 from .protocol.chunks import LOCAL_FRAME_MAX
 from .protocol.envelope import NODE_ID_BYTES
@@ -352,6 +353,8 @@ class BridgeConfig:
     pace_bytes: int = DEFAULT_PACE_BYTES
     #: Seconds without progress after which a subscriber behind paces nobody.
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    #: Bytes all local subscribers that do not read may hold together (0: no bound).
+    backlog_max_bytes: int = DEFAULT_BACKLOG_BYTES
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -475,6 +478,7 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
     "hold_max_bytes": NumberSpec(int, 0, MAX_BUFFER_MAX_BYTES),
     "pace_bytes": NumberSpec(int, 0, MAX_SUBSCRIBER_MAX_BYTES),
     "stall_timeout": NumberSpec(float, MIN_STALL_TIMEOUT, MAX_STALL_TIMEOUT),
+    "backlog_max_bytes": NumberSpec(int, 0, MAX_SUBSCRIBER_MAX_BYTES),
 }
 
 

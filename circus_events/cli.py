@@ -210,6 +210,12 @@ def cli(verbose: int) -> None:
     help="Seconds without progress after which a subscriber that is behind paces "
     f"nobody and loses at its high-water mark [1; {_range('stall_timeout')}].",
 )
+@click.option(
+    "--backlog-max-bytes",
+    help="Bytes all local subscribers that do not read may leave in the bridge together; "
+    f"past it the one behind longest is disconnected [1 GiB; {_range('backlog_max_bytes')}; "
+    "0: no bound].",
+)
 def bridge(
     dir_: str | None,
     namespace: str | None,
@@ -233,6 +239,7 @@ def bridge(
     hold_max_bytes: str | None,
     pace_bytes: str | None,
     stall_timeout: str | None,
+    backlog_max_bytes: str | None,
 ) -> None:
     """Run this host's bridge in the foreground (for supervisor or systemd).
 
@@ -272,6 +279,7 @@ def bridge(
         hold_max_bytes=hold_max_bytes,
         pace_bytes=pace_bytes,
         stall_timeout=stall_timeout,
+        backlog_max_bytes=backlog_max_bytes,
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("circus_events").setLevel(logging.INFO)

@@ -53,12 +53,12 @@ from ..protocol import (
     PACE_ACK,
     PACE_TOPIC,
     InterestTable,
-    PaceTable,
     SequenceTracker,
     SubscriptionRefused,
     check_frame,
     inbox_channel,
 )
+from .backlog import BacklogWatch, sent_hook
 from .confirms import ConfirmDesk
 from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
@@ -67,6 +67,7 @@ from .leader import LeaderDesk
 from .local import POLLIN as _POLLIN
 from .local import (
     LocalSockets,
+    discard_rest,
     memory_limits,
     send_local,
     send_pieces,
@@ -117,6 +118,7 @@ class Bridge:
             "duplicates": 0,
             "foreign_host": 0,
             "history_replayed": 0,
+            "cut_stuck_subscribers": 0,  # see .backlog
         }
         self._warned_workers: set[str] = set()
         self.started_at = time.time()
@@ -137,6 +139,8 @@ class Bridge:
         self._desk: ConfirmDesk | None = None  # publisher confirms (see .confirms)
         self._pacer: Pacer | None = None  # backpressure from subscribers (see .pacing)
         self._holders = RefusalHolders(self.counters)  # refused topics libzmq keeps
+        self._backlog: BacklogWatch | None = None  # stuck subscribers, together (.backlog)
+        self._sent: Callable[[int], None] = sent_hook()  # bytes sent to local subscribers
         self._control: ControlPort | None = None  # status and ping requests
 
     # -- lifecycle ------------------------------------------------------------
@@ -167,14 +171,12 @@ class Bridge:
         use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
         self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
         if self.config.pace_threshold:
-            hold = self._hold
-            self._pacer = Pacer(
-                PaceTable(self.config.pace_threshold, self.config.stall_timeout),
-                self._loop,
-                xpub,
-                can_mark=lambda: hold is None or hold.open,
-                resume=self._schedule_service,
+            self._pacer = Pacer.for_config(
+                self.config, self._loop, xpub, self._hold, self._schedule_service
             )
+        if self.config.backlog_max_bytes:
+            self._backlog = BacklogWatch.for_config(self.config, self.counters, self._hold)
+        self._sent = sent_hook(self._pacer, self._backlog)
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             try_send=lambda frame: send_unless_full(xpub, frame),
@@ -340,7 +342,7 @@ class Bridge:
             size = len(frame)
             if size > limit:
                 counters["rejected_oversized"] += 1
-                self._discard_rest(pull)
+                discard_rest(pull)
                 continue
             try:
                 env = check_frame(frame)
@@ -348,7 +350,7 @@ class Bridge:
                 # Workers send one frame per message; the rest of a multipart
                 # one goes with its first part. (RCVMORE is only read here: it
                 # costs more than a recv on the hot path.)
-                self._discard_rest(pull)
+                discard_rest(pull)
                 counters["rejected_malformed"] += 1
                 self._note_bad_frame(exc)
                 continue
@@ -377,8 +379,7 @@ class Bridge:
         counters["delivered"] += accepted
         if redis is not None:
             redis.flush()
-        if self._pacer is not None:
-            self._pacer.sent(sent)
+        self._sent(sent)
         return more
 
     def inject(self, frame: bytes) -> bool:
@@ -396,8 +397,7 @@ class Bridge:
         self.counters["accepted_frames"] += 1
         send_local(self._local_send, frame)
         self.counters["delivered"] += env.messages
-        if self._pacer is not None:
-            self._pacer.sent(len(frame))
+        self._sent(len(frame))
         if self._redis is not None and not env.flags & FLAG_HOST_ONLY:
             self._redis.publish(frame, frame.index(b"\0"), env.messages)
         self._schedule_service()
@@ -407,6 +407,7 @@ class Bridge:
         """Deliver frames that other hosts sent (called by the Redis side)."""
         if self._sockets is None:
             return
+        sent = 0  # counted, never held back: Redis does not wait
         for frame in frames:
             if len(frame) > self.config.max_message_bytes:
                 self.counters["rejected_oversized"] += 1
@@ -441,8 +442,8 @@ class Bridge:
                 send_pieces(self._local_send, frame)
             self.counters["from_redis"] += count
             self.counters["delivered"] += count
-            if self._pacer is not None:  # counted, never held back: Redis does not wait
-                self._pacer.sent(len(frame))
+            sent += len(frame)
+        self._sent(sent)
         self._look_at_xpub()
 
     def _look_at_xpub(self) -> None:
@@ -469,11 +470,13 @@ class Bridge:
                 replies.answer(frame)
                 continue
             if frame[:1] == PACE_ACK or frame[1:] == PACE_TOPIC:
-                self._paced(frame)
+                self._paced(message, frame)
                 continue
             if frame[:1] == b"\x00":
                 self._trim_due = True  # libzmq freed its trie entry
                 holders.cancelled(message, frame)
+            elif self._backlog is not None:
+                self._backlog.subscribed(message)  # its connection may hold frames now
             try:
                 change = self.interest.feed(frame)
             except ProtocolError as exc:
@@ -501,7 +504,7 @@ class Bridge:
                     self._redis.remove_interest(change.topic)
         return True
 
-    def _paced(self, frame: bytes) -> None:
+    def _paced(self, message: zmq.Frame, frame: bytes) -> None:
         """A subscriber's ack, or its (un)subscription to the markers: local only."""
         if frame[:1] == PACE_ACK and self._pacer is not None:
             try:
@@ -509,6 +512,9 @@ class Bridge:
             except ProtocolError as exc:
                 self.counters["rejected_subscriptions"] += 1
                 self._note_bad_frame(exc)
+            else:
+                if self._backlog is not None:
+                    self._backlog.acked(message, frame)  # it has read up to there
 
     def _refuse(self, exc: SubscriptionRefused) -> None:
         """A subscription past ``max_subscriptions``/``max_patterns``: never sent to
@@ -526,11 +532,6 @@ class Bridge:
             if self._trim_due:
                 self._trim_due = False
                 trim_heap()
-
-    @staticmethod
-    def _discard_rest(sock: zmq.Socket[bytes]) -> None:
-        while sock.getsockopt(zmq.RCVMORE):
-            sock.recv(zmq.NOBLOCK)
 
     def _note_foreign_host(self, worker: str, host: str) -> None:
         """A worker names another host than its bridge: ``ignore_hosts`` and the
@@ -571,6 +572,7 @@ class Bridge:
             },
             "rejoin": self._hold.status() if self._hold is not None else None,
             "pacing": self._pacer.status() if self._pacer is not None else None,
+            "backlog": self._backlog.status() if self._backlog is not None else None,
             "last_error": self.last_error,
         }
 

@@ -177,6 +177,12 @@ _EVENTS: Final = int(zmq.EVENTS)
 POLLIN: Final = int(zmq.POLLIN)
 
 
+def discard_rest(sock: zmq.Socket[bytes]) -> None:
+    """Read and drop the rest of a multi-part message."""
+    while sock.getsockopt(zmq.RCVMORE):
+        sock.recv(zmq.NOBLOCK)
+
+
 def socket_fd(sock: zmq.Socket[bytes]) -> int:
     """The file descriptor that wakes an event loop for ``sock`` (edge-triggered)."""
     return cast(int, sock.getsockopt(zmq.FD))
@@ -255,4 +261,5 @@ def memory_limits(config: BridgeConfig) -> dict[str, int]:
         "buffer_max_bytes": config.buffer_max_bytes,
         "hold_max_bytes": config.hold_max_bytes,
         "refused_hold_bytes": REFUSED_HOLD_BUDGET,
+        "backlog_max_bytes": config.backlog_max_bytes,
     }

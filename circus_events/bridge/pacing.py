@@ -17,7 +17,9 @@ from typing import Any
 
 import zmq
 
+from .._config import BridgeConfig
 from ..protocol import PaceTable
+from .rejoin import LocalHold
 
 __all__ = ["Pacer"]
 
@@ -45,6 +47,24 @@ class Pacer:
         self._held_since = 0.0
         #: Seconds publishers were held back, all pauses together (the current one excluded).
         self.held_seconds = 0.0
+
+    @classmethod
+    def for_config(
+        cls,
+        config: BridgeConfig,
+        loop: asyncio.AbstractEventLoop,
+        xpub: zmq.Socket[bytes],
+        hold: LocalHold | None,
+        resume: Callable[[], None],
+    ) -> Pacer:
+        """The bridge's pacer: markers wait while the rejoin hold keeps frames."""
+        return cls(
+            PaceTable(config.pace_threshold, config.stall_timeout),
+            loop,
+            xpub,
+            can_mark=lambda: hold is None or hold.open,
+            resume=resume,
+        )
 
     def sent(self, nbytes: int) -> None:
         """``nbytes`` went to local subscribers; mark the stream when due."""

@@ -5,6 +5,7 @@ numbers come in, values and bytes go out. The bridge and the clients are thin
 I/O layers over these modules.
 """
 
+from .backlog import DEFAULT_BACKLOG_BYTES, MIN_LOOK_EVERY, Backlog
 from .budget import MIN_FRAMES, hwm_for_bytes, min_budget, worst_case
 from .chunks import LOCAL_FRAME_MAX, Reassembler, is_piece, split_frame
 from .codec import Codec, decode_payload, encode_payload, parse_codec
@@ -86,6 +87,7 @@ from .topics import (
 __all__ = [
     "CONFIRMED",
     "CONFIRM_CHANNEL",
+    "DEFAULT_BACKLOG_BYTES",
     "DUPLICATE",
     "FLAG_BATCH",
     "FLAG_DIRECT",
@@ -108,6 +110,7 @@ __all__ = [
     "MAX_CONTROL_REQUEST",
     "MAX_SUBSCRIPTION_FRAME",
     "MIN_FRAMES",
+    "MIN_LOOK_EVERY",
     "NODE_ID_BYTES",
     "PACE_ACK",
     "PACE_TOPIC",
@@ -116,6 +119,7 @@ __all__ = [
     "RESUME_CHANNEL",
     "SYNC_CHANNEL",
     "SYNC_REQUEST",
+    "Backlog",
     "Codec",
     "Confirm",
     "Envelope",
