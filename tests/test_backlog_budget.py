@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Final
 
 import pytest
+import zmq
 from conftest import BridgeProcess, WorkerProcess, wait_until
 from test_bridge_memory import Watch, rss
 
 from circus_events import Bus
+from circus_events.protocol import Reassembler, channel_topic
 
 MiB: Final = 1024 * 1024
 BUDGET: Final = 128 * MiB
@@ -122,3 +125,61 @@ def test_stuck_subscribers_together_hold_at_most_the_budget_and_learn_their_loss
         f"\nbridge RSS {start / MiB:.0f} -> peak {peak / MiB:.0f} MiB with 3 stopped "
         f"subscribers and {published} x 512 KiB (budget {BUDGET / MiB:.0f} MiB); {backlog}"
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_plain_sub_socket_that_reads_is_never_cut_and_one_that_closes_is_forgotten(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """A subscriber that acknowledges no pace markers (a plain SUB socket, a
+    client of your own) is judged from the kernel alone: one that keeps up
+    leaves its socket writable and is charged nothing, however tight the
+    budget. (One slower than its publishers is charged what it leaves in the
+    bridge, and cut past the budget: no pace marker holds publishers for it.)"""
+    bridge = bridge_factory(args=("--backlog-max-bytes", str(4 * MiB)))
+    directory = str(bridge.directory)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, channel_topic("big"))
+    sub.connect(f"ipc://{directory}/default/out.sock")
+    joiner = Reassembler(2 * MiB)
+    whole = 0
+    stop = threading.Event()
+
+    def read() -> None:
+        nonlocal whole
+        while not stop.is_set():
+            while sub.poll(50):
+                whole += joiner.add(sub.recv()) is not None
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        with Bus(dir=directory, worker="publisher", codec="raw", send_queue=64) as publisher:
+            wait_until(lambda: bridge.status()["backlog"]["subscribers"] == 2, 20, "both known")
+
+            def marking() -> bool:  # pace markers go out: the rejoin hold has opened
+                publisher.publish("big", PAYLOAD)
+                return bool(bridge.status()["pacing"]["subscribers"] >= 1)
+
+            wait_until(marking, 20, "the publisher acknowledging a pace marker")
+            reader.start()
+            for n in range(400):  # 200 MiB, 50 times the budget, as fast as it reads
+                wait_until(lambda n=n: whole >= n - 4, 30, "the plain socket keeping up")
+                publisher.publish("big", PAYLOAD)
+            assert publisher.flush(30)
+            wait_until(lambda: whole >= 400, 30, "the plain socket reading it all")
+            assert bridge.counters()["cut_stuck_subscribers"] == 0
+            stop.set()
+            reader.join(5)
+            sub.close(linger=0)
+
+            def forgotten() -> bool:  # found closed at the next look, which sending brings
+                publisher.publish("big", PAYLOAD)
+                return bool(bridge.status()["backlog"]["subscribers"] == 1)
+
+            wait_until(forgotten, 20, "the closed socket forgotten")
+            assert bridge.counters()["cut_stuck_subscribers"] == 0
+    finally:
+        stop.set()
+        sub.close(linger=0)
+        context.term()

@@ -12,11 +12,12 @@ one's pid and uid.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import select
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import zmq
 
@@ -25,11 +26,17 @@ from ..protocol import Backlog
 from ..protocol.pacing import parse_pace_ack
 from .connections import connection_of, describe, shut_down
 from .local import memory_limits
+from .pacing import Pacer
 from .rejoin import LocalHold
 
-__all__ = ["BacklogWatch", "sent_hook"]
+__all__ = ["BacklogWatch", "sent_hook", "watch_subscribers"]
 
 log = logging.getLogger("circus_events.bridge")
+
+#: Seconds between a look that finds the budget passed and the look that
+#: cuts: long enough for a subscriber that keeps up to read what was in
+#: flight, short enough that little more arrives meanwhile.
+LOOK_AGAIN: Final = 0.05
 
 
 def _writable(fds: Iterable[int]) -> set[int]:
@@ -54,11 +61,14 @@ class BacklogWatch:
     def __init__(
         self,
         backlog: Backlog[int],
+        loop: asyncio.AbstractEventLoop,
         counters: dict[str, int],
         hold: LocalHold | None = None,
     ) -> None:
         self.backlog = backlog
+        self._loop = loop
         self._hold = hold
+        self._again: asyncio.TimerHandle | None = None
         self._counters = counters
         counters.setdefault("cut_stuck_subscribers", 0)
         #: Per descriptor: the socket's inode, and who is at the other end.
@@ -66,12 +76,16 @@ class BacklogWatch:
 
     @classmethod
     def for_config(
-        cls, config: BridgeConfig, counters: dict[str, int], hold: LocalHold | None
+        cls,
+        config: BridgeConfig,
+        loop: asyncio.AbstractEventLoop,
+        counters: dict[str, int],
+        hold: LocalHold | None,
     ) -> BacklogWatch:
         """The bridge's watch: each connection charged at most ``per_subscriber_bytes``."""
         per_peer = memory_limits(config)["per_subscriber_bytes"]
         backlog: Backlog[int] = Backlog(config.backlog_max_bytes, per_peer)
-        return cls(backlog, counters, hold)
+        return cls(backlog, loop, counters, hold)
 
     def _lookup(self, message: zmq.Frame) -> tuple[int, bool] | None:
         """The descriptor ``message`` came in on, and whether it still names the
@@ -128,6 +142,18 @@ class BacklogWatch:
             for fd, charge in backlog.to_cut():
                 self._cut(fd, charge)
         backlog.plan()
+        if backlog.over and self._again is None:
+            self._again = self._loop.call_later(LOOK_AGAIN, self._look_again)
+
+    def _look_again(self) -> None:
+        self._again = None
+        self.look()
+
+    def close(self) -> None:
+        """Stop looking."""
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
 
     def _cut(self, fd: int, charge: int) -> None:
         inode, who = self._connections.pop(fd)
@@ -168,3 +194,20 @@ def sent_hook(*watchers: CountsSent | None) -> Callable[[int], None]:
             sent(nbytes)
 
     return every
+
+
+def watch_subscribers(
+    config: BridgeConfig,
+    loop: asyncio.AbstractEventLoop,
+    xpub: zmq.Socket[bytes],
+    hold: LocalHold | None,
+    counters: dict[str, int],
+    resume: Callable[[], None],
+) -> tuple[Pacer | None, BacklogWatch | None, Callable[[int], None]]:
+    """The bridge's pacer and backlog watch (None where their option is 0), and
+    the one call that tells both about the bytes sent to local subscribers."""
+    pacer = Pacer.for_config(config, loop, xpub, hold, resume) if config.pace_threshold else None
+    watch = (
+        BacklogWatch.for_config(config, loop, counters, hold) if config.backlog_max_bytes else None
+    )
+    return pacer, watch, sent_hook(pacer, watch)

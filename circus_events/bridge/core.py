@@ -58,7 +58,7 @@ from ..protocol import (
     check_frame,
     inbox_channel,
 )
-from .backlog import BacklogWatch, sent_hook
+from .backlog import BacklogWatch, sent_hook, watch_subscribers
 from .confirms import ConfirmDesk
 from .control_port import ControlPort
 from .heap import settle_heap, trim_heap
@@ -170,13 +170,9 @@ class Bridge:
         self._control = ControlPort(control, self.status, self.started_at, self.counters)
         use = functools.partial(setattr, self, "_local_send")  # where frames for workers go
         self._hold = start_hold(self.config, xpub, self._loop, self.interest.workers, use)
-        if self.config.pace_threshold:
-            self._pacer = Pacer.for_config(
-                self.config, self._loop, xpub, self._hold, self._schedule_service
-            )
-        if self.config.backlog_max_bytes:
-            self._backlog = BacklogWatch.for_config(self.config, self.counters, self._hold)
-        self._sent = sent_hook(self._pacer, self._backlog)
+        self._pacer, self._backlog, self._sent = watch_subscribers(
+            self.config, self._loop, xpub, self._hold, self.counters, self._schedule_service
+        )
         self._replies = WorkerReplies(
             send=lambda frame: send_local(xpub.send, frame),
             try_send=lambda frame: send_unless_full(xpub, frame),
@@ -225,8 +221,9 @@ class Bridge:
                 self._loop.remove_signal_handler(signum)
         # 2. Forward what is already queued from workers, so nothing accepted is lost;
         #    let out what the rejoin hold kept, and save who is connected.
-        if self._pacer is not None:
-            self._pacer.close()
+        for watcher in (self._pacer, self._backlog):
+            if watcher is not None:
+                watcher.close()
         while self._drain_pull():
             pass
         if self._hold is not None:

@@ -21,8 +21,11 @@ charge: the union of the spans ``[read, read + per_peer]`` of the clock, not
 the sum of their lengths (three stopped workers taking the same traffic
 hold it once).
 
-Past ``budget`` in all, the bridge cuts the connection that has not read for
-the longest, then the next, until the rest fits (those sharing the oldest
+Past ``budget`` in all at two looks in a row (the second a little later by
+the wall clock: looks come as bytes are sent, when sockets are fullest, so a
+busy subscriber caught with a full socket gets a second look), the bridge
+cuts the connection that has not read for the longest,
+then the next, until the rest fits (those sharing the oldest
 frames all go, as only that frees them). A healthy subscriber caught by a
 burst reads again at once, so it comes last.
 A cut client's libzmq reconnects and subscribes again, and its worker is told
@@ -30,7 +33,7 @@ what it lost by gaps. A connection seen to read, however slowly, starts
 again from nothing: its own high-water mark bounds it, and pacing holds
 local publishers for it.
 
-Looks cost two system calls per connection, so they are spread by the
+Looks cost a system call per connection, so they are spread by the
 bytes sent (the only way a charge grows): that union grows by at most what
 is sent, so the next look comes when what is left of the budget is sent.
 
@@ -48,8 +51,9 @@ __all__ = ["DEFAULT_BACKLOG_BYTES", "MIN_LOOK_EVERY", "Backlog"]
 #: All local subscribers together: two stuck workers at their worst (469 MiB
 #: each with the defaults), or any number taking small messages.
 DEFAULT_BACKLOG_BYTES: Final = 1024 * 1024 * 1024
-#: Fewest bytes sent between looks (a look costs each connection two system
-#: calls): what the budget may be overrun by.
+#: Fewest bytes sent between looks (a look costs each connection a system
+#: call): what the budget may be overrun by, besides what is sent before the
+#: second look.
 MIN_LOOK_EVERY: Final = 1024 * 1024
 
 Peer = TypeVar("Peer", bound=Hashable)
@@ -75,6 +79,8 @@ class Backlog(Generic[Peer]):
         #: When :attr:`clock` reaches this, look at every connection.
         self.next_look = MIN_LOOK_EVERY
         self._peers: dict[Peer, _Connection] = {}
+        #: Over budget at the last look (cuts wait for a second one).
+        self.over = False
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -118,10 +124,18 @@ class Backlog(Generic[Peer]):
         return total
 
     def to_cut(self) -> list[tuple[Peer, int]]:
-        """Over budget: the connections to cut and their charges, the one behind
-        longest first, until the rest fits; forgotten here."""
+        """Over budget at this look and the one before: the connections to cut and
+        their charges, the one behind longest first, until the rest fits;
+        forgotten here. (Over at one look only: the caller looks again a little
+        later, which gives a busy subscriber caught with a full socket a second
+        chance: looks come as bytes are sent, when sockets are fullest.)"""
         if self.charged <= self.budget:
+            self.over = False
             return []
+        if not self.over:
+            self.over = True
+            return []
+        self.over = False
         # Those with nothing charged hold nothing: the rest fits before their turn.
         ranked = iter(sorted((c.read_clock, i, p) for i, (p, c) in enumerate(self._peers.items())))
         cuts: list[tuple[Peer, int]] = []
@@ -133,5 +147,9 @@ class Backlog(Generic[Peer]):
 
     def plan(self) -> None:
         """Set :attr:`next_look`: once what is left of the budget is sent (at
-        least MIN_LOOK_EVERY on)."""
-        self.next_look = self.clock + max(MIN_LOOK_EVERY, self.budget - self.charged)
+        least MIN_LOOK_EVERY on); not while over budget, as the caller looks
+        again by the clock on the wall then."""
+        if self.over:
+            self.next_look = 1 << 62
+        else:
+            self.next_look = self.clock + max(MIN_LOOK_EVERY, self.budget - self.charged)
