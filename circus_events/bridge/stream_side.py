@@ -92,6 +92,7 @@ from .stream_queries import (
     xread_count,
 )
 from .stream_reply import frames_from_xread
+from .stream_screen import ReadCommand
 
 __all__ = [
     "CURSOR_SAVE_INTERVAL",
@@ -152,11 +153,7 @@ class StreamSide(LinkedSide):
         self._shards = config.stream_shards
         self._maxlen = b"%d" % config.retention
         count = xread_count(config.max_message_bytes, config.stream_shards)
-        args = [b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % XREAD_BLOCK_MS]
-        args += [b"STREAMS", *self._keys]
-        self._xread_head = b"*%d\r\n" % (len(args) + self._shards) + b"".join(
-            b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args
-        )
+        self._reads = ReadCommand(self._keys, count, XREAD_BLOCK_MS, config.max_message_bytes)
         # Position: resolved at the first sub connection (saved cursor, or our start).
         self._cursors: list[bytes] | None = None
         self._epoch: bytes | None = None
@@ -205,7 +202,7 @@ class StreamSide(LinkedSide):
         cursors = self._cursors
         if sub is None or cursors is None or self._link.loop is None:
             return
-        sub.write(b"".join((self._xread_head, *(b"$%d\r\n%b\r\n" % (len(c), c) for c in cursors))))
+        sub.write(self._reads.command(cursors))
         self._reading = True
         self._read_sent = self._link.loop.time()
 
@@ -214,6 +211,8 @@ class StreamSide(LinkedSide):
         while True:
             reply = reader.gets()
             if reply is False:
+                if self._reads.oversized(reader):  # not a bridge's: step over it (.stream_screen)
+                    self._drop_sub("an XREAD reply holds a value past max_message_bytes")
                 return
             self._reading = False
             if reply is None:  # BLOCK timed out: nothing new
@@ -256,11 +255,14 @@ class StreamSide(LinkedSide):
 
     def _read_error(self, reply: Any) -> None:
         self._read_errors += 1
-        self._link.last_error = f"Redis refused XREAD: {reply}"
+        self._drop_sub(f"Redis refused XREAD: {reply}")
+
+    def _drop_sub(self, why: str) -> None:
+        self._link.last_error = why
         if self._link.throttle.allow("read-error"):
-            self._link.log.error("circus-events: %s; reconnecting", self._link.last_error)
+            self._link.log.error("circus-events: %s; reconnecting", why)
         if self._link.sub is not None:
-            self._link.sub.abort(self._link.last_error)  # the keeper backs off before the next try
+            self._link.sub.abort(why)  # the keeper backs off before the next try
 
     # -- interest -------------------------------------------------------------------
 
@@ -571,10 +573,10 @@ class StreamSide(LinkedSide):
         ``overruns`` (times entries were trimmed before this bridge read them),
         ``foreign_heartbeats`` (as in pub/sub mode, read from the saved
         cursor's owner: another bridge runs under this host name),
-        ``skipped`` (entries no local worker
-        wanted), ``resuming`` (waiting for workers after a restart)."""
+        ``skipped`` (entries no local worker wanted), ``oversized_reads``
+        (reads that met an entry too large to read, stepped over), ``resuming``
+        (waiting for workers after a restart)."""
         status = self._link.status()
-        status["congestions"] = self.congestions
         cursors = self._cursors
         status.update(
             mode="stream",
@@ -583,11 +585,11 @@ class StreamSide(LinkedSide):
             cursor=[c.decode() for c in cursors] if cursors is not None else None,
             stream_shards=self._shards,
             retention=self.config.retention,
-            data_lost=self._data_lost,
-            last_data_loss=self._data_loss_note,
-            overruns=self._overrun.overruns,
+            data_lost=self._data_lost, last_data_loss=self._data_loss_note,
+            overruns=self._overrun.overruns, congestions=self.congestions,
             skipped=self._skipped,
             read_errors=self._read_errors,
+            oversized_reads=self._reads.screened,
             resuming=self._resuming,
             catching_up=self.local_hold.active, catchup_overflows=self.local_hold.overflows,
         )  # fmt: skip

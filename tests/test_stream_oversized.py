@@ -1,0 +1,61 @@
+"""Stream mode: an entry far larger than any bridge writes is stepped over, not read.
+
+Someone with access to Redis ``XADD``s a 100 MB value into the namespace's
+stream. hiredis would hold it whole before the bridge refused it (and again
+after every reconnection); the bridge drops its read connection once a value
+passes ``max_message_bytes`` and reads past it with a script that leaves
+oversized entries out (``bridge.stream_screen``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import pytest
+from conftest import BridgeProcess, RedisServer, wait_until
+from test_bridge_memory import Watch, rss
+
+from circus_events import Bus
+
+MiB: Final = 1024 * 1024
+HUGE: Final = 100 * MiB
+EVENTS: Final = 200
+#: Without the screen the reading bridge rose by 100 MiB (hiredis holds the
+#: value whole); with it, by 2 MiB: what it read before giving up.
+GROWTH: Final = 32 * MiB
+
+
+@pytest.mark.timeout(120)
+def test_a_huge_foreign_entry_is_stepped_over_and_the_stream_flows_on(
+    bridge_factory: Callable[..., BridgeProcess], redis_server: RedisServer
+) -> None:
+    stream = ("--mode", "stream")
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=stream)
+    b = bridge_factory("host-b", redis_url=redis_server.url, args=stream)
+    assert b.process is not None
+    redis = redis_server.client()
+    with (
+        Bus(dir=str(a.directory), host="host-a", worker="writer") as writer,
+        Bus(dir=str(b.directory), host="host-b", worker="reader") as reader,
+    ):
+        events = reader.subscribe("ev")
+        assert reader.sync(10)
+        wait_until(lambda: b.status()["redis"]["state"] == "connected", 20, "host-b reading")
+        start = rss(b.process.pid)
+        with Watch(b) as watch:
+            for n in range(EVENTS // 2):
+                writer.publish("ev", n)
+            assert writer.flush(10)
+            redis.xadd("circus-events:default:@stream:0", {"ev": b"x" * HUGE})
+            for n in range(EVENTS // 2, EVENTS):
+                writer.publish("ev", n)
+            assert writer.flush(10)
+            got = [events.get(timeout=30).data for _ in range(EVENTS)]
+        status = b.status()["redis"]
+    assert got == list(range(EVENTS))  # everything, in order, nothing twice
+    assert watch.peak <= start + GROWTH, ((watch.peak - start) / MiB, status)
+    assert status["oversized_reads"] >= 1, status
+    print(
+        f"\nbridge RSS {start / MiB:.0f} -> peak {watch.peak / MiB:.0f} MiB; {status['last_error']}"
+    )
