@@ -181,6 +181,10 @@ def test_after_two_looks_what_is_held_fits_and_every_cut_was_behind_longer(
         assert backlog.charged <= budget or (not was_over and backlog.over and not cuts)
         cut = dict(cuts)
         kept = [read_at[p] for p in read_at if p not in cut]
+        if cuts:  # no more than needed: keeping the last one cut would not fit
+            last = read_at[cuts[-1][0]]
+            spans = [(r, min(r + per_peer, backlog.clock)) for r in [*kept, last]]
+            assert union(spans) > budget
         for gone, charge in cuts:
             assert charge == min(backlog.clock - read_at[gone], per_peer) > 0
             assert all(read_at[gone] <= other for other in kept)  # none kept was behind longer

@@ -136,12 +136,21 @@ class Backlog(Generic[Peer]):
             self.over = True
             return []
         self.over = False
-        # Those with nothing charged hold nothing: the rest fits before their turn.
-        ranked = iter(sorted((c.read_clock, i, p) for i, (p, c) in enumerate(self._peers.items())))
+        clock, most = self.clock, self.per_peer
+        ranked = sorted((c.read_clock, i, p) for i, (p, c) in enumerate(self._peers.items()))
+        # held[k]: what all but the k behind longest hold together, worked out
+        # from the newest back (spans sorted by start also end in order), so
+        # that thousands of stuck connections cost one pass, not one per cut.
+        held = [0] * (len(ranked) + 1)
+        next_start = clock
+        for k in range(len(ranked) - 1, -1, -1):
+            start = ranked[k][0]
+            held[k] = held[k + 1] + min(start + most, clock, next_start) - start
+            next_start = start
+        keep = next(k for k, total in enumerate(held) if total <= self.budget)
         cuts: list[tuple[Peer, int]] = []
-        while self.charged > self.budget:
-            peer = next(ranked)[2]
-            cuts.append((peer, self.charge(peer)))
+        for start, _i, peer in ranked[:keep]:
+            cuts.append((peer, min(clock - start, most)))
             del self._peers[peer]
         return cuts
 
