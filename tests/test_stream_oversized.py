@@ -59,3 +59,35 @@ def test_a_huge_foreign_entry_is_stepped_over_and_the_stream_flows_on(
     print(
         f"\nbridge RSS {start / MiB:.0f} -> peak {watch.peak / MiB:.0f} MiB; {status['last_error']}"
     )
+
+
+@pytest.mark.timeout(120)
+def test_where_redis_refuses_scripts_the_entry_is_read_whole_once_and_the_stream_flows_on(
+    bridge_factory: Callable[..., BridgeProcess], redis_server: RedisServer
+) -> None:
+    # A Redis user that may do everything but run scripts (an ACL, a managed Redis).
+    redis = redis_server.client()
+    redis.acl_setuser(
+        "noscript", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-@scripting"],
+    )  # fmt: skip
+    url = f"redis://noscript:pw@127.0.0.1:{redis_server.port}/0"
+    stream = ("--mode", "stream")
+    a = bridge_factory("host-a", redis_url=redis_server.url, args=stream)
+    b = bridge_factory("host-b", redis_url=url, args=stream)
+    with (
+        Bus(dir=str(a.directory), host="host-a", worker="writer") as writer,
+        Bus(dir=str(b.directory), host="host-b", worker="reader") as reader,
+    ):
+        events = reader.subscribe("ev")
+        assert reader.sync(10)
+        wait_until(lambda: b.status()["redis"]["state"] == "connected", 20, "host-b reading")
+        writer.publish("ev", 0)
+        redis.xadd("circus-events:default:@stream:0", {"ev": b"x" * (8 * MiB)})
+        writer.publish("ev", 1)
+        assert writer.flush(10)
+        got = [events.get(timeout=30).data for _ in range(2)]
+        status = b.status()["redis"]
+    assert got == [0, 1]
+    # Met, screened, refused by Redis, then read whole once: as before the guard.
+    assert status["oversized_reads"] >= 1 and status["read_errors"] >= 1, status

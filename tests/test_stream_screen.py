@@ -40,3 +40,17 @@ def test_a_value_arriving_past_the_limit_makes_the_next_read_the_screen_once() -
     # From the first id after each cursor, the same count, the same limit.
     assert screen[5:] == [b"63", b"%d" % reads.limit, b"5-2", b"8-0"]
     assert parse(reads.command([b"5-1", b"0-0"]))[0] == b"XREAD"  # then back to XREAD
+
+
+def test_a_refused_screen_makes_the_next_read_whole_once() -> None:
+    reads = ReadCommand(KEYS, 63, 1000, 1024 * 1024)
+    big = hiredis.Reader()
+    big.feed(b"*1\r\n$%d\r\n" % (10 * reads.limit) + bytes(reads.limit + 1))
+    reads.refused()  # an XREAD refused: nothing changes
+    assert reads.oversized(big)
+    assert parse(reads.command([b"1-0", b"1-0"]))[0] == b"EVAL"
+    reads.refused()  # Redis refuses scripts
+    assert parse(reads.command([b"1-0", b"1-0"]))[0] == b"XREAD"
+    assert not reads.oversized(big)  # this one is read whole
+    parse(reads.command([b"1-0", b"1-0"]))
+    assert reads.oversized(big)  # and the next is watched again

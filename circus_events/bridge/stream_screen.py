@@ -10,7 +10,8 @@ entry, and the bridge drops the connection there. The next read, from the
 same cursors, is a Lua script that does in Redis what ``XREAD`` does but
 replaces every entry over the limit with an entry without fields, which the
 reply filter counts as malformed and steps over (``stream_reply``). Reads go
-back to ``XREAD`` after that one.
+back to ``XREAD`` after that one. Where Redis refuses scripts, the next
+``XREAD`` is read whole, once, as before this guard, rather than stop there.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _bulk(arg: bytes) -> bytes:
 class ReadCommand:
     """Builds each read of the shards from their cursors: ``XREAD``, or the screen."""
 
-    __slots__ = ("_count", "_head", "_keys", "limit", "screened", "screening")
+    __slots__ = ("_count", "_head", "_keys", "_sent", "limit", "screened", "screening")
 
     def __init__(self, keys: list[bytes], count: int, block_ms: int, max_message_bytes: int):
         self._keys = keys
@@ -65,21 +66,33 @@ class ReadCommand:
         self.screening = False
         #: Reads that met an oversized entry.
         self.screened = 0
+        #: The read in flight: "xread", "screen", "refused" (the screen, refused)
+        #: or "whole" (XREAD, not watched).
+        self._sent = "xread"
 
     def command(self, cursors: list[bytes]) -> bytes:
         """The next read from ``cursors`` (each shard's last id read)."""
         if not self.screening:
+            self._sent = "whole" if self._sent == "refused" else "xread"
             return b"".join((self._head, *map(_bulk, cursors)))
         self.screening = False
+        self._sent = "screen"
         starts = [_after(cursor) for cursor in cursors]
         args = [b"EVAL", SCREEN_SCRIPT.encode(), b"%d" % len(self._keys), *self._keys]
         args += [b"%d" % self._count, b"%d" % self.limit, *starts]
         return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
 
+    def refused(self) -> None:
+        """Redis refused the read in flight. If it was the screen (scripting off,
+        or denied by an ACL), the next read is XREAD read whole, once: the entry
+        is then read like any other and refused, rather than stop the stream."""
+        if self._sent == "screen":
+            self._sent = "refused"
+
     def oversized(self, reader: Any) -> bool:
         """Whether the reply arriving in ``reader`` (a hiredis.Reader that has no
         whole reply yet) holds a value past the limit; if so the next read screens."""
-        if self.screening or reader.len() <= self.limit:
+        if self.screening or self._sent == "whole" or reader.len() <= self.limit:
             return False
         self.screening = True
         self.screened += 1

@@ -255,6 +255,7 @@ class StreamSide(LinkedSide):
 
     def _read_error(self, reply: Any) -> None:
         self._read_errors += 1
+        self._reads.refused()  # the screen refused: the next read goes whole (.stream_screen)
         self._drop_sub(f"Redis refused XREAD: {reply}")
 
     def _drop_sub(self, why: str) -> None:
@@ -573,9 +574,8 @@ class StreamSide(LinkedSide):
         ``overruns`` (times entries were trimmed before this bridge read them),
         ``foreign_heartbeats`` (as in pub/sub mode, read from the saved
         cursor's owner: another bridge runs under this host name),
-        ``skipped`` (entries no local worker wanted), ``oversized_reads``
-        (reads that met an entry too large to read, stepped over), ``resuming``
-        (waiting for workers after a restart)."""
+        ``skipped`` (entries no local worker wanted), ``oversized_reads`` (reads
+        that met an entry too large, stepped over), ``resuming`` (workers awaited)."""
         status = self._link.status()
         cursors = self._cursors
         status.update(
