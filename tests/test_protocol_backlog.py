@@ -103,6 +103,23 @@ def test_a_busy_subscriber_seen_reading_at_the_second_look_is_kept() -> None:
     assert backlog.to_cut() == [] and not backlog.over and len(backlog) == 1
 
 
+def test_at_the_second_look_unsent_bytes_that_changed_mean_it_reads() -> None:
+    backlog: Backlog[str] = Backlog(budget=5 * MiB, per_peer=100 * MiB)
+    for peer in ("starved", "stopped"):
+        backlog.joined(peer)
+    backlog.clock += 10 * MiB
+    for peer in ("starved", "stopped"):
+        backlog.looked(peer, False, 60_000)  # both full at a look as bytes go out
+    assert backlog.to_cut() == [] and backlog.over
+    backlog.looked("starved", False, 59_000)  # 50 ms on: it read a little
+    backlog.looked("stopped", False, 60_000)  # a stopped one's socket does not change
+    assert backlog.charge("starved") == 0
+    assert backlog.to_cut() == [("stopped", 10 * MiB)]
+    backlog.clock += 10 * MiB
+    backlog.looked("starved", False, 58_000)  # outside a second look, a change proves nothing
+    assert backlog.charge("starved") == 10 * MiB
+
+
 def test_those_sharing_the_oldest_frames_all_go() -> None:
     backlog: Backlog[int] = Backlog(budget=MiB, per_peer=100 * MiB)
     for peer in range(3):

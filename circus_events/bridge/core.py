@@ -304,11 +304,11 @@ class Bridge:
         return any(_events(sock) & _POLLIN for sock in socks)
 
     def _pulling(self) -> bool:
-        """False while subscribers (see .pacing) or a congested Redis hold local
-        publishers back."""
-        redis = self._redis
-        pacer = self._pacer
-        return (pacer is None or not pacer.held) and (redis is None or not redis.congested)
+        """False while subscribers (see .pacing, .backlog) or a congested Redis hold
+        local publishers back."""
+        pacer, redis, watch = self._pacer, self._redis, self._backlog
+        held = (pacer is not None and pacer.held) or (watch is not None and watch.backlog.over)
+        return not held and (redis is None or not redis.congested)
 
     def _drain_pull(self) -> bool:
         """Handle up to BATCH frames from workers; True if more may be waiting."""

@@ -21,17 +21,17 @@ charge: the union of the spans ``[read, read + per_peer]`` of the clock, not
 the sum of their lengths (three stopped workers taking the same traffic
 hold it once).
 
-Past ``budget`` in all at two looks in a row (the second a little later by
-the wall clock: looks come as bytes are sent, when sockets are fullest, so a
-busy subscriber caught with a full socket gets a second look), the bridge
-cuts the connection that has not read for the longest,
-then the next, until the rest fits (those sharing the oldest
-frames all go, as only that frees them). A healthy subscriber caught by a
-burst reads again at once, so it comes last.
-A cut client's libzmq reconnects and subscribes again, and its worker is told
-what it lost by gaps. A connection seen to read, however slowly, starts
-again from nothing: its own high-water mark bounds it, and pacing holds
-local publishers for it.
+Past ``budget`` in all at two looks in a row, the bridge cuts the
+connection that has not read for the longest, then the next, until the rest
+fits (those sharing the oldest frames all go, as only that frees them). The
+second look comes a little later by the wall clock: looks come as bytes are
+sent, when sockets are fullest, so a busy subscriber caught with a full
+socket gets a second look, at which one whose unsent bytes changed is taken
+to read. A cut client's libzmq reconnects and subscribes again, and its
+worker is told what it lost by gaps. A connection seen to read, however
+slowly, starts again from nothing: its own high-water mark bounds it, and
+pacing holds local publishers for it (one that acknowledges no markers and
+reads slower than its publishers send is not bounded by this budget).
 
 Looks cost a system call per connection, so they are spread by the
 bytes sent (the only way a charge grows): that union grows by at most what
@@ -60,12 +60,14 @@ Peer = TypeVar("Peer", bound=Hashable)
 
 
 class _Connection:
-    """Up to where a connection is known to have read (the clock then)."""
+    """Up to where a connection is known to have read (the clock then), and its
+    socket's unsent bytes at the last look."""
 
-    __slots__ = ("read_clock",)
+    __slots__ = ("read_clock", "unsent")
 
     def __init__(self, clock: int) -> None:
         self.read_clock = clock
+        self.unsent = 0
 
 
 class Backlog(Generic[Peer]):
@@ -94,10 +96,15 @@ class Backlog(Generic[Peer]):
         """A connection closed or was cut: libzmq freed its queue."""
         self._peers.pop(peer, None)
 
-    def looked(self, peer: Peer, writable: bool) -> None:
-        """``peer``'s socket was ``writable`` (libzmq queues nothing for it) or not."""
-        if writable:
-            self._peers[peer].read_clock = self.clock
+    def looked(self, peer: Peer, writable: bool, unsent: int = 0) -> None:
+        """``peer``'s socket was ``writable`` (libzmq queues nothing for it) or not,
+        with ``unsent`` bytes its subscriber has not read. At the second look
+        (:attr:`over`), other unsent bytes than at the first mean it reads: a
+        stopped subscriber's full socket does not change."""
+        connection = self._peers[peer]
+        if writable or (self.over and unsent != connection.unsent):
+            connection.read_clock = self.clock
+        connection.unsent = unsent
 
     def acked(self, peer: Peer, clock: int) -> None:
         """``peer`` acknowledged the pace marker sent at ``clock`` (the pacer's
