@@ -17,7 +17,8 @@ from ._exceptions import BridgeError, BusClosed, CircusEventsError
 from ._ws_adapters import DIRECT_HIGH_WATER, Transport
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.wsframe import text_frame
-from .protocol.wsproto import OPEN, Connection, Limits, Resume, Subscribe, encode_event
+from .protocol.wsproto import OPEN, Connection, Limits, Subscribe, encode_event
+from .protocol.wsresume import Resume
 
 __all__ = ["RESUME_SETTLE", "RESUME_SLACK", "Frame", "Socket", "deliver", "encode_bus_event"]
 

@@ -18,7 +18,6 @@ from circus_events.protocol.wsproto import (
     FanOut,
     Limits,
     Publish,
-    Resume,
     Subscribe,
     Unsubscribe,
     encode_event,
@@ -279,70 +278,3 @@ def test_fan_out_relay_is_one_more_reference() -> None:
     assert table.unrelay("news.*")
     assert not table.unrelay("news.*")
     assert table.add(one, "x") and not table.relay("x") and not table.unrelay("x")
-
-
-def ev(n: int) -> tuple[str, str]:
-    return f"o~1~c~{n}", f"frame{n}"
-
-
-def test_resume_skips_up_to_last_id_and_joins_the_live_feed_without_duplicates() -> None:
-    resume = Resume("c", last_id="o~1~c~3")
-    out: list[str] = []
-    out += resume.live(*ev(7))  # live, held while the replay loads
-    for n in range(1, 9):  # history 1..6 then the live part 7, 8
-        out += resume.replayed(*ev(n))
-        if resume.done:
-            break
-    out += resume.live(*ev(8))
-    assert out == ["frame4", "frame5", "frame6", "frame7", "frame8"]
-    assert resume.done
-    assert resume.replayed(*ev(9)) == []
-    assert resume.failed() == [] and resume.settle() == []
-
-
-def test_resume_held_events_already_replayed_are_not_sent_twice() -> None:
-    resume = Resume("c", last_id="o~1~c~1")
-    assert resume.live(*ev(3)) == []
-    assert resume.live(*ev(4)) == []
-    assert resume.replayed(*ev(1)) == []
-    assert resume.replayed(*ev(2)) == ["frame2"]
-    assert resume.replayed(*ev(3)) == ["frame3", "frame4"]
-
-
-def test_resume_last_id_not_in_the_replay_is_a_gap_of_unknown_size() -> None:
-    resume = Resume("c", last_id="gone")
-    resume.live(*ev(3))
-    assert resume.replayed(*ev(2)) == []
-    out = resume.replayed(*ev(3))
-    assert [json.loads(out[0]), *out[1:]] == [
-        {"type": "gap", "channel": "c", "missed": None},
-        "frame2",
-        "frame3",
-    ]
-
-
-def test_resume_settles_when_the_replay_goes_quiet() -> None:
-    resume = Resume("c", last_id="gone")
-    assert resume.settle() == []  # nothing replayed yet: keep waiting
-    resume.replayed(*ev(1))
-    assert resume.settle()[1:] == ["frame1"]
-    assert resume.settle() == []
-    assert resume.replayed(*ev(2)) == ["frame2"]
-    resume.live(*ev(3))
-    assert resume.replayed(*ev(3)) == ["frame3"]
-
-
-def test_resume_without_history_is_a_gap_then_the_live_feed() -> None:
-    resume = Resume("c", last_id="x")
-    resume.live(*ev(1))
-    out = resume.failed()
-    assert json.loads(out[0])["missed"] is None and out[1:] == ["frame1"]
-    assert resume.live(*ev(2)) == ["frame2"]
-
-
-def test_resume_holds_live_events_up_to_a_bound() -> None:
-    resume = Resume("c", last_id="o~1~c~1", hold_bytes=11)
-    resume.replayed(*ev(1))
-    assert resume.live(*ev(5)) == []
-    assert resume.live(*ev(6)) == ["frame5", "frame6"]  # 12 bytes held: past 11, the bound
-    assert resume.done

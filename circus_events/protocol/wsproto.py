@@ -35,15 +35,7 @@ reference per (connection, pattern) and one for the hub's own ``relay``: the
 I/O layer opens one bus subscription when a pattern's count goes from 0 to
 1 and closes it when it comes back to 0, however many sockets share it.
 
-:class:`Resume` joins a replay from history to the live feed for one socket
-that comes back with ``last_id``: replayed events are skipped up to and
-including ``last_id``; live events are held meanwhile; the first replayed
-event that is also a held live one is the seam, after which the held events
-(not yet sent) follow and the replay is closed. ``last_id`` not found in the
-replay means the hole could not be filled: a ``gap`` frame with ``missed``
-``null`` (unknown) comes first. The seam assumes the replay and the live feed
-show events in the same order, which holds for events that travel through
-Redis (every event from another host).
+:class:`Resume` (in :mod:`.wsresume`) joins a socket's replay to the live feed.
 
 No socket, clock or asyncio here: times and ids come in as arguments.
 """
@@ -69,7 +61,6 @@ __all__ = [
     "FanOut",
     "Limits",
     "Publish",
-    "Resume",
     "Subscribe",
     "Unsubscribe",
     "encode_error",
@@ -106,9 +97,6 @@ MAX_CONNECTIONS: Final = 10_000
 PING_INTERVAL: Final = 20.0
 #: Replayed events one resume asks for at most (newest first); more missed: a gap.
 RESUME_MAX_EVENTS: Final = 10_000
-#: Live events held for one resuming socket while its replay loads, in bytes
-#: (past it the socket gets a gap and the live feed).
-RESUME_HOLD_BYTES: Final = QUEUE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,94 +493,3 @@ class FanOut:
 
     def count(self, pattern: str) -> int:
         return self._count(pattern)
-
-
-# -- resume --------------------------------------------------------------------------
-
-
-class Resume:
-    """Join one socket's replay (history then live, from the bus) to the live feed.
-
-    Feed :meth:`replayed` with the replay subscription's events and
-    :meth:`live` with the shared feed's; both return the frames to queue now.
-    When :attr:`done`, close the replay and go on with the live feed only.
-    """
-
-    __slots__ = (
-        "_held",
-        "_held_bytes",
-        "_held_ids",
-        "_seek",
-        "_sent_ids",
-        "done",
-        "hold_bytes",
-        "last_id",
-        "pattern",
-    )
-
-    def __init__(self, pattern: str, last_id: str, hold_bytes: int = RESUME_HOLD_BYTES) -> None:
-        self.pattern = pattern
-        self.last_id = last_id
-        self.hold_bytes = hold_bytes
-        #: Replayed events seen while looking for last_id: (id, frame).
-        self._seek: list[tuple[str, str]] | None = []
-        self._held: list[tuple[str, str]] = []
-        self._held_ids: set[str] = set()
-        self._held_bytes = 0
-        self._sent_ids: set[str] = set()
-        self.done = False
-
-    def replayed(self, event_id: str, frame: str) -> list[str]:
-        """An event from the replay subscription."""
-        if self.done:
-            return []
-        if event_id in self._held_ids:
-            return self._join()
-        if self._seek is not None:
-            if event_id == self.last_id:
-                self._seek = None
-            else:
-                self._seek.append((event_id, frame))
-            return []
-        self._sent_ids.add(event_id)
-        return [frame]
-
-    def live(self, event_id: str, frame: str) -> list[str]:
-        """An event from the shared feed; held until the seam, unless too many."""
-        if self.done:
-            return [frame]
-        self._held.append((event_id, frame))
-        self._held_ids.add(event_id)
-        self._held_bytes += len(frame)
-        if self._held_bytes > self.hold_bytes:
-            return self._join()
-        return []
-
-    def failed(self) -> list[str]:
-        """No replay (pub/sub mode, Redis away): a gap, then the held live events."""
-        if self.done:
-            return []
-        return self._join()
-
-    def settle(self) -> list[str]:
-        """The replay went quiet with last_id never found: send what it had, after a gap."""
-        if self.done or not self._seek:
-            return []
-        return self._give_up()
-
-    def _give_up(self) -> list[str]:
-        frames = [encode_gap(self.pattern, None)] if self._seek is not None else []
-        for event_id, frame in self._seek or ():
-            self._sent_ids.add(event_id)
-            frames.append(frame)
-        self._seek = None
-        return frames
-
-    def _join(self) -> list[str]:
-        frames = self._give_up()
-        frames += [f for i, f in self._held if i not in self._sent_ids]
-        self.done = True
-        self._held.clear()
-        self._held_ids.clear()
-        self._sent_ids.clear()
-        return frames
