@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +20,9 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from ._client.aio_calls import call as _call
+from ._client.aio_calls import guarded as _guarded
+from ._client.aio_calls import within as _within
 from ._client.batch import FULL, Prepared, Step
 from ._client.driver import END, BusBase, SubscriptionBase, new_token
 from ._client.leadership import AsyncLeadership
@@ -31,6 +33,7 @@ from ._client.limits import (
     HOT_GAP,
     PUBLISH_LINGER,
     RECEIVE_BATCH,
+    RECEIVER_JOIN_TIMEOUT,
 )
 from ._client.options import Scope, check_timeout, or_forever
 from ._client.plans import (
@@ -178,6 +181,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         #: and a close within one turn send nothing).
         self._outbox_scheduled = False
         self._reader: asyncio.Task[None] | None = None
+        #: True while the reader runs handlers (close() waits for them).
+        self._delivering = False
         #: Held while a send waits for room, so that frames leave in order.
         self._send_lock = asyncio.Lock()
         #: Set when a credit marker comes back (publishes waiting for credit).
@@ -303,9 +308,12 @@ class AsyncBus(BusBase[AsyncSubscription]):
         self._send_outbox()
 
     async def close(self) -> None:
-        """Stop the reader, end iterators, let queued messages leave
-        (PUBLISH_LINGER, 1 s, at most for the held batch, as long again for
-        what is queued). Safe twice, and from a handler or an ``on_gap`` callback.
+        """Stop the reader, end iterators, let queued messages leave.
+
+        Waits for a handler still running (up to RECEIVER_JOIN_TIMEOUT, 5 s,
+        then it is cancelled), then up to PUBLISH_LINGER (1 s) for the held
+        batch and as long again for what is queued. Safe twice, and from a
+        handler or an ``on_gap`` callback.
         """
         if self.closed:
             return
@@ -316,6 +324,8 @@ class AsyncBus(BusBase[AsyncSubscription]):
         # close() from a handler runs in the reader itself: it cannot wait for itself.
         in_reader = reader is not None and reader is asyncio.current_task()
         if reader is not None and not in_reader:
+            if self._delivering:  # the reader returns once the running handler does
+                await asyncio.wait((reader,), timeout=RECEIVER_JOIN_TIMEOUT)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
@@ -531,7 +541,7 @@ class AsyncBus(BusBase[AsyncSubscription]):
         sub_now = self._sub_now
         core = self._core
         deliver = core.deliver
-        while True:
+        while not self.closed:
             if core.loads:  # while history loads, wake now and then to ask again
                 try:
                     frames: list[bytes] = [await asyncio.wait_for(sub.recv(), HISTORY_POLL)]
@@ -544,7 +554,10 @@ class AsyncBus(BusBase[AsyncSubscription]):
                     frames.append(sub_now.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
+            self._delivering = True
             for frame in frames:
+                if self.closed:
+                    return
                 handled = deliver(frame)
                 if handled is not None:  # handlers to call (or await), in order
                     events, handlers = handled
@@ -557,6 +570,7 @@ class AsyncBus(BusBase[AsyncSubscription]):
                         await _call(subscriber.sink, event)
             if core.outbox_pending:
                 self._send_outbox()
+            self._delivering = False
 
     def _send_outbox(self) -> None:
         self._outbox_scheduled = False
@@ -567,33 +581,3 @@ class AsyncBus(BusBase[AsyncSubscription]):
             wake = getattr(self._sub, "_schedule_remaining_events", None)
             if wake is not None:
                 wake()
-
-
-async def _within(waiting: Awaitable[Any], timeout: float | None) -> bool:
-    """True if ``waiting`` finished within ``timeout`` (None: the publish
-    timeout of a send), False if it timed out."""
-    try:
-        await asyncio.wait_for(waiting, timeout)
-    except (TimeoutError, PublishTimeout):
-        return False
-    return True
-
-
-async def _call(sink: Callable[[Event], Any], event: Event) -> None:
-    result = sink(event)
-    if inspect.isawaitable(result):
-        await result
-
-
-def _guarded(handler: Callable[[Event], Any]) -> Callable[[Event], Awaitable[None]]:
-    """Run a handler (sync or async); its exception is logged, never ends the reader."""
-
-    async def call(event: Event) -> None:
-        try:
-            result = handler(event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("handler %r failed on %r", handler, event)
-
-    return call

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import AsyncioThread, BridgeProcess, WorkerProcess, wait_until
 
-from circus_events import AsyncBus, AsyncSubscription, Bus, BusClosed, Event, Gap, Subscription
+from circus_events import AsyncBus, AsyncSubscription, Bus, BusClosed, Event, Gap, Subscription, aio
 
 CHANNELS = "orders.paid,orders.refunded,users.created"
 
@@ -395,3 +395,43 @@ def test_async_get_nowait_takes_what_is_queued_and_never_waits(bridge: BridgePro
                 await subscription.get(timeout=1)
 
     asyncio.run(scenario())
+
+
+def test_async_close_waits_for_a_running_handler_and_cancels_one_that_hangs(
+    bridge: BridgeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def close_during_handler(release: bool) -> list[str]:
+        outcome: list[str] = []
+        running, done = asyncio.Event(), asyncio.Event()
+        bus = await _async_bus(str(bridge.directory), f"closing-async-{release}")
+
+        @bus.on("slow.job")
+        async def handler(event: Event) -> None:
+            running.set()
+            try:
+                await done.wait()
+                outcome.append(f"finished {event.data}")
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+
+        assert await bus.sync()
+        async with AsyncBus(dir=str(bridge.directory), worker=f"job-{release}") as publisher:
+            await publisher.publish("slow.job", 1, scope="host")
+            await asyncio.wait_for(running.wait(), 10)
+        closing = asyncio.create_task(bus.close())
+        deadline = time.monotonic() + 10
+        while not bus.closed:  # close() has begun and now waits for the handler
+            assert time.monotonic() < deadline, "close() never began"
+            await asyncio.sleep(0)
+        assert not closing.done()
+        if release:
+            done.set()
+        await asyncio.wait_for(closing, 10)
+        return outcome
+
+    # close() returns once the handler does, not at the end of its wait
+    monkeypatch.setattr(aio, "RECEIVER_JOIN_TIMEOUT", 60)
+    assert asyncio.run(close_during_handler(release=True)) == ["finished 1"]
+    monkeypatch.setattr(aio, "RECEIVER_JOIN_TIMEOUT", 0.2)
+    assert asyncio.run(close_during_handler(release=False)) == ["cancelled"]
