@@ -856,3 +856,24 @@ def test_sync_requests_held_while_redis_settles_are_kept_once_each_and_bounded()
         assert sum(b"same-token" in frame for frame in sent) == 1, "asked 50 times, answered once"
 
     asyncio.run(main())
+
+
+def test_outbound_queue_tells_on_lost_the_tags_redis_never_took() -> None:
+    import hiredis  # noqa: PLC0415
+
+    queue = OutboundQueue(max_bytes=20)
+    acked: list[Any] = []
+    lost: list[Any] = []
+    queue.on_acked, queue.on_lost = acked.extend, lost.append
+    queue.push(b"refused", 10, tag="r")
+    queue.push(b"taken", 10, tag="t")
+    queue.push(b"untagged", 10)
+    assert queue.take(0.0) == b"refusedtakenuntagged"
+    reader = hiredis.Reader()
+    reader.feed(b"-OOM no\r\n:1\r\n:1\r\n")
+    queue.consume(reader)
+    assert lost == ["r"] and acked == [None, "t", None]
+    for n in range(4):
+        queue.push(b"c", 10, tag=n)
+    queue.trim()
+    assert lost == ["r", 0, 1]  # the oldest two did not fit in 20 bytes

@@ -13,6 +13,9 @@ Theory of operation
   its resume marker; a frame dropped before it is counted and brings that
   worker a hello (at most one per :data:`HELLO_INTERVAL`): the worker
   keeps the frame and sends it again after its marker, in order.
+* A frame a worker sends again that this bridge already relayed (a second
+  hello made it resend) is dropped, counted in ``resent_repeats``
+  (:mod:`circus_events.protocol.relayed`).
 * :meth:`ConfirmDesk.acked` gets the envelopes of the frames Redis has
   answered (the outbound queue's tags, in order) and keeps the highest
   sequence per (worker, key, epoch); once per loop turn :meth:`flush` sends
@@ -20,8 +23,9 @@ Theory of operation
 
 Memory: the resumed set is bounded by :data:`MAX_RESUMED` (the oldest is
 forgotten; that worker is asked to resume again when it next publishes),
-the hello times by :data:`MAX_HELLO_TIMES`; pending confirms live one loop
-turn.
+the hello times by :data:`MAX_HELLO_TIMES`, the relayed runs by
+:data:`~circus_events.protocol.relayed.MAX_KEYS`; pending confirms live one
+loop turn.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..protocol import (
     Envelope,
     encode_confirm,
 )
+from ..protocol.relayed import Relayed
 from ..protocol.topics import INBOX_PREFIX
 
 if TYPE_CHECKING:
@@ -85,7 +90,7 @@ class ConfirmDesk:
             counters=counters,
         )
         if redis is not None and hold is not None:
-            redis.on_acked(desk.acked)
+            redis.on_acked(desk.acked, desk.lost)
             desk.hold = hold
         return desk
 
@@ -108,12 +113,13 @@ class ConfirmDesk:
         #: Stream mode: local frames held while a restarted bridge catches up.
         self.hold: LocalHold | None = None
         self._resumed: dict[tuple[str, int], None] = {}
+        self._relayed = Relayed()
         self._hello_at: dict[str, float] = {}
         #: worker -> {(key, epoch): highest seq in Redis}, until the next flush.
         self._pending: dict[str, dict[tuple[str, int], int]] = {}
         self._flush_scheduled = False
         self._counters = counters
-        for name in ("hellos", "resumes", "dropped_unresumed", "confirms_sent"):
+        for name in ("hellos", "resumes", "dropped_unresumed", "resent_repeats", "confirms_sent"):
             counters.setdefault(name, 0)
 
     # -- hellos and resume markers ---------------------------------------------------
@@ -144,7 +150,11 @@ class ConfirmDesk:
                 return False
             return True
         if (env.origin, env.epoch) in self._resumed:
-            return True
+            key = env.channel if env.target is None else INBOX_PREFIX + env.target
+            if self._relayed.first_time(env.origin, key, env.epoch, env.seq, env.messages):
+                return True
+            self._counters["resent_repeats"] += env.messages
+            return False
         self._counters["dropped_unresumed"] += env.messages
         last = self._hello_at.get(env.origin)
         if last is None or time.monotonic() - last >= HELLO_INTERVAL:
@@ -163,6 +173,12 @@ class ConfirmDesk:
         self._counters["resumes"] += 1
 
     # -- confirms ----------------------------------------------------------------------
+
+    def lost(self, env: Envelope) -> None:
+        """Redis will never have this frame (dropped or refused): a resend of
+        it, should the worker's next hello bring one, is relayed again."""
+        key = env.channel if env.target is None else INBOX_PREFIX + env.target
+        self._relayed.forget(env.origin, key)
 
     def acked(self, tags: Iterable[Envelope | None]) -> None:
         """Redis has these frames (the outbound queue's tags, in order)."""

@@ -33,7 +33,8 @@ A command may carry a *tag* (stream mode: the envelope of a local worker's
 frame): once Redis has answered it with success, ``on_acked`` gets the
 tags of each completed batch, in order (tags of refused commands are None),
 and the bridge confirms those messages to their workers. A batch answered
-only in part when the connection dies gives its answered tags then.
+only in part when the connection dies gives its answered tags then. The tag
+of a command dropped (the bound) or refused goes to ``on_lost``.
 
 Sans-IO: the caller writes the bytes :meth:`take` and :meth:`control`
 return, in the order it gets them, and passes the loop time in.
@@ -125,6 +126,7 @@ class OutboundQueue:
         "errors",
         "max_bytes",
         "on_acked",
+        "on_lost",
         "pending_bytes",
         "pending_messages",
         "published",
@@ -150,6 +152,8 @@ class OutboundQueue:
         self._tags: deque[Any] = deque()
         #: Told the tags of each batch Redis has answered (see the module docstring).
         self.on_acked: Callable[[deque[Any]], None] | None = None
+        #: Gets the tag of a command dropped or refused: Redis never took it.
+        self.on_lost: Callable[[Any], None] | None = None
         self.pending_bytes = 0
         self.pending_messages = 0
         self._inflight: deque[_Batch | _Control] = deque()
@@ -179,7 +183,9 @@ class OutboundQueue:
         pending, sizes, counts = self._pending, self._sizes, self._counts
         while self.pending_bytes > self.max_bytes and pending:
             pending.popleft()
-            self._tags.popleft()
+            tag = self._tags.popleft()
+            if tag is not None and self.on_lost is not None:
+                self.on_lost(tag)
             self.pending_bytes -= sizes.popleft()
             dropped = counts.popleft()
             self.pending_messages -= dropped
@@ -238,6 +244,8 @@ class OutboundQueue:
                         return
                     if reply.__class__ is not ok:
                         self._reply_error(reply, head.counts[acked])
+                        if self.on_lost is not None and head.tags[acked] is not None:
+                            self.on_lost(head.tags[acked])
                         head.tags[acked] = None
                     acked += 1
                 inflight.popleft()

@@ -104,9 +104,11 @@ class LinkedSide:
         """Flush briefly, delete the presence record, close both connections. Safe twice."""
         await self._link.close()
 
-    def on_acked(self, callback: Callable[[deque[Any]], None]) -> None:
-        """Tell ``callback`` the tags of what Redis has taken (publisher confirms)."""
+    def on_acked(self, callback: Callable[[deque[Any]], None], lost: Callable[[Any], None]) -> None:
+        """Tell ``callback`` the tags of what Redis has taken (publisher
+        confirms), and ``lost`` each tag of what it never will."""
         self._link.queue.on_acked = callback
+        self._link.queue.on_lost = lost
 
     def request(self, cmd: bytes) -> asyncio.Future[Any]:
         """Send a command on the publishing connection, in order with the
