@@ -9,18 +9,26 @@ that fills its hole when it comes back with ``last_id``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from ._event import Event
-from ._exceptions import BridgeError, BusClosed, CircusEventsError
+from ._exceptions import ArgumentError, BridgeError, BusClosed, CircusEventsError
 from ._ws_adapters import DIRECT_HIGH_WATER, Transport
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.wsframe import text_frame
 from .protocol.wsproto import OPEN, Connection, Limits, Subscribe, encode_event
 from .protocol.wsresume import Resume
 
-__all__ = ["RESUME_SETTLE", "RESUME_SLACK", "Frame", "Socket", "deliver", "encode_bus_event"]
+__all__ = [
+    "RESUME_SETTLE",
+    "RESUME_SLACK",
+    "Frame",
+    "Socket",
+    "check_hub_arguments",
+    "deliver",
+    "encode_bus_event",
+]
 
 #: One encoded event on its way to sockets: (event id, channel, frame).
 Frame = tuple[str, str, str]
@@ -178,3 +186,14 @@ def deliver(
                 break
         socket.wake.set()  # the writer sends, or closes it (or is cancelled by the hub)
     counters["frames_direct"] += direct_writes
+
+
+def check_hub_arguments(bus: object, limits: object, hooks: Mapping[str, object]) -> None:
+    """``Hub(...)``'s arguments, checked when it is made, not when a browser comes."""
+    if not isinstance(bus, AsyncBus):
+        raise ArgumentError("bus", f"must be an AsyncBus, not {type(bus).__name__}")
+    if not isinstance(limits, Limits):
+        raise ArgumentError("limits", f"must be a Limits, not {type(limits).__name__}")
+    for name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise ArgumentError(name, f"must be a function or None, not {hook!r}")

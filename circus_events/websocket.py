@@ -50,7 +50,7 @@ from ._ws_adapters import (
     WebsocketsTransport,
     client_js,
 )
-from ._ws_socket import Frame, Socket, deliver, encode_bus_event
+from ._ws_socket import Frame, Socket, check_hub_arguments, deliver, encode_bus_event
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.topics import Pattern
 from .protocol.wsproto import (
@@ -128,6 +128,8 @@ class Hub:
         limits: Limits = DEFAULT_LIMITS,
         direct_writes: bool = True,
     ) -> None:
+        hooks = {"authorize": authorize, "can_subscribe": can_subscribe, "can_publish": can_publish}
+        check_hub_arguments(bus, limits, hooks)
         self.bus = bus
         self.limits = limits
         self.direct_writes = direct_writes

@@ -37,6 +37,7 @@ from circus_events import (
     Subscription,
     UsageError,
 )
+from circus_events._exceptions import ArgumentError, ConfigError
 from circus_events.client import MAX_PENDING_COMMANDS
 
 #: Messages per channel in the forgotten-subscription tests.
@@ -306,6 +307,7 @@ BAD_CALLS: list[tuple[str, Callable[[Bus, Subscription], Any]]] = [
     ("send_to('', ...)", lambda bus, sub: bus.send_to("", "a", 1)),
     ("sync(timeout='x')", lambda bus, sub: bus.sync(timeout="x")),  # type: ignore[arg-type]
     ("flush(timeout=-1)", lambda bus, sub: bus.flush(timeout=-1)),
+    ("on('a')(5)", lambda bus, sub: bus.on("a")(5)),  # type: ignore[arg-type]
 ]
 
 
@@ -340,6 +342,12 @@ def test_bad_arguments_raise_only_circus_events_errors(
         {"worker": 123},
         {"namespace": "a/b"},
         {"max_message_bytes": -5},
+        {"max_message_bytes": 0},  # was taken as "the default"
+        {"send_queue": 2**31},  # past ZeroMQ's int: an OverflowError, then a hang
+        {"namespace": 1},
+        {"host": b"h"},
+        {"echo": "yes"},
+        {"on_gap": 5},
     ],
     ids=repr,
 )
@@ -567,3 +575,25 @@ def test_close_from_on_gap_on_a_reader_receiving_for_itself(bridge: BridgeProces
     # at the first report: if the 3 frames came in two rounds, the third was
     # never looked at, so 1 or 2 were reported lost (1 of 15 runs saw 1).
     assert bus.closed and 1 <= sum(g.missed for g in gaps) <= 2
+
+
+@pytest.mark.parametrize("directory", [123, b"/tmp/x", ""], ids=repr)
+def test_a_dir_that_is_not_a_path_is_refused_by_name(directory: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^dir: must be non-empty text"):
+        Bus(dir=directory)
+    gc.collect()  # nothing half-open is left for the collector to hang on
+
+
+def test_hub_arguments_are_checked_when_it_is_made(bridge: BridgeProcess) -> None:
+    from circus_events.websocket import Hub  # noqa: PLC0415 - the [websocket] extra
+
+    with pytest.raises(ArgumentError, match=r"^bus: must be an AsyncBus, not NoneType"):
+        Hub(None)  # type: ignore[arg-type]
+    bus = AsyncBus(dir=str(bridge.directory))
+    try:
+        with pytest.raises(ArgumentError, match=r"^limits: must be a Limits"):
+            Hub(bus, limits={})  # type: ignore[arg-type]
+        with pytest.raises(ArgumentError, match=r"^can_publish: must be a function"):
+            Hub(bus, can_publish="yes")  # type: ignore[arg-type]
+    finally:
+        asyncio.run(bus.close())

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circus_events._exceptions import ArgumentError
 from circus_events.protocol.wsproto import (
     CLOSE_ABUSE,
     CLOSE_TRY_AGAIN,
@@ -235,10 +236,16 @@ def test_encode_event_once_and_data_json_cannot_hold() -> None:
         ("resume_max_events", 0),
         ("max_abuse", -1),
         ("ping_interval", 0.0),
+        ("max_frame_bytes", "10"),
+        ("queue_bytes", 1.5),
+        ("max_connections", True),
+        ("ping_interval", float("inf")),
+        ("ping_interval", float("nan")),
+        ("ping_interval", "20"),
     ],
 )
-def test_limits_are_checked(field: str, value: float) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_limits_are_checked(field: str, value: Any) -> None:
+    with pytest.raises(ArgumentError, match=rf"^{field}: must be"):
         Limits(**{field: value})
 
 

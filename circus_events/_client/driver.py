@@ -20,7 +20,14 @@ from typing import Any, Final, Generic, TypeVar
 import zmq
 
 from .._event import Event, Gap
-from .._exceptions import BridgeError, ProtocolError, PublishTimeout, UsageError
+from .._exceptions import (
+    ArgumentError,
+    BridgeError,
+    ConfigError,
+    ProtocolError,
+    PublishTimeout,
+    UsageError,
+)
 from ..protocol import REPLAY_TOKEN_BYTES, Codec, Pattern
 from ..protocol.lease import parse_leader_reply
 from .core import STATS_DOC, BusCore
@@ -143,6 +150,8 @@ class BusBase(abc.ABC, Generic[Sub]):
             max_delay=max_delay,
             max_message_bytes=max_message_bytes,
         )
+        if on_gap is not None and not callable(on_gap):
+            raise ConfigError("on_gap", f"must be a function or None, not {on_gap!r}")
         self._core = BusCore(options, on_gap, new_epoch())
         self._core.wall_clock = time.time
         self._core.on_flush = self._flushed
@@ -156,14 +165,18 @@ class BusBase(abc.ABC, Generic[Sub]):
         self._waiters: dict[bytes, Any] = {}
         try:
             self._open_io()
-        except zmq.ZMQError as exc:
+        except BaseException as exc:
+            # Whatever failed, close what was opened: a context left behind
+            # would hang the next garbage collection (its term() waits).
             self.closed = True
             context = getattr(self, "_context", None)
             if context is not None:
                 context.destroy(linger=0)
-            raise BridgeError(
-                f"cannot open the sockets to the bridge in {options.paths.directory}: {exc}"
-            ) from exc
+            if isinstance(exc, zmq.ZMQError):
+                raise BridgeError(
+                    f"cannot open the sockets to the bridge in {options.paths.directory}: {exc}"
+                ) from exc
+            raise
 
     @abc.abstractmethod
     def _open_io(self) -> None:
@@ -212,6 +225,8 @@ class BusBase(abc.ABC, Generic[Sub]):
         wanted = history_args(history, None)
 
         def register(handler: Handler) -> Handler:
+            if not callable(handler):
+                raise ArgumentError("handler", f"must be a function, not {handler!r}")
             self._ready()
             self._register(Subscriber(compiled, self._guard(handler)), wanted)
             return handler

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from typing import Literal
+from typing import Final, Literal
 
 from .._config import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -68,12 +68,34 @@ def or_forever(seconds: float | None) -> float:
     return MAX_TIMEOUT if seconds is None else seconds
 
 
-def _check_count(name: str, value: object, error: type[ConfigError | ArgumentError]) -> int:
+#: The largest count a ZeroMQ option takes (a C int): send_queue is SNDHWM.
+MAX_HWM: Final = 2**31 - 1
+
+
+def _check_count(
+    name: str,
+    value: object,
+    error: type[ConfigError | ArgumentError],
+    maximum: int | None = None,
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(name, f"must be a whole number, not {value!r}")
     if value < 1:
         raise error(name, f"must be at least 1, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise error(name, f"must be at most {maximum}, not {value!r}")
     return value
+
+
+def _check_types(*, echo: object, **texts: object) -> None:
+    """Options of the wrong type, refused by name (a bytes ``dir`` would
+    otherwise become a relative path named ``b'...'``)."""
+    for name, value in texts.items():
+        text = os.fspath(value) if name == "dir" and isinstance(value, os.PathLike) else value
+        if text is not None and (not isinstance(text, str) or not text):
+            raise ConfigError(name, f"must be non-empty text, not {value!r}")
+    if not isinstance(echo, bool):
+        raise ConfigError("echo", f"must be True or False, not {echo!r}")
 
 
 def history_args(history: object, since: object) -> tuple[int | None, int | None] | None:
@@ -151,14 +173,17 @@ class ClientOptions:
         environ: Mapping[str, str] | None = None,
     ) -> ClientOptions:
         env = environ_options(environ)
+        _check_types(dir=dir, namespace=namespace, host=host, worker=worker, echo=echo)
+        if dir is not None:
+            dir = os.fspath(dir)
         bridge = BridgeConfig.from_options(
             {
                 "dir": dir or env.get("dir") or default_dir(environ),
                 "namespace": namespace or env.get("namespace") or DEFAULT_NAMESPACE,
                 "host": host or env.get("host") or default_host(),
                 "max_message_bytes": max_message_bytes
-                or env.get("max_message_bytes")
-                or DEFAULT_MAX_MESSAGE_BYTES,
+                if max_message_bytes is not None
+                else env.get("max_message_bytes") or DEFAULT_MAX_MESSAGE_BYTES,
             }
         )
         worker_id = worker or env.get("worker")
@@ -189,7 +214,7 @@ class ClientOptions:
                 f"must be None or more than 0 and at most {MAX_TIMEOUT:.0f} seconds,"
                 f" not {max_delay!r}",
             )
-        _check_count("send_queue", send_queue, ConfigError)
+        _check_count("send_queue", send_queue, ConfigError, MAX_HWM)
         _check_count("send_queue_bytes", send_queue_bytes, ConfigError)
         _check_count("queue_size", queue_size, ConfigError)
         _check_count("queue_max_bytes", queue_max_bytes, ConfigError)

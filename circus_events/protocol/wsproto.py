@@ -43,12 +43,13 @@ No socket, clock or asyncio here: times and ids come in as arguments.
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .._exceptions import ChannelError
+from .._exceptions import ArgumentError, ChannelError
 from .topics import Pattern, validate_channel
 
 __all__ = [
@@ -116,17 +117,23 @@ class Limits:
         for name in (
             "max_frame_bytes",
             "max_subscriptions",
+            "max_abuse",
             "queue_bytes",
             "queue_close_bytes",
             "max_connections",
             "resume_max_events",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_abuse < 0:
-            raise ValueError("max_abuse must be 0 or more")
-        if not self.ping_interval > 0:
-            raise ValueError("ping_interval must be more than 0")
+            value = getattr(self, name)
+            least = 0 if name == "max_abuse" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ArgumentError(
+                    name, f"must be a whole number of at least {least}, not {value!r}"
+                )
+        ping = self.ping_interval
+        if isinstance(ping, bool) or not isinstance(ping, int | float) or not 0 < ping < math.inf:
+            raise ArgumentError(
+                "ping_interval", f"must be a number of seconds over 0, not {ping!r}"
+            )
 
 
 DEFAULT_LIMITS: Final = Limits()
