@@ -148,6 +148,27 @@ def test_json_encode_error(backend: str, data: Any) -> None:
     assert info.value.__cause__ is not None
 
 
+NOT_FINITE: list[Any] = [
+    float("nan"),
+    float("inf"),
+    {"a": None, "b": [1.0, -float("inf")]},
+    (None, {"x": float("nan")}),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("data", NOT_FINITE, ids=repr)
+def test_json_refuses_nan_and_infinity_with_either_backend(backend: str, data: Any) -> None:
+    """orjson would write them as null: the message would arrive changed."""
+    with json_backend(backend), pytest.raises(EncodeError, match=r"NaN or Infinity|as JSON"):
+        encode_payload(Codec.JSON, data)
+
+
+def test_json_null_without_nan_is_still_encoded() -> None:
+    data = {"a": None, "b": [1.5, None, "null"], "c": (None, 2)}
+    assert encode_payload(Codec.JSON, data) == b'{"a":null,"b":[1.5,null,"null"],"c":[null,2]}'
+
+
 JSON_UNDECODABLE: list[bytes] = [
     b"",
     b"{",

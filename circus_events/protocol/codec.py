@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -76,9 +77,13 @@ def encode_payload(codec: Codec, data: Any) -> bytes:
     """Encode ``data``; raise :class:`EncodeError` naming the problem."""
     if codec == _JSON_ID:
         try:
-            return _json_dumps(data)
+            encoded = _json_dumps(data)
         except _JSON_ERRORS as exc:
             raise EncodeError(f"cannot encode {type(data).__name__} as JSON: {exc}") from exc
+        # orjson writes NaN and infinities as null: refuse them, as json does.
+        if b"null" in encoded and _not_finite(data):
+            raise EncodeError("cannot encode NaN or Infinity as JSON: JSON has no such numbers")
+        return encoded
     if codec == _RAW_ID:
         if type(data) is bytes:
             return data
@@ -92,6 +97,17 @@ def encode_payload(codec: Codec, data: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode {type(data).__name__} as msgpack: {exc}") from exc
     return packed
+
+
+def _not_finite(data: Any) -> bool:
+    """Whether ``data`` holds a float NaN or infinity (in dicts, lists, tuples)."""
+    if isinstance(data, float):
+        return not math.isfinite(data)
+    if isinstance(data, dict):
+        return any(_not_finite(value) for value in data.values())
+    if isinstance(data, (list, tuple)):
+        return any(_not_finite(item) for item in data)
+    return False
 
 
 def decode_payload(codec: int, payload: bytes) -> Any:
