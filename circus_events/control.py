@@ -62,7 +62,7 @@ def query(
         context.term()
     try:
         reply = json.loads(raw)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadReply(f"the bridge at {path} answered {raw[:60]!r}: not JSON") from exc
     if not isinstance(reply, dict):
         raise BadReply(f"the bridge at {path} answered {raw[:60]!r}: not a JSON object")

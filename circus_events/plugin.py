@@ -242,7 +242,7 @@ class CircusWatch:
         try:
             _, watcher, event = parts[0].decode().split(".", 2)
             message = json.loads(parts[1])
-        except ValueError:
+        except (ValueError, RecursionError):
             log.debug("ignored a circus event: %r", parts[:1])
             return
         if watcher.startswith("plugin:") or not isinstance(message, dict):

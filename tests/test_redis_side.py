@@ -877,3 +877,13 @@ def test_outbound_queue_tells_on_lost_the_tags_redis_never_took() -> None:
         queue.push(b"c", 10, tag=n)
     queue.trim()
     assert lost == ["r", 0, 1]  # the oldest two did not fit in 20 bytes
+
+
+def test_presence_skips_records_that_are_not_json_objects(redis_server: RedisServer) -> None:
+    config = BridgeConfig(redis_url=redis_server.url, host="reader", namespace="t")
+    prefix = redis_names(config).presence_prefix
+    client = redis_server.client()
+    for name, value in {b"deep": b"[" * 100_000, b"text": b"not json", b"list": b"[1]"}.items():
+        client.set(prefix + name, value, ex=60)
+    client.set(prefix + b"ok", b'{"host": "ok"}', ex=60)
+    assert read_cluster_status(config) == [{"host": "ok"}]

@@ -234,6 +234,7 @@ def test_saved_workers_round_trip_and_bad_files(short_tmp: Path) -> None:
         b"[1, 2]": [],
         b'{"workers": ["ok/1", 7, "bad\\u0000id", "ok/2"]}': ["ok/1", "ok/2"],
         b" " * (MAX_FILE_BYTES + 1): [],
+        b"[" * 100_000: [],  # past the JSON parser's depth: RecursionError, not a crash
     }
     for data, expected in cases.items():
         os.unlink(path)

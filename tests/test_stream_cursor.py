@@ -142,6 +142,7 @@ def test_interest_round_trip_and_malformed() -> None:
     assert parse_interest(None) == []
     assert parse_interest(b"not json") == []
     assert parse_interest(b'{"a": 1}') == []
+    assert parse_interest(b"[" * 100_000) == []  # nested past the parser's depth
     assert parse_interest(b'["=a", 3, "", "?b", "^c"]') == [
         SubscriptionTopic("a", True),
         SubscriptionTopic("c", False),

@@ -276,7 +276,7 @@ def load_workers(path: str) -> list[str]:
     try:
         record = json.loads(data)
         names = record["workers"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # nested past the parser's depth
         log.warning("not reading the previous workers: %s is not a list of workers", path)
         return []
     workers: list[str] = []

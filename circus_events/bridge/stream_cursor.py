@@ -216,7 +216,7 @@ def parse_interest(raw: Any) -> list[SubscriptionTopic]:
     """The ``interest`` field back; anything malformed is left out."""
     if not isinstance(raw, bytes):
         return []
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):  # from Redis: anything
         items = json.loads(raw)
         if isinstance(items, list):
             return [
