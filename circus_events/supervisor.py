@@ -35,7 +35,8 @@ class Publisher(Protocol):
 def parse_header(line: str) -> dict[str, str]:
     """``ver:3.0 server:supervisor ... len:84`` as a mapping."""
     fields = dict(token.split(":", 1) for token in line.split() if ":" in token)
-    if "eventname" not in fields or "len" not in fields or not fields["len"].isdigit():
+    length = fields.get("len", "")
+    if "eventname" not in fields or not (length.isascii() and length.isdigit()):
         raise ValueError(f"not an eventlistener header: {line[:100]!r}")
     return fields
 
@@ -69,6 +70,11 @@ def run_listener(stdin: IO[str], stdout: IO[str], bus: Publisher) -> None:
         line = stdin.readline(MAX_HEADER)
         if not line:
             return
+        if not line.endswith("\n") and len(line) == MAX_HEADER:
+            while (rest := stdin.readline(MAX_HEADER)) and not rest.endswith("\n"):
+                pass  # one overlong line is one bad header, not several
+            log.error("not an eventlistener header: a line over %d characters", MAX_HEADER)
+            continue
         try:
             header = parse_header(line)
         except ValueError as exc:

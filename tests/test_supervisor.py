@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import WORKERS, query_bridge, wait_until
 
 from circus_events import Bus
@@ -143,3 +144,16 @@ def test_listener_protocol_answers_ok_and_publishes() -> None:
     ]
     assert state_channel("TICK_5", {"groupname": "x"}) is None
     assert parse_header("eventname:PROCESS_STATE_RUNNING len:3")["len"] == "3"
+
+
+def test_listener_refuses_odd_headers_and_keeps_in_step() -> None:
+    class Refuser:
+        def publish(self, channel: str, data: Any) -> None:
+            raise AssertionError("nothing to publish")
+
+    for bad in ("eventname:X len:\u00b2", "eventname:X len:-1", "len:3", "x" * 10_000):
+        stdout = io.StringIO()
+        run_listener(io.StringIO(bad + "\n"), stdout, Refuser())
+        assert stdout.getvalue() == "READY\nREADY\n", bad[:20]  # one READY per line, no crash
+        with pytest.raises(ValueError, match="not an eventlistener header"):
+            parse_header(bad)
