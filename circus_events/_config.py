@@ -83,7 +83,7 @@ DEFAULT_SUBSCRIBER_MAX_BYTES: Final = 512 * 1024 * 1024
 #: Per local publisher (each worker's PUSH pipe into the bridge), in bytes:
 #: what the bridge holds for a worker whose frames it has not read yet. The
 #: PULL high-water mark becomes ``publisher_max_bytes // (max_message_bytes +
-#: 4 KiB) - 1`` frames (255 with the defaults, at most ``PULL_HWM``): past it
+#: 4 KiB) - 1`` frames (254 with the defaults, at most ``PULL_HWM``): past it
 #: the worker's own send queue fills, then ``publish`` times out
 #: (backpressure), never a silent loss. 255 frames still hold ~65,000 batched
 #: messages. Measured: 16- and 30-frame pipes carried 100k small, 3,000 x
@@ -439,6 +439,16 @@ def _check_group(value: object) -> str | None:
     return text
 
 
+def _refuse_signing_key(value: object) -> None:
+    """Reserved: a key accepted and then not used would let users believe
+    their messages are signed (and a plugin option shows in ``ps``)."""
+    if str(value):
+        raise ConfigError(
+            "signing_key",
+            "message signing is not implemented yet; remove the option (messages are not signed)",
+        )
+
+
 def _check_redis_prefix(value: object) -> str:
     text = str(value)
     if not text or len(text) > MAX_REDIS_PREFIX_CHARS or not text.isprintable() or " " in text:
@@ -456,7 +466,7 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "host": _check_host,
     "redis_url": _check_redis_url,
     "mode": _check_mode,
-    "signing_key": lambda v: str(v) or None,
+    "signing_key": _refuse_signing_key,
     "ignore_hosts": _check_ignore_hosts,
     "group": _check_group,
     "redis_prefix": _check_redis_prefix,

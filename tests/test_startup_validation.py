@@ -388,8 +388,14 @@ def test_each_number_at_its_limits(option: tuple[str, NumberSpec]) -> None:
 
 
 def test_repr_of_a_config_hides_the_url() -> None:
-    config = BridgeConfig(redis_url="redis://:hunter2@h/0", signing_key="k3y")
-    assert "hunter2" not in repr(config) and "k3y" not in repr(config)
+    config = BridgeConfig(redis_url="redis://:hunter2@h/0")
+    assert "hunter2" not in repr(config)
+
+
+def test_a_signing_key_is_refused_while_signing_is_not_implemented() -> None:
+    with pytest.raises(ConfigError, match="signing_key: message signing is not implemented"):
+        BridgeConfig.from_options({"signing_key": "k3y"})
+    assert BridgeConfig.from_options({"signing_key": ""}).signing_key is None
 
 
 # -- the good paths: a password from the environment or a file, never shown -------------------
