@@ -61,7 +61,8 @@ class Bus(ThreadedBus):
     """A worker's connection to its host's bridge (sync).
 
     ``Bus()`` with no arguments reads ``CIRCUS_EVENTS_DIR``, ``_NAMESPACE``,
-    ``_HOST`` and ``_WORKER``, with the same defaults as the bridge.
+    ``_HOST``, ``_WORKER`` and ``_MAX_MESSAGE_BYTES``, with the same defaults
+    as the bridge.
 
     ``queue_size`` and ``queue_max_bytes`` bound each subscription's queue
     (defaults :data:`DEFAULT_QUEUE_SIZE` events and
