@@ -8,6 +8,7 @@ through the conftest fixture. No mocks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import socket
@@ -741,6 +742,34 @@ def test_connect_error_kinds(redis_server: RedisServer) -> None:
         conn = await open_connection(parse_redis_url(redis_server.url), name="x")
         assert await conn.request("ECHO", "hi") == b"hi"
         await conn.aclose()
+
+    run(main())
+
+
+def test_a_refused_handshake_leaves_no_unretrieved_future(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """AUTH, SELECT, CLIENT SETNAME and PING go out together; when one is refused the
+    replies still due must not surface as asyncio's "exception was never retrieved"."""
+    server = redis_factory(password="right", users={"app": "pw"})
+    base = f"127.0.0.1:{server.port}"
+    urls = [
+        f"redis://:wrong@{base}/0",
+        f"redis://{base}/3",  # no password and a database: NOAUTH at SELECT
+        f"redis://app:nope@{base}/2",
+        f"redis://nobody:pw@{base}/0",
+    ]
+
+    async def main() -> None:
+        unhandled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        for url in urls:  # whether replies are still due when one fails is a race: try often
+            for _ in range(25):
+                with pytest.raises(RedisConnectError) as info:
+                    await open_connection(parse_redis_url(url), name="x")
+                assert info.value.kind == "auth_failed", (url, info.value)
+        gc.collect()  # an unretrieved future reports itself (synchronously) when collected
+        assert unhandled == []
 
     run(main())
 

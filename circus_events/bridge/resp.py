@@ -47,7 +47,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import hiredis
@@ -297,12 +297,25 @@ async def _handshake(conn: RespConnection, address: RedisAddress, name: str | No
     if name:
         replies.append(("CLIENT SETNAME", conn.request("CLIENT", "SETNAME", name)))
     replies.append(("PING", conn.request("PING")))
-    for what, waiter in replies:
-        reply = await waiter
-        if isinstance(reply, hiredis.ReplyError):
-            if what == "CLIENT SETNAME" and not str(reply).upper().startswith("NOAUTH"):
-                continue  # an ACL may forbid naming; the connection still works
-            raise _classify_reply_error(address.display, what, reply)
+    try:
+        for what, waiter in replies:
+            reply = await waiter
+            if isinstance(reply, hiredis.ReplyError):
+                if what == "CLIENT SETNAME" and not str(reply).upper().startswith("NOAUTH"):
+                    continue  # an ACL may forbid naming; the connection still works
+                raise _classify_reply_error(address.display, what, reply)
+    finally:
+        _settle(waiter for _, waiter in replies)
+
+
+def _settle(waiters: Iterable[asyncio.Future[Any]]) -> None:
+    """Leave no handshake reply unclaimed: after a refusal the rest fail when the
+    connection is dropped, and asyncio would log each as "never retrieved"."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            waiter.exception()  # marks a failure as seen; the first one is already raised
 
 
 async def _discard(conn: RespConnection | None) -> None:
