@@ -23,6 +23,7 @@ import pytest
 from conftest import RedisServer, free_port, wait_until
 from helpers import (
     ORDERS,
+    NotRedis,
     SidePeer,
     X,
     buffer_cap,
@@ -772,6 +773,46 @@ def test_a_refused_handshake_leaves_no_unretrieved_future(
         assert unhandled == []
 
     run(main())
+
+
+def test_a_server_that_is_not_redis_is_named_so(caplog: pytest.LogCaptureFixture) -> None:
+    http = NotRedis(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    html = NotRedis(b"<html><body>no</body></html>")
+    hangs_up = NotRedis(b"")
+
+    async def main() -> None:
+        unhandled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        for server, head in (
+            (http, "'HTTP/1.1 400 Bad Request...'"),
+            (html, "'<html><body>no</body></h...'"),
+        ):
+            with pytest.raises(RedisConnectError) as info:
+                await open_connection(parse_redis_url(server.url()), name="x")
+            assert info.value.kind == "not_redis"
+            assert str(info.value) == (
+                f"{server.url()} answered something that is not Redis (it began with {head})"
+            )
+        with pytest.raises(RedisConnectError) as info:
+            await open_connection(parse_redis_url(hangs_up.url()))
+        assert info.value.kind == "unreachable"
+        assert str(info.value) == f"{hangs_up.url()} closed the connection before answering"
+        # A bridge retrying against it: one clear line per window, no asyncio noise.
+        caplog.set_level(logging.INFO, logger="circus_events")
+        async with Peer(http.url(), "A") as a:
+            await until(lambda: a.status()["connect_failures"] >= 6, 10, "several attempts")
+            assert a.status()["state"] == "not_redis"
+        lines = [r for r in caplog.records if "not Redis" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert lines[0].levelno == logging.ERROR and "[not_redis]" in lines[0].getMessage()
+        gc.collect()  # an unretrieved future reports itself (synchronously) when collected
+        assert unhandled == []
+
+    try:
+        run(main())
+    finally:
+        for server in (http, html, hangs_up):
+            server.close()
 
 
 # -- the sans-IO parts --------------------------------------------------------------------

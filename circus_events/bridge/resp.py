@@ -54,6 +54,7 @@ import hiredis
 
 from .._exceptions import BridgeError
 from .._redis_url import RedisAddress, parse_redis_url
+from .redis_errors import not_redis, reply_head
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -82,13 +83,31 @@ class RedisConnectError(BridgeError):
     """Connecting to Redis failed; ``kind`` says how, for status and logs.
 
     Kinds: ``unreachable`` (refused, no route, name not found, closed during
-    the handshake), ``timeout``, ``tls_failed``, ``auth_failed``, ``loading``
-    (Redis is loading its data set), ``redis_error`` (any other error reply).
+    the handshake), ``timeout``, ``tls_failed``, ``auth_failed``, ``not_redis``
+    (the server answered, not in RESP: the wrong port), ``loading`` (Redis is
+    loading its data set), ``redis_error`` (any other error reply).
     """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+    @property
+    def misconfigured(self) -> bool:
+        """Whether retrying cannot help until someone fixes the URL or the server."""
+        return self.kind in ("auth_failed", "tls_failed", "not_redis")
+
+
+class NotRedisReply(ConnectionError):
+    """The server sent bytes that are not RESP; ``head`` is how they began."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__(f"the server's reply is not Redis protocol (it began with {head!r})")
+        self.head = head
+
+
+class _ClosedEarly(ConnectionError):
+    """The connection closed with replies still due."""
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -152,7 +171,7 @@ class RespConnection(asyncio.Protocol):
                     reader.feed(data, offset, min(FEED_CHUNK, size - offset))
                     consume(reader)
         except Exception as exc:  # a protocol error or a consumer bug: drop the connection
-            self._failure = exc
+            self._failure = NotRedisReply(reply_head(data)) if _not_resp(exc) else exc
             if self.transport is not None:
                 self.transport.abort()
 
@@ -166,7 +185,10 @@ class RespConnection(asyncio.Protocol):
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(ConnectionError("the Redis connection closed"))
+                if isinstance(reason, NotRedisReply):
+                    waiter.set_exception(NotRedisReply(reason.head))
+                else:
+                    waiter.set_exception(_ClosedEarly("the Redis connection closed"))
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -235,6 +257,10 @@ class RespConnection(asyncio.Protocol):
             await asyncio.shield(self._lost)
 
 
+def _not_resp(exc: Exception) -> bool:
+    return isinstance(exc, hiredis.ProtocolError)
+
+
 def _classify_reply_error(where: str, what: str, error: Exception) -> RedisConnectError:
     text = str(error)
     upper = text.upper()
@@ -266,6 +292,13 @@ async def open_connection(
     except RedisConnectError:
         await _discard(conn)
         raise
+    except NotRedisReply as exc:
+        await _discard(conn)
+        raise RedisConnectError("not_redis", not_redis(address, exc.head)) from None
+    except _ClosedEarly:
+        await _discard(conn)
+        reason = f"{where} closed the connection before answering"
+        raise RedisConnectError("unreachable", reason) from None
     except TimeoutError:
         await _discard(conn)
         raise RedisConnectError("timeout", f"{where} did not answer within {timeout:g}s") from None
