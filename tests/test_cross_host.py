@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BridgeProcess, RedisServer, WorkerProcess, wait_until
-from helpers import Collector, collecting_bus
+from helpers import Collector, NotRedis, collecting_bus
 
 from circus_events import Bus
 
@@ -273,6 +275,36 @@ def test_status_all_shows_every_host(
         return {h["host"] for h in json.loads(result.stdout)}
 
     wait_until(lambda: hosts() == {"host-a", "host-b"}, 15, "both hosts in status --all")
+
+
+REDIS_COMMANDS = [("status", "--all"), ("leaders",)]
+
+
+def redis_command(command: tuple[str, ...], url: str, directory: Path) -> tuple[str, float]:
+    """Run ``status --all`` or ``leaders`` against ``url``; its error line and duration."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "circus_events", *command, "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CIRCUS_EVENTS_REDIS_URL": url},
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip(), elapsed
+
+
+@pytest.mark.parametrize("command", REDIS_COMMANDS)
+def test_a_redis_that_never_answers_fails_within_the_timeout(
+    command: tuple[str, ...], short_tmp: Path
+) -> None:
+    """Their timeout is 2 s; redis-py's own retries (3, with backoff) made it 25 s."""
+    with NotRedis(answer=None) as silent:
+        _, elapsed = redis_command(command, silent.url(), short_tmp)
+    assert elapsed < 2 + 3, f"took {elapsed:.1f}s"  # the timeout plus a start-up margin
 
 
 @pytest.mark.parametrize("scope", ["host"])
