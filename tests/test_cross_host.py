@@ -307,6 +307,31 @@ def test_a_redis_that_never_answers_fails_within_the_timeout(
     assert elapsed < 2 + 3, f"took {elapsed:.1f}s"  # the timeout plus a start-up margin
 
 
+@pytest.mark.parametrize("command", REDIS_COMMANDS)
+def test_redis_failures_in_status_all_and_leaders_say_what_is_wrong(
+    command: tuple[str, ...], redis_factory: Callable[..., RedisServer], short_tmp: Path
+) -> None:
+    """Worded as the bridge words them, never as redis-py does ("HELLO must be called
+    with the client already authenticated", 'Protocol error, got "H"')."""
+    protected = redis_factory(password="right")
+    bare = f"redis://127.0.0.1:{protected.port}/0"
+    with NotRedis(b"HTTP/1.1 400 Bad Request\r\n\r\n") as http:
+        cases = {
+            bare: f"authentication required: {bare} asks for a password and the URL has none",
+            f"redis://:wrong@127.0.0.1:{protected.port}/0": (
+                f"authentication failed at redis://:***@127.0.0.1:{protected.port}/0: "
+            ),
+            http.url(): f"{http.url()} answered something that is not Redis (it began with 'H",
+        }
+        for url, message in cases.items():
+            error, _ = redis_command(command, url, short_tmp)
+            assert message in error, error
+            assert "wrong" not in error and "HELLO" not in error and "Protocol error" not in error
+    with NotRedis(answer=None) as silent:
+        error, _ = redis_command(command, silent.url(), short_tmp)
+        assert f"{silent.url()} did not answer within 2s" in error, error
+
+
 @pytest.mark.parametrize("scope", ["host"])
 def test_host_scope_never_reaches_redis(
     redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess], scope: str

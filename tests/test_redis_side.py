@@ -481,6 +481,10 @@ def test_wrong_password_reports_auth_failed_and_keeps_retrying(
         # No password at all: NOAUTH, also auth_failed.
         async with Peer(f"redis://127.0.0.1:{server.port}/0", "B") as b:
             await until(lambda: b.status()["state"] == "auth_failed", 5, "NOAUTH")
+            assert b.status()["last_error"] == (
+                f"authentication required: redis://127.0.0.1:{server.port}/0 asks for a "
+                "password and the URL has none; set it in the URL (redis://:PASSWORD@host:port/db)"
+            )
         # The right password: connected.
         async with Peer(server.url, "C") as c:
             await c.ready()

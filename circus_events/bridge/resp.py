@@ -54,7 +54,7 @@ import hiredis
 
 from .._exceptions import BridgeError
 from .._redis_url import RedisAddress, parse_redis_url
-from .redis_errors import not_redis, reply_head
+from .redis_errors import auth_failure, is_auth_error, not_redis, reply_head
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -74,9 +74,6 @@ CONNECT_TIMEOUT: Final = 3.0
 FEED_CHUNK: Final = 16 * 1024
 #: How long close() waits for the transport to finish before aborting it.
 CLOSE_TIMEOUT: Final = 1.0
-
-#: Error replies that mean the credentials are wrong or missing.
-_AUTH_ERRORS: Final = ("WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD", "INVALID USERNAME")
 
 
 class RedisConnectError(BridgeError):
@@ -261,11 +258,12 @@ def _not_resp(exc: Exception) -> bool:
     return isinstance(exc, hiredis.ProtocolError)
 
 
-def _classify_reply_error(where: str, what: str, error: Exception) -> RedisConnectError:
+def _classify_reply_error(address: RedisAddress, what: str, error: Exception) -> RedisConnectError:
     text = str(error)
     upper = text.upper()
-    if any(marker in upper for marker in _AUTH_ERRORS) or "AUTH" in upper.split(" ", 2)[:2]:
-        return RedisConnectError("auth_failed", f"authentication failed at {where}: {text}")
+    where = address.display
+    if is_auth_error(text):
+        return RedisConnectError("auth_failed", auth_failure(address, text))
     if upper.startswith("LOADING"):
         return RedisConnectError("loading", f"{where} is loading its data set: {text}")
     return RedisConnectError("redis_error", f"{what} failed at {where}: {text}")
@@ -336,7 +334,7 @@ async def _handshake(conn: RespConnection, address: RedisAddress, name: str | No
             if isinstance(reply, hiredis.ReplyError):
                 if what == "CLIENT SETNAME" and not str(reply).upper().startswith("NOAUTH"):
                     continue  # an ACL may forbid naming; the connection still works
-                raise _classify_reply_error(address.display, what, reply)
+                raise _classify_reply_error(address, what, reply)
     finally:
         _settle(waiter for _, waiter in replies)
 
