@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -309,6 +310,26 @@ def test_url_file(tmp_path: Path) -> None:
         read_redis_url_file("--redis-url-file", str(path))
     with pytest.raises(ConfigError, match=r"--redis-url-file: cannot read .*No such file"):
         read_redis_url_file("--redis-url-file", str(tmp_path / "missing"))
+
+
+@pytest.mark.timeout(20)
+def test_url_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO without a writer used to block the reader (the bridge, circusd) forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "url"
+    target.write_text("redis://h:1/2\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert read_redis_url_file("redis_url_file", str(link)) == "redis://h:1/2"  # as before
+    cases = {
+        str(fifo): "is a FIFO (named pipe), not a regular file",
+        str(tmp_path): "is a directory, not a regular file",
+        "/dev/null": "is a character device, not a regular file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(f"redis_url_file: {path!r} {message}")):
+            read_redis_url_file("redis_url_file", path)
 
 
 # -- the bridge's connection and redis-py's, from one address, reach the same user ---------
