@@ -355,8 +355,28 @@ def check_tls_files(address: RedisAddress, *, key: str = "redis_url") -> None:
     try:
         address.ssl_context()  # reads the files: a bad PEM is found now, not at connect time
     except (ssl.SSLError, OSError, ValueError) as exc:
-        files = ", ".join(address.tls_files) or "the system CA store"
-        raise ConfigError(key, f"the TLS files ({files}) cannot be used: {exc}") from None
+        raise ConfigError(key, _tls_problem(address, exc)) from None
+
+
+def _tls_problem(address: RedisAddress, error: Exception) -> str:
+    """Which TLS file is wrong: OpenSSL's ``[SSL] PEM lib`` names none."""
+    ca, cert, keyfile = address.ssl_ca_certs, address.ssl_certfile, address.ssl_keyfile
+    try:
+        ssl.create_default_context(cafile=ca, capath=address.ssl_ca_path)
+    except (ssl.SSLError, OSError, ValueError):
+        if ca is not None:
+            return f"ssl_ca_certs: {ca!r} holds no PEM certificate"
+    else:
+        if cert is not None:
+            try:  # a certificate is read without its key this way
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+            except (ssl.SSLError, OSError, ValueError):
+                return f"ssl_certfile: {cert!r} is not a PEM certificate"
+            if keyfile is not None:
+                return f"ssl_keyfile: {keyfile!r} is not the PEM private key of {cert!r}"
+            return f"ssl_certfile: {cert!r} holds no PEM private key for its certificate"
+    files = ", ".join(address.tls_files) or "the system CA store"
+    return f"the TLS files ({files}) cannot be used: {error}"
 
 
 def refuse_visible_password(key: str, url: str, *, file_option: str) -> None:

@@ -267,8 +267,13 @@ def test_tls_files_that_do_not(certificate: tuple[Path, Path], tmp_path: Path) -
         f"rediss://h?ssl_ca_certs={tmp_path}/missing.pem": "ssl_ca_certs: cannot use",
         f"rediss://h?ssl_ca_certs={tmp_path}": "is not a file",
         f"rediss://h?ssl_ca_path={cert}": "ssl_ca_path",
-        f"rediss://h?ssl_ca_certs={garbage}": "cannot be used",
-        f"rediss://h?ssl_certfile={garbage}": "cannot be used",
+        f"rediss://h?ssl_ca_certs={garbage}": f"ssl_ca_certs: '{garbage}' holds no PEM certificate",
+        f"rediss://h?ssl_certfile={garbage}": f"ssl_certfile: '{garbage}' is not a PEM certificate",
+        f"rediss://h?ssl_certfile={cert}": f"ssl_certfile: '{cert}' holds no PEM private key",
+        f"rediss://h?ssl_certfile={cert}&ssl_keyfile={garbage}": (
+            f"ssl_keyfile: '{garbage}' is not the PEM private key of '{cert}'"
+        ),
+        f"rediss://h?ssl_certfile={key}&ssl_keyfile={key}": f"'{key}' is not a PEM certificate",
         f"rediss://h?ssl_certfile={cert}&ssl_keyfile={tmp_path}/nokey.pem": "ssl_keyfile",
         f"rediss://h?ssl_keyfile={key}": "ssl_keyfile needs ssl_certfile",
     }

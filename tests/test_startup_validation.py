@@ -126,7 +126,7 @@ ROWS: list[Row] = [
     _url("rediss://h?ssl_cert_reqs=maybe", "bad-ssl-cert-reqs", "ssl_cert_reqs"),
     _url("redis://h?ssl_cert_reqs=none", "ssl-without-tls", "rediss://"),
     _url(f"rediss://h?ssl_ca_certs={FILES}/missing.pem", "missing-ca", "ssl_ca_certs"),
-    _url(f"rediss://h?ssl_ca_certs={FILES}/garbage.pem", "garbage-ca", "cannot be used"),
+    _url(f"rediss://h?ssl_ca_certs={FILES}/garbage.pem", "garbage-ca", "holds no PEM certificate"),
     _url(f"rediss://h?ssl_ca_certs={FILES}", "ca-is-a-directory", "not a file"),
     _url(f"rediss://h?ssl_certfile={FILES}/missing.pem", "missing-certfile", "ssl_certfile"),
     _url("redis://:hunter2@h:6379/0", "password", "visible to every user in `ps`"),
