@@ -26,6 +26,7 @@ def read_leases(config: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
 
     from .bridge.lease_script import parse_lease_value  # noqa: PLC0415
     from .bridge.presence import redis_py_client  # noqa: PLC0415
+    from .bridge.redis_errors import redis_py_failure  # noqa: PLC0415
     from .bridge.subscriptions import glob_escape  # noqa: PLC0415
 
     prefix = f"{config.redis_prefix}:{config.namespace}:@lease:".encode()
@@ -52,7 +53,8 @@ def read_leases(config: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
                     }
                 )
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise CircusEventsError(f"cannot read the leases from {address.display}: {exc}") from None
+        reason = redis_py_failure(address, exc, timeout)
+        raise CircusEventsError(f"cannot read the leases from Redis: {reason}") from None
     return found
 
 

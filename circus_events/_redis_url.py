@@ -355,8 +355,28 @@ def check_tls_files(address: RedisAddress, *, key: str = "redis_url") -> None:
     try:
         address.ssl_context()  # reads the files: a bad PEM is found now, not at connect time
     except (ssl.SSLError, OSError, ValueError) as exc:
-        files = ", ".join(address.tls_files) or "the system CA store"
-        raise ConfigError(key, f"the TLS files ({files}) cannot be used: {exc}") from None
+        raise ConfigError(key, _tls_problem(address, exc)) from None
+
+
+def _tls_problem(address: RedisAddress, error: Exception) -> str:
+    """Which TLS file is wrong: OpenSSL's ``[SSL] PEM lib`` names none."""
+    ca, cert, keyfile = address.ssl_ca_certs, address.ssl_certfile, address.ssl_keyfile
+    try:
+        ssl.create_default_context(cafile=ca, capath=address.ssl_ca_path)
+    except (ssl.SSLError, OSError, ValueError):
+        if ca is not None:
+            return f"ssl_ca_certs: {ca!r} holds no PEM certificate"
+    else:
+        if cert is not None:
+            try:  # a certificate is read without its key this way
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+            except (ssl.SSLError, OSError, ValueError):
+                return f"ssl_certfile: {cert!r} is not a PEM certificate"
+            if keyfile is not None:
+                return f"ssl_keyfile: {keyfile!r} is not the PEM private key of {cert!r}"
+            return f"ssl_certfile: {cert!r} holds no PEM private key for its certificate"
+    files = ", ".join(address.tls_files) or "the system CA store"
+    return f"the TLS files ({files}) cannot be used: {error}"
 
 
 def refuse_visible_password(key: str, url: str, *, file_option: str) -> None:
@@ -373,15 +393,40 @@ def refuse_visible_password(key: str, url: str, *, file_option: str) -> None:
         )
 
 
+_FILE_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _regular_file(key: str, path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise ConfigError(key, f"{path!r} is {kind}, not a regular file holding the URL")
+
+
 #: A URL file larger than this is not a URL file.
 MAX_URL_FILE_BYTES: Final = 64 * 1024
 
 
 def read_redis_url_file(key: str, path: str) -> str:
-    """The URL stored in ``path`` (one line; blank lines and ``#`` comments ignored)."""
+    """The URL stored in ``path`` (one line; blank lines and ``#`` comments ignored).
+
+    Only a regular file (or a link to one) is read: a FIFO without a writer
+    would block the bridge or circusd forever, a device could be endless.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_URL_FILE_BYTES + 1)
+        _regular_file(key, path, os.stat(path).st_mode)  # before opening: a device may react
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            _regular_file(key, path, os.fstat(fd).st_mode)  # what was opened, not what was seen
+            with open(fd, "rb", closefd=False) as handle:
+                data = handle.read(MAX_URL_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path!r}: {exc.strerror}") from None
     if len(data) > MAX_URL_FILE_BYTES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -68,6 +69,50 @@ def clients(server: RedisServer, host: str) -> list[dict[str, Any]]:
     """The Redis connections of the bridge named ``host`` (by CLIENT SETNAME)."""
     found: list[dict[str, Any]] = server.client().client_list()
     return [c for c in found if c.get("name", "").startswith(f"circus-events:{host}:")]
+
+
+class NotRedis:
+    """A tiny real TCP server on 127.0.0.1 that is not Redis: each connection gets
+    ``answer`` once something arrives and is then closed, or, with ``answer=None``,
+    is accepted and never answered (a paused or wrong server)."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/0") -> str:
+        return f"redis://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted.append(conn)  # kept open until close() when never answering
+            if self.answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(self.answer)
+                conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SidePeer:

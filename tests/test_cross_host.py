@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BridgeProcess, RedisServer, WorkerProcess, wait_until
-from helpers import Collector, collecting_bus
+from helpers import Collector, NotRedis, collecting_bus
 
 from circus_events import Bus
 
@@ -273,6 +275,61 @@ def test_status_all_shows_every_host(
         return {h["host"] for h in json.loads(result.stdout)}
 
     wait_until(lambda: hosts() == {"host-a", "host-b"}, 15, "both hosts in status --all")
+
+
+REDIS_COMMANDS = [("status", "--all"), ("leaders",)]
+
+
+def redis_command(command: tuple[str, ...], url: str, directory: Path) -> tuple[str, float]:
+    """Run ``status --all`` or ``leaders`` against ``url``; its error line and duration."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "circus_events", *command, "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CIRCUS_EVENTS_REDIS_URL": url},
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip(), elapsed
+
+
+@pytest.mark.parametrize("command", REDIS_COMMANDS)
+def test_a_redis_that_never_answers_fails_within_the_timeout(
+    command: tuple[str, ...], short_tmp: Path
+) -> None:
+    """Their timeout is 2 s; redis-py's own retries (3, with backoff) made it 25 s."""
+    with NotRedis(answer=None) as silent:
+        _, elapsed = redis_command(command, silent.url(), short_tmp)
+    assert elapsed < 2 + 3, f"took {elapsed:.1f}s"  # the timeout plus a start-up margin
+
+
+@pytest.mark.parametrize("command", REDIS_COMMANDS)
+def test_redis_failures_in_status_all_and_leaders_say_what_is_wrong(
+    command: tuple[str, ...], redis_factory: Callable[..., RedisServer], short_tmp: Path
+) -> None:
+    """Worded as the bridge words them, never as redis-py does ("HELLO must be called
+    with the client already authenticated", 'Protocol error, got "H"')."""
+    protected = redis_factory(password="right")
+    bare = f"redis://127.0.0.1:{protected.port}/0"
+    with NotRedis(b"HTTP/1.1 400 Bad Request\r\n\r\n") as http:
+        cases = {
+            bare: f"authentication required: {bare} asks for a password and the URL has none",
+            f"redis://:wrong@127.0.0.1:{protected.port}/0": (
+                f"authentication failed at redis://:***@127.0.0.1:{protected.port}/0: "
+            ),
+            http.url(): f"{http.url()} answered something that is not Redis (it began with 'H",
+        }
+        for url, message in cases.items():
+            error, _ = redis_command(command, url, short_tmp)
+            assert message in error, error
+            assert "wrong" not in error and "HELLO" not in error and "Protocol error" not in error
+    with NotRedis(answer=None) as silent:
+        error, _ = redis_command(command, silent.url(), short_tmp)
+        assert f"{silent.url()} did not answer within 2s" in error, error
 
 
 @pytest.mark.parametrize("scope", ["host"])

@@ -8,6 +8,7 @@ through the conftest fixture. No mocks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import socket
@@ -22,6 +23,7 @@ import pytest
 from conftest import RedisServer, free_port, wait_until
 from helpers import (
     ORDERS,
+    NotRedis,
     SidePeer,
     X,
     buffer_cap,
@@ -479,6 +481,10 @@ def test_wrong_password_reports_auth_failed_and_keeps_retrying(
         # No password at all: NOAUTH, also auth_failed.
         async with Peer(f"redis://127.0.0.1:{server.port}/0", "B") as b:
             await until(lambda: b.status()["state"] == "auth_failed", 5, "NOAUTH")
+            assert b.status()["last_error"] == (
+                f"authentication required: redis://127.0.0.1:{server.port}/0 asks for a "
+                "password and the URL has none; set it in the URL (redis://:PASSWORD@host:port/db)"
+            )
         # The right password: connected.
         async with Peer(server.url, "C") as c:
             await c.ready()
@@ -743,6 +749,74 @@ def test_connect_error_kinds(redis_server: RedisServer) -> None:
         await conn.aclose()
 
     run(main())
+
+
+def test_a_refused_handshake_leaves_no_unretrieved_future(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """AUTH, SELECT, CLIENT SETNAME and PING go out together; when one is refused the
+    replies still due must not surface as asyncio's "exception was never retrieved"."""
+    server = redis_factory(password="right", users={"app": "pw"})
+    base = f"127.0.0.1:{server.port}"
+    urls = [
+        f"redis://:wrong@{base}/0",
+        f"redis://{base}/3",  # no password and a database: NOAUTH at SELECT
+        f"redis://app:nope@{base}/2",
+        f"redis://nobody:pw@{base}/0",
+    ]
+
+    async def main() -> None:
+        unhandled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        for url in urls:  # whether replies are still due when one fails is a race: try often
+            for _ in range(25):
+                with pytest.raises(RedisConnectError) as info:
+                    await open_connection(parse_redis_url(url), name="x")
+                assert info.value.kind == "auth_failed", (url, info.value)
+        gc.collect()  # an unretrieved future reports itself (synchronously) when collected
+        assert unhandled == []
+
+    run(main())
+
+
+def test_a_server_that_is_not_redis_is_named_so(caplog: pytest.LogCaptureFixture) -> None:
+    http = NotRedis(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    html = NotRedis(b"<html><body>no</body></html>")
+    hangs_up = NotRedis(b"")
+
+    async def main() -> None:
+        unhandled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        for server, head in (
+            (http, "'HTTP/1.1 400 Bad Request...'"),
+            (html, "'<html><body>no</body></h...'"),
+        ):
+            with pytest.raises(RedisConnectError) as info:
+                await open_connection(parse_redis_url(server.url()), name="x")
+            assert info.value.kind == "not_redis"
+            assert str(info.value) == (
+                f"{server.url()} answered something that is not Redis (it began with {head})"
+            )
+        with pytest.raises(RedisConnectError) as info:
+            await open_connection(parse_redis_url(hangs_up.url()))
+        assert info.value.kind == "unreachable"
+        assert str(info.value) == f"{hangs_up.url()} closed the connection before answering"
+        # A bridge retrying against it: one clear line per window, no asyncio noise.
+        caplog.set_level(logging.INFO, logger="circus_events")
+        async with Peer(http.url(), "A") as a:
+            await until(lambda: a.status()["connect_failures"] >= 6, 10, "several attempts")
+            assert a.status()["state"] == "not_redis"
+        lines = [r for r in caplog.records if "not Redis" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert lines[0].levelno == logging.ERROR and "[not_redis]" in lines[0].getMessage()
+        gc.collect()  # an unretrieved future reports itself (synchronously) when collected
+        assert unhandled == []
+
+    try:
+        run(main())
+    finally:
+        for server in (http, html, hangs_up):
+            server.close()
 
 
 # -- the sans-IO parts --------------------------------------------------------------------

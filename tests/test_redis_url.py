@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -266,8 +267,13 @@ def test_tls_files_that_do_not(certificate: tuple[Path, Path], tmp_path: Path) -
         f"rediss://h?ssl_ca_certs={tmp_path}/missing.pem": "ssl_ca_certs: cannot use",
         f"rediss://h?ssl_ca_certs={tmp_path}": "is not a file",
         f"rediss://h?ssl_ca_path={cert}": "ssl_ca_path",
-        f"rediss://h?ssl_ca_certs={garbage}": "cannot be used",
-        f"rediss://h?ssl_certfile={garbage}": "cannot be used",
+        f"rediss://h?ssl_ca_certs={garbage}": f"ssl_ca_certs: '{garbage}' holds no PEM certificate",
+        f"rediss://h?ssl_certfile={garbage}": f"ssl_certfile: '{garbage}' is not a PEM certificate",
+        f"rediss://h?ssl_certfile={cert}": f"ssl_certfile: '{cert}' holds no PEM private key",
+        f"rediss://h?ssl_certfile={cert}&ssl_keyfile={garbage}": (
+            f"ssl_keyfile: '{garbage}' is not the PEM private key of '{cert}'"
+        ),
+        f"rediss://h?ssl_certfile={key}&ssl_keyfile={key}": f"'{key}' is not a PEM certificate",
         f"rediss://h?ssl_certfile={cert}&ssl_keyfile={tmp_path}/nokey.pem": "ssl_keyfile",
         f"rediss://h?ssl_keyfile={key}": "ssl_keyfile needs ssl_certfile",
     }
@@ -309,6 +315,26 @@ def test_url_file(tmp_path: Path) -> None:
         read_redis_url_file("--redis-url-file", str(path))
     with pytest.raises(ConfigError, match=r"--redis-url-file: cannot read .*No such file"):
         read_redis_url_file("--redis-url-file", str(tmp_path / "missing"))
+
+
+@pytest.mark.timeout(20)
+def test_url_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO without a writer used to block the reader (the bridge, circusd) forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "url"
+    target.write_text("redis://h:1/2\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert read_redis_url_file("redis_url_file", str(link)) == "redis://h:1/2"  # as before
+    cases = {
+        str(fifo): "is a FIFO (named pipe), not a regular file",
+        str(tmp_path): "is a directory, not a regular file",
+        "/dev/null": "is a character device, not a regular file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(f"redis_url_file: {path!r} {message}")):
+            read_redis_url_file("redis_url_file", path)
 
 
 # -- the bridge's connection and redis-py's, from one address, reach the same user ---------

@@ -126,7 +126,7 @@ ROWS: list[Row] = [
     _url("rediss://h?ssl_cert_reqs=maybe", "bad-ssl-cert-reqs", "ssl_cert_reqs"),
     _url("redis://h?ssl_cert_reqs=none", "ssl-without-tls", "rediss://"),
     _url(f"rediss://h?ssl_ca_certs={FILES}/missing.pem", "missing-ca", "ssl_ca_certs"),
-    _url(f"rediss://h?ssl_ca_certs={FILES}/garbage.pem", "garbage-ca", "cannot be used"),
+    _url(f"rediss://h?ssl_ca_certs={FILES}/garbage.pem", "garbage-ca", "holds no PEM certificate"),
     _url(f"rediss://h?ssl_ca_certs={FILES}", "ca-is-a-directory", "not a file"),
     _url(f"rediss://h?ssl_certfile={FILES}/missing.pem", "missing-certfile", "ssl_certfile"),
     _url("redis://:hunter2@h:6379/0", "password", "visible to every user in `ps`"),
@@ -136,6 +136,12 @@ ROWS: list[Row] = [
     # The URL from a file.
     Row("--redis-url-file=missing", "--redis-url-file", ("--redis-url-file", f"{FILES}/nope")),
     Row("--redis-url-file=empty", "--redis-url-file", ("--redis-url-file", f"{FILES}/empty")),
+    Row(
+        "--redis-url-file=fifo",
+        "--redis-url-file",
+        ("--redis-url-file", f"{FILES}/fifo"),
+        says="is a FIFO (named pipe), not a regular file",
+    ),
     Row(
         "--redis-url-file=bad-url",
         "--redis-url-file",
@@ -247,6 +253,7 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
         (files / "empty").write_text("")
         (files / "bad-url").write_text("redis://h?color=blue\n")
         (files / "good-url").write_text("redis://:secret@h\n")
+        os.mkfifo(files / "fifo")  # no writer: opening it to read would block
         bases = {}
         for n, row in enumerate(ROWS):
             bases[row.id] = root / f"r{n}"
@@ -314,6 +321,7 @@ def test_every_flag_and_variable_has_rows() -> None:
         ({"redis_url": "unix://"}, {}, "redis_url", "socket path"),
         ({"redis_url": "redis+sentinel://h/m"}, {}, "redis_url", "not supported yet"),
         ({"redis_url_file": "/nonexistent/url"}, {}, "redis_url_file", "cannot read"),
+        ({"redis_url_file": "/dev/null"}, {}, "redis_url_file", "not a regular file"),
         (
             {"redis_url": "redis://h", "redis_url_file": "/x"},
             {},

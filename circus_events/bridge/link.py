@@ -418,7 +418,7 @@ class RedisLink:
         self.last_error = str(exc)
         # Both connections usually fail alike: one line per problem per window.
         if self.throttle.allow(exc.kind + str(exc)):
-            level = logging.ERROR if exc.kind in ("auth_failed", "tls_failed") else logging.WARNING
+            level = logging.ERROR if exc.misconfigured else logging.WARNING
             self.log.log(
                 level,
                 "circus-events: Redis connection failed: %s [%s]; retrying every %gs at most",

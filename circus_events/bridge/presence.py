@@ -19,6 +19,7 @@ from typing import Any, Final
 from .._config import BridgeConfig
 from .._exceptions import BridgeError
 from .._redis_url import RedisAddress
+from .redis_errors import redis_py_failure
 from .subscriptions import glob_escape
 
 __all__ = [
@@ -104,7 +105,8 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
     Synchronous, with its own short-lived redis-py connection: meant for
     ``circus-events status --all`` (from a loop, call it through
     ``asyncio.to_thread``). Raises :class:`BridgeError` if Redis cannot be read;
-    its message shows the URL with the password masked.
+    its message (:func:`.redis_errors.redis_py_failure`) says what failed, as the
+    bridge would, and shows the URL with the password masked.
     """
     address = config.redis_address
     if address is None:
@@ -117,10 +119,7 @@ def read_cluster_status(config: BridgeConfig, *, timeout: float = 2.0) -> list[d
             keys = sorted(client.scan_iter(match=pattern, count=1000))
             values = client.mget(keys) if keys else []
     except (redis.RedisError, OSError, ValueError) as exc:
-        detail = str(exc)
-        if address.password:
-            detail = detail.replace(address.password, "***")
-        raise BridgeError(f"{address.display}: {detail}") from None
+        raise BridgeError(redis_py_failure(address, exc, timeout)) from None
     records: list[dict[str, Any]] = []
     for value in values:
         if value is None:
@@ -140,9 +139,12 @@ def redis_py_client(address: RedisAddress, timeout: float) -> Any:
 
     redis-py reads URLs its own way (unknown parameters pass, ``?password=``
     counts); built from the parsed address it connects exactly where the
-    bridge does.
+    bridge does. No retries: redis-py 8 retries 3 times with backoff by
+    default, which made a 2 s ``timeout`` take 25 s against a silent port.
     """
     import redis  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
 
     kwargs: dict[str, Any] = {
         "db": address.db,
@@ -150,6 +152,7 @@ def redis_py_client(address: RedisAddress, timeout: float) -> Any:
         "password": address.password,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
     }
     if address.path is not None:
         kwargs["unix_socket_path"] = address.path

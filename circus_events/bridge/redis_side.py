@@ -297,8 +297,8 @@ class RedisSide(LinkedSide):
 
     def status(self) -> dict[str, Any]:
         """Counters and state, JSON-able. ``state``: connected, connecting,
-        unreachable, timeout, auth_failed, tls_failed, loading, redis_error,
-        config_error, closed."""
+        unreachable, timeout, auth_failed, tls_failed, not_redis, loading,
+        redis_error, config_error, closed."""
         status = self._link.status()
         status["congestions"] = self.congestions
         status.update(

@@ -47,13 +47,14 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import hiredis
 
 from .._exceptions import BridgeError
 from .._redis_url import RedisAddress, parse_redis_url
+from .redis_errors import auth_failure, is_auth_error, not_redis, reply_head
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -74,21 +75,36 @@ FEED_CHUNK: Final = 16 * 1024
 #: How long close() waits for the transport to finish before aborting it.
 CLOSE_TIMEOUT: Final = 1.0
 
-#: Error replies that mean the credentials are wrong or missing.
-_AUTH_ERRORS: Final = ("WRONGPASS", "NOAUTH", "ERR INVALID PASSWORD", "INVALID USERNAME")
-
 
 class RedisConnectError(BridgeError):
     """Connecting to Redis failed; ``kind`` says how, for status and logs.
 
     Kinds: ``unreachable`` (refused, no route, name not found, closed during
-    the handshake), ``timeout``, ``tls_failed``, ``auth_failed``, ``loading``
-    (Redis is loading its data set), ``redis_error`` (any other error reply).
+    the handshake), ``timeout``, ``tls_failed``, ``auth_failed``, ``not_redis``
+    (the server answered, not in RESP: the wrong port), ``loading`` (Redis is
+    loading its data set), ``redis_error`` (any other error reply).
     """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+    @property
+    def misconfigured(self) -> bool:
+        """Whether retrying cannot help until someone fixes the URL or the server."""
+        return self.kind in ("auth_failed", "tls_failed", "not_redis")
+
+
+class NotRedisReply(ConnectionError):
+    """The server sent bytes that are not RESP; ``head`` is how they began."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__(f"the server's reply is not Redis protocol (it began with {head!r})")
+        self.head = head
+
+
+class _ClosedEarly(ConnectionError):
+    """The connection closed with replies still due."""
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -152,7 +168,7 @@ class RespConnection(asyncio.Protocol):
                     reader.feed(data, offset, min(FEED_CHUNK, size - offset))
                     consume(reader)
         except Exception as exc:  # a protocol error or a consumer bug: drop the connection
-            self._failure = exc
+            self._failure = NotRedisReply(reply_head(data)) if _not_resp(exc) else exc
             if self.transport is not None:
                 self.transport.abort()
 
@@ -166,7 +182,10 @@ class RespConnection(asyncio.Protocol):
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(ConnectionError("the Redis connection closed"))
+                if isinstance(reason, NotRedisReply):
+                    waiter.set_exception(NotRedisReply(reason.head))
+                else:
+                    waiter.set_exception(_ClosedEarly("the Redis connection closed"))
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -235,11 +254,16 @@ class RespConnection(asyncio.Protocol):
             await asyncio.shield(self._lost)
 
 
-def _classify_reply_error(where: str, what: str, error: Exception) -> RedisConnectError:
+def _not_resp(exc: Exception) -> bool:
+    return isinstance(exc, hiredis.ProtocolError)
+
+
+def _classify_reply_error(address: RedisAddress, what: str, error: Exception) -> RedisConnectError:
     text = str(error)
     upper = text.upper()
-    if any(marker in upper for marker in _AUTH_ERRORS) or "AUTH" in upper.split(" ", 2)[:2]:
-        return RedisConnectError("auth_failed", f"authentication failed at {where}: {text}")
+    where = address.display
+    if is_auth_error(text):
+        return RedisConnectError("auth_failed", auth_failure(address, text))
     if upper.startswith("LOADING"):
         return RedisConnectError("loading", f"{where} is loading its data set: {text}")
     return RedisConnectError("redis_error", f"{what} failed at {where}: {text}")
@@ -266,6 +290,13 @@ async def open_connection(
     except RedisConnectError:
         await _discard(conn)
         raise
+    except NotRedisReply as exc:
+        await _discard(conn)
+        raise RedisConnectError("not_redis", not_redis(address, exc.head)) from None
+    except _ClosedEarly:
+        await _discard(conn)
+        reason = f"{where} closed the connection before answering"
+        raise RedisConnectError("unreachable", reason) from None
     except TimeoutError:
         await _discard(conn)
         raise RedisConnectError("timeout", f"{where} did not answer within {timeout:g}s") from None
@@ -297,12 +328,25 @@ async def _handshake(conn: RespConnection, address: RedisAddress, name: str | No
     if name:
         replies.append(("CLIENT SETNAME", conn.request("CLIENT", "SETNAME", name)))
     replies.append(("PING", conn.request("PING")))
-    for what, waiter in replies:
-        reply = await waiter
-        if isinstance(reply, hiredis.ReplyError):
-            if what == "CLIENT SETNAME" and not str(reply).upper().startswith("NOAUTH"):
-                continue  # an ACL may forbid naming; the connection still works
-            raise _classify_reply_error(address.display, what, reply)
+    try:
+        for what, waiter in replies:
+            reply = await waiter
+            if isinstance(reply, hiredis.ReplyError):
+                if what == "CLIENT SETNAME" and not str(reply).upper().startswith("NOAUTH"):
+                    continue  # an ACL may forbid naming; the connection still works
+                raise _classify_reply_error(address, what, reply)
+    finally:
+        _settle(waiter for _, waiter in replies)
+
+
+def _settle(waiters: Iterable[asyncio.Future[Any]]) -> None:
+    """Leave no handshake reply unclaimed: after a refusal the rest fail when the
+    connection is dropped, and asyncio would log each as "never retrieved"."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            waiter.exception()  # marks a failure as seen; the first one is already raised
 
 
 async def _discard(conn: RespConnection | None) -> None:
