@@ -18,6 +18,7 @@ import click
 from ._cli_bench import bench_command
 from ._cli_leaders import STATUS_TIMEOUT, leaders_command
 from ._cli_output import print_status
+from ._client.limits import MAX_TIMEOUT
 from ._config import (
     DEFAULT_MAX_PATTERNS,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -52,15 +53,23 @@ def _bridge_config(labels: dict[str, str] | None = None, **flags: Any) -> Bridge
     """
     options: dict[str, Any] = dict(environ_options())
     options.pop("worker", None)
-    given = {key: value for key, value in flags.items() if value is not None}
-    options.update(given)
-    names = environ_labels()
-    names.update({key: "--" + key.replace("_", "-") for key in given})
-    names.update(labels or {})
+    options.update({key: value for key, value in flags.items() if value is not None})
     try:
         return BridgeConfig.from_options(options)
     except ConfigError as exc:
-        _fail(str(relabel(exc, names)), EXIT_USAGE)
+        _fail_config(exc, {**_labels(flags), **(labels or {})})
+
+
+def _labels(flags: dict[str, Any]) -> dict[str, str]:
+    """Each option's name as the user gave it: ``--flag``, else ``CIRCUS_EVENTS_VARIABLE``."""
+    names = environ_labels()
+    names.update({key: "--" + key.replace("_", "-") for key, v in flags.items() if v is not None})
+    return names
+
+
+def _fail_config(exc: ConfigError, labels: dict[str, str]) -> NoReturn:
+    """Exit 2 naming the key the way the user gave it (``labels``: see :func:`_labels`)."""
+    _fail(str(relabel(exc, labels)), EXIT_USAGE)
 
 
 def _redis_url_flags(url: str | None, url_file: str | None) -> tuple[str | None, dict[str, str]]:
@@ -338,7 +347,11 @@ def tail(
 )
 @click.option("--raw", is_flag=True, help="Send DATA as a plain string, not JSON.")
 @click.option(
-    "--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the bridge."
+    "--timeout",
+    type=click.FloatRange(0, MAX_TIMEOUT, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the bridge (more than 0).",
 )
 def publish(
     dir_: str | None,
@@ -358,33 +371,37 @@ def publish(
       circus-events publish --raw greetings hello
       tail -f app.log | circus-events publish --raw logs.app -
     """
+    from ._cli_publish import parse_data, publish_lines  # noqa: PLC0415
     from .client import Bus  # noqa: PLC0415
+    from .protocol import validate_channel  # noqa: PLC0415
 
-    def parse(text: str) -> Any:
-        if raw:
-            return text
-        try:
-            return json.loads(text)
-        except ValueError:
-            _fail(f"DATA is not valid JSON: {text[:80]!r} (use --raw for plain text)", EXIT_USAGE)
-
-    lines = (line.rstrip("\n") for line in sys.stdin) if data == "-" else iter([data])
+    try:  # before the bus: bad input is refused without a connection
+        validate_channel(channel)
+        value = None if data == "-" else parse_data(data, raw)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if data == "-" and sys.stdin is None:
+        _fail("DATA '-' reads lines from stdin, and stdin is closed", EXIT_USAGE)
+    kwargs = _bus_kwargs(dir_, namespace, host)
+    stop = None
     try:
-        with Bus(**_bus_kwargs(dir_, namespace, host), publish_timeout=timeout) as bus:
-            sent = 0
-            for line in lines:
-                if data == "-" and not line:
-                    continue
-                bus.publish(channel, parse(line), scope=scope)  # type: ignore[arg-type]
-                sent += 1
-            if not _wait_sent(bus, timeout):
+        with Bus(**kwargs, publish_timeout=timeout) as bus:
+            if data == "-":
+                stop = publish_lines(bus, channel, sys.stdin.buffer, raw=raw, scope=scope)
+            else:
+                bus.publish(channel, value, scope=scope)  # type: ignore[arg-type]
+            if not _wait_sent(bus, timeout):  # what was published goes, even after a bad line
                 _fail(
                     "the bridge did not take the message(s); is it running? (circus-events status)"
                 )
+    except ConfigError as exc:
+        _fail_config(exc, {**_labels(kwargs), "publish_timeout": "--timeout"})
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     except CircusEventsError as exc:
         _fail(str(exc))
+    if stop is not None:
+        _fail(stop.message, stop.code)
 
 
 def _wait_sent(bus: Any, timeout: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,17 @@ CLI = [sys.executable, "-m", "circus_events"]
 
 
 def run(
-    *args: str, stdin: str | None = None, timeout: float = 30
+    *args: str, stdin: str | None = None, timeout: float = 30, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The command's outcome; ``env`` is added to this process's environment."""
     return subprocess.run(
-        [*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -1,0 +1,30 @@
+"""A bad option or variable of any command exits 2 naming it as the user gave
+it (``--flag`` or ``CIRCUS_EVENTS_VARIABLE``), never an internal key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli import run
+
+BAD_SIZE = {"CIRCUS_EVENTS_MAX_MESSAGE_BYTES": "abc"}
+
+#: (arguments after the command's --dir, variables, what stderr says)
+CASES = {
+    "publish-env": (["publish", "t", "1"], BAD_SIZE, "CIRCUS_EVENTS_MAX_MESSAGE_BYTES: 'abc'"),
+    "publish-namespace": (["publish", "--namespace", "../x", "t", "1"], {}, "--namespace: '../x'"),
+    "publish-host": (["publish", "--host", "a\x01", "t", "1"], {}, "--host: worker id"),
+    "publish-timeout": (["publish", "--timeout", "-1", "t", "1"], {}, "'--timeout'"),
+    "publish-timeout-0": (["publish", "--timeout", "0", "t", "1"], {}, "'--timeout': 0.0"),
+    "publish-timeout-nan": (["publish", "--timeout", "nan", "t", "1"], {}, "--timeout: "),
+}
+
+
+@pytest.mark.parametrize(("args", "env", "says"), CASES.values(), ids=CASES.keys())
+def test_a_bad_value_is_named_as_given(
+    short_tmp: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    result = run(args[0], "--dir", str(short_tmp), *args[1:], env=env, stdin="")
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
