@@ -16,14 +16,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import click
 
 from ._cli_output import format_event
+from ._config import relabel
 from ._event import Event
-from ._exceptions import CircusEventsError
+from ._exceptions import CircusEventsError, ConfigError
 
 __all__ = ["WATCH_INTERVAL", "BridgeWatch", "run_tail"]
 
@@ -97,6 +98,7 @@ def run_tail(
     count: int | None,
     history: int | None,
     fail: Callable[[str, int], Any],
+    labels: Mapping[str, str],
 ) -> None:
     """The body of ``circus-events tail`` (its options are in ``cli``)."""
     from .client import Bus  # noqa: PLC0415
@@ -124,8 +126,8 @@ def run_tail(
 
     try:
         bus = Bus(**bus_kwargs, on_gap=gap)
-    except CircusEventsError as exc:
-        fail(str(exc), EXIT_USAGE)
+    except CircusEventsError as exc:  # named as given: --flag or CIRCUS_EVENTS_VARIABLE
+        fail(str(relabel(exc, labels) if isinstance(exc, ConfigError) else exc), EXIT_USAGE)
         return
     paths = bus._core.options.paths
     watch = BridgeWatch(os.path.dirname(paths.directory), os.path.basename(paths.directory), say)

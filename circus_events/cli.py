@@ -308,7 +308,7 @@ def _bus_kwargs(dir_: str | None, namespace: str | None, host: str | None) -> di
 @common_options
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--count", type=int, help="Exit after this many events.")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
 @click.option(
     "--history", type=click.IntRange(min=0), help="First show the last N events (stream mode)."
 )
@@ -335,7 +335,15 @@ def tail(
     from ._cli_tail import run_tail  # noqa: PLC0415
 
     kwargs = _bus_kwargs(dir_, namespace, host)
-    run_tail(kwargs, patterns, as_json=as_json, count=count, history=history, fail=_fail)
+    run_tail(
+        kwargs,
+        patterns,
+        as_json=as_json,
+        count=count,
+        history=history,
+        fail=_fail,
+        labels=_labels(kwargs),
+    )
 
 
 @cli.command()
@@ -505,12 +513,16 @@ def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bi
         others = [r for r in read_cluster_status(config) if r.get("host") != here.get("host")]
         return sorted([here, *others], key=lambda r: str(r.get("host")))
 
+    kwargs = _bus_kwargs(dir_, namespace, host)
+
     async def run() -> None:
-        async with AsyncBus(**_bus_kwargs(dir_, namespace, host), worker=f"web@{port}") as bus:
+        async with AsyncBus(**kwargs, worker=f"web@{port}") as bus:
             await serve(bus, hosts, bind=bind, port=port, ready=lambda url: click.echo(url))
 
     try:
         asyncio.run(run())
+    except ConfigError as exc:
+        _fail_config(exc, _labels(kwargs))
     except CircusEventsError as exc:
         _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
@@ -539,8 +551,11 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
     logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
     name = host or environ_options().get("host") or socket_module.gethostname()
     worker = f"supervisord@{name}"
+    kwargs = _bus_kwargs(dir_, namespace, host)
     try:
-        bus = Bus(**_bus_kwargs(dir_, namespace, host), worker=worker, publish_timeout=0.5)
+        bus = Bus(**kwargs, worker=worker, publish_timeout=0.5)
+    except ConfigError as exc:
+        _fail_config(exc, _labels(kwargs))
     except CircusEventsError as exc:
         _fail(str(exc), EXIT_USAGE)
     with bus:

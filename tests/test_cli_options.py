@@ -13,11 +13,16 @@ BAD_SIZE = {"CIRCUS_EVENTS_MAX_MESSAGE_BYTES": "abc"}
 #: (arguments after the command's --dir, variables, what stderr says)
 CASES = {
     "publish-env": (["publish", "t", "1"], BAD_SIZE, "CIRCUS_EVENTS_MAX_MESSAGE_BYTES: 'abc'"),
+    "tail-env": (["tail", "t"], BAD_SIZE, "CIRCUS_EVENTS_MAX_MESSAGE_BYTES: 'abc'"),
+    "listener-env": (["supervisor-listener"], BAD_SIZE, "CIRCUS_EVENTS_MAX_MESSAGE_BYTES: 'abc'"),
     "publish-namespace": (["publish", "--namespace", "../x", "t", "1"], {}, "--namespace: '../x'"),
     "publish-host": (["publish", "--host", "a\x01", "t", "1"], {}, "--host: worker id"),
+    "tail-host-env": (["tail", "t"], {"CIRCUS_EVENTS_HOST": "a\x01"}, "CIRCUS_EVENTS_HOST: "),
     "publish-timeout": (["publish", "--timeout", "-1", "t", "1"], {}, "'--timeout'"),
     "publish-timeout-0": (["publish", "--timeout", "0", "t", "1"], {}, "'--timeout': 0.0"),
     "publish-timeout-nan": (["publish", "--timeout", "nan", "t", "1"], {}, "--timeout: "),
+    "tail-count-0": (["tail", "--count", "0", "t"], {}, "'--count': 0"),
+    "tail-count-negative": (["tail", "--count", "-1", "t"], {}, "'--count': -1"),
 }
 
 
