@@ -98,15 +98,29 @@ def _range(option: str) -> str:
     )
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty value would silently mean the default (or the current folder)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
 _common = [
     click.option(
         "--dir",
         "dir_",
+        callback=_not_empty,
         help="Socket directory [CIRCUS_EVENTS_DIR; /run/circus-events for root, "
         "else $XDG_RUNTIME_DIR/circus-events or /tmp/circus-events-<uid>].",
     ),
-    click.option("--namespace", help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default]."),
-    click.option("--host", help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."),
+    click.option(
+        "--namespace",
+        callback=_not_empty,
+        help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default].",
+    ),
+    click.option(
+        "--host", callback=_not_empty, help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."
+    ),
 ]
 
 

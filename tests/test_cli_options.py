@@ -33,3 +33,12 @@ def test_a_bad_value_is_named_as_given(
     result = run(args[0], "--dir", str(short_tmp), *args[1:], env=env, stdin="")
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("option", ["--dir", "--namespace", "--host"])
+@pytest.mark.parametrize("command", ["bridge", "tail", "publish", "status", "leaders"])
+def test_an_empty_folder_namespace_or_host_is_refused(command: str, option: str) -> None:
+    args = {"tail": ["t"], "publish": ["t", "1"]}.get(command, [])
+    result = run(command, option, "", *args)
+    assert result.returncode == 2, result.stderr
+    assert f"'{option}': must not be empty" in result.stderr, result.stderr
