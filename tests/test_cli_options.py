@@ -9,6 +9,7 @@ import pytest
 from test_cli import run
 
 BAD_SIZE = {"CIRCUS_EVENTS_MAX_MESSAGE_BYTES": "abc"}
+LONG = "a" * 100
 
 #: (arguments after the command's --dir, variables, what stderr says)
 CASES = {
@@ -23,6 +24,16 @@ CASES = {
     "publish-timeout-nan": (["publish", "--timeout", "nan", "t", "1"], {}, "--timeout: "),
     "tail-count-0": (["tail", "--count", "0", "t"], {}, "'--count': 0"),
     "tail-count-negative": (["tail", "--count", "-1", "t"], {}, "'--count': -1"),
+    "bridge-namespace-long": (
+        ["bridge", "--namespace", LONG],
+        {},
+        "--dir and --namespace: ",
+    ),
+    "publish-namespace-long-env": (
+        ["publish", "t", "1"],
+        {"CIRCUS_EVENTS_NAMESPACE": LONG},
+        "--dir and CIRCUS_EVENTS_NAMESPACE: ",
+    ),
 }
 
 
@@ -33,6 +44,15 @@ def test_a_bad_value_is_named_as_given(
     result = run(args[0], "--dir", str(short_tmp), *args[1:], env=env, stdin="")
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_long_namespace_is_blamed_with_the_folder(short_tmp: Path) -> None:
+    result = run("bridge", "--dir", str(short_tmp), "--namespace", LONG)
+    assert "choose a shorter directory or namespace" in result.stderr, result.stderr
+    default = run("bridge", "--dir", str(short_tmp / ("d" * 100)))
+    assert "--dir: " in default.stderr and default.stderr.rstrip().endswith(
+        "choose a shorter directory"
+    )
 
 
 @pytest.mark.parametrize("option", ["--dir", "--namespace", "--host"])
