@@ -62,3 +62,13 @@ def test_an_empty_folder_namespace_or_host_is_refused(command: str, option: str)
     result = run(command, option, "", *args)
     assert result.returncode == 2, result.stderr
     assert f"'{option}': must not be empty" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("only", [[], ["--paced"], ["--websocket"]], ids=["all", "paced", "ws"])
+def test_bench_refuses_an_out_file_before_it_runs(short_tmp: Path, only: list[str]) -> None:
+    out = short_tmp / "results"
+    out.write_text("not a folder")
+    result = run("bench", "--smoke", *only, "--out", str(out), timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert f"--out: '{out}' is a file, not a folder" in result.stderr, result.stderr
+    assert out.read_text() == "not a folder"
