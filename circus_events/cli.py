@@ -496,7 +496,11 @@ def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
 @common_options
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
-    "--bind", default="127.0.0.1", show_default=True, help="Address to listen on (no auth!)."
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_not_empty,
+    help="Address to listen on (no auth!).",
 )
 def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bind: str) -> None:
     """Serve a live page: hosts and workers, event rates, a filterable tail.
@@ -528,10 +532,12 @@ def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bi
         return sorted([here, *others], key=lambda r: str(r.get("host")))
 
     kwargs = _bus_kwargs(dir_, namespace, host)
+    sock = _web_socket(bind, port)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
 
     async def run() -> None:
         async with AsyncBus(**kwargs, worker=f"web@{port}") as bus:
-            await serve(bus, hosts, bind=bind, port=port, ready=lambda url: click.echo(url))
+            await serve(bus, hosts, sock=sock, ready=lambda url: click.echo(url))
 
     try:
         asyncio.run(run())
@@ -541,6 +547,21 @@ def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bi
         _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _web_socket(bind: str, port: int) -> Any:
+    """The page's socket, bound now: a bad --bind exits 2, an address in use 1."""
+    import socket  # noqa: PLC0415
+
+    from .web import listen_socket  # noqa: PLC0415
+
+    try:
+        return listen_socket(bind, port)
+    except socket.gaierror as exc:
+        _fail(f"--bind: cannot resolve {bind!r}: {exc.strerror}", EXIT_USAGE)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        _fail(f"cannot listen on {bind}:{port}: {reason}")
 
 
 @cli.command("supervisor-listener")
