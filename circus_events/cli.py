@@ -8,7 +8,6 @@ value before it binds anything, so a bad one leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any, Final, NoReturn
@@ -17,7 +16,7 @@ import click
 
 from ._cli_bench import bench_command
 from ._cli_leaders import STATUS_TIMEOUT, leaders_command
-from ._cli_output import print_status
+from ._cli_status import status_command
 from ._client.limits import MAX_TIMEOUT
 from ._config import (
     DEFAULT_MAX_PATTERNS,
@@ -29,7 +28,7 @@ from ._config import (
     environ_options,
     relabel,
 )
-from ._exceptions import CircusEventsError, ConfigError, ControlError
+from ._exceptions import CircusEventsError, ConfigError
 from ._redis_url import read_redis_url_file, refuse_visible_password
 from ._version import __version__
 
@@ -124,10 +123,32 @@ _common = [
 ]
 
 
+_redis_url_file = click.option(
+    "--redis-url-file",
+    metavar="PATH",
+    help="Read the Redis URL (with its password) from this file: one line.",
+)
+
+
 def common_options(function: Any) -> Any:
     for option in reversed(_common):
         function = option(function)
     return function
+
+
+def reader_options(function: Any) -> Any:
+    """--dir, --namespace and --redis-url-file: a command that reads bridges reports no host."""
+    for option in reversed([*_common[:2], _redis_url_file]):
+        function = option(function)
+    return function
+
+
+def _reader_config(
+    dir_: str | None, namespace: str | None, redis_url_file: str | None
+) -> BridgeConfig:
+    """The config of ``status`` or ``leaders``: --redis-url-file over CIRCUS_EVENTS_REDIS_URL."""
+    url, labels = _redis_url_flags(None, redis_url_file)
+    return _bridge_config(labels, dir=dir_, namespace=namespace, redis_url=url)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,11 +177,7 @@ def cli(verbose: int) -> None:
     help="Relay through this Redis [CIRCUS_EVENTS_REDIS_URL]; none: single host. "
     "No password here (`ps` shows it): use the variable or --redis-url-file.",
 )
-@click.option(
-    "--redis-url-file",
-    metavar="PATH",
-    help="Read the Redis URL (with its password) from this file: one line.",
-)
+@_redis_url_file
 @click.option(
     "--mode",
     type=click.Choice(["pubsub", "stream"]),
@@ -436,64 +453,6 @@ def _wait_sent(bus: Any, timeout: float) -> bool:
 
 @cli.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-@click.option(
-    "--all", "all_hosts", is_flag=True, help="Every host, from the presence records in Redis."
-)
-def status(
-    dir_: str | None, namespace: str | None, host: str | None, as_json: bool, all_hosts: bool
-) -> None:
-    """Show this host's bridge: workers, counters, Redis state. Exit 1 if it is down.
-
-    \b
-    Examples:
-      circus-events status
-      circus-events status --json | jq .counters
-      circus-events status --all          # every host, through Redis
-    """
-    if all_hosts:
-        _status_all(dir_, namespace, as_json)
-        return
-    from .control import query  # noqa: PLC0415
-
-    config = _bridge_config(dir=dir_, namespace=namespace)
-    try:
-        report = query(config.dir, config.namespace, "status", STATUS_TIMEOUT)
-    except ConfigError as exc:  # the socket folder is not safe to trust
-        _fail(str(exc), EXIT_USAGE)
-    except ControlError as exc:
-        _fail(str(exc))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    print_status(report)
-
-
-def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
-    config = _bridge_config(dir=dir_, namespace=namespace)
-    if not config.redis_url:
-        _fail("--all needs a Redis: set CIRCUS_EVENTS_REDIS_URL", EXIT_USAGE)
-    from .bridge.redis_side import read_cluster_status  # noqa: PLC0415
-
-    try:
-        hosts = read_cluster_status(config)
-    except CircusEventsError as exc:  # the URL in it has its password masked
-        _fail(f"cannot read cluster status from Redis: {exc}")
-    except Exception as exc:  # an unexpected redis-py error: its text may quote the URL
-        address = config.redis_address
-        shown = str(address.display if address else "")
-        _fail(f"cannot read cluster status from Redis at {shown}: {type(exc).__name__}")
-    if as_json:
-        click.echo(json.dumps(hosts, indent=2))
-        return
-    if not hosts:
-        click.echo("no bridge has reported to Redis")
-    for report in hosts:
-        print_status(report)
-
-
-@cli.command()
-@common_options
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
     "--bind",
@@ -600,7 +559,8 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
 cli.add_command(bench_command)
 
 
-cli.add_command(leaders_command(common_options, _bridge_config, _fail))
+cli.add_command(status_command(reader_options, _reader_config, _fail))
+cli.add_command(leaders_command(reader_options, _reader_config, _fail))
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ def test_a_long_namespace_is_blamed_with_the_folder(short_tmp: Path) -> None:
 @pytest.mark.parametrize("option", ["--dir", "--namespace", "--host"])
 @pytest.mark.parametrize("command", ["bridge", "tail", "publish", "status", "leaders"])
 def test_an_empty_folder_namespace_or_host_is_refused(command: str, option: str) -> None:
+    if option == "--host" and command in ("status", "leaders"):
+        return  # they take no --host (test_cli_status)
     args = {"tail": ["t"], "publish": ["t", "1"]}.get(command, [])
     result = run(command, option, "", *args)
     assert result.returncode == 2, result.stderr
