@@ -25,6 +25,7 @@ from ._cli_output import format_event
 from ._config import relabel
 from ._event import Event
 from ._exceptions import CircusEventsError, ConfigError
+from .protocol import Pattern
 
 __all__ = ["WATCH_INTERVAL", "BridgeWatch", "run_tail"]
 
@@ -33,6 +34,7 @@ WATCH_INTERVAL: Final = 1.0
 #: Seconds a look waits for the bridge's answer: twice the control client's
 #: default, so a bridge slowed by a loaded machine is not reported gone.
 WATCH_TIMEOUT: Final = 2.0
+EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 
@@ -140,11 +142,12 @@ def run_tail(
         fail(str(exc), EXIT_USAGE)
         return
     signal.signal(signal.SIGTERM, lambda *_: seen.set())
+    topics = {Pattern(pattern).topic for pattern in patterns}
     try:
         if not bus.sync(2):
             say("waiting for the bridge (is it running? circus-events status)", "yellow")
         watch.start()
-        while not seen.wait(0.2):
+        while not seen.wait(0.2) and not topics <= bus._core.refused_topics:
             pass
     except KeyboardInterrupt:
         bus.close()
@@ -152,3 +155,7 @@ def run_tail(
     finally:
         watch.stop()
     bus.close()
+    if not seen.is_set():  # nothing would ever come: every subscription was refused
+        fail(
+            f"the bridge refused every subscription of this tail: {bus._core.refused}", EXIT_FAILURE
+        )
