@@ -1,7 +1,8 @@
 """The ``circus-events`` command: run a bridge, tail, publish, inspect.
 
 Exit codes: 0 success, 1 runtime failure (bridge not running, publish timed
-out), 2 usage or configuration error (bad option or variable, named as given:
+out, web's address in use, every tail subscription refused), 2 usage or
+configuration error (bad option or variable, named as given:
 ``--flag`` or ``CIRCUS_EVENTS_VARIABLE``), 130 Ctrl-C. ``bridge`` checks every
 value before it binds anything, so a bad one leaves nothing behind.
 """
