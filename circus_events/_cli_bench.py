@@ -6,6 +6,7 @@ command imports it inside its function, and nothing else does.
 
 from __future__ import annotations
 
+import os
 import sys
 from json import dumps as json_dumps
 from typing import Any
@@ -15,9 +16,21 @@ import click
 __all__ = ["bench_command"]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     click.secho(f"circus-events: {message}", fg="red", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+def _make_out_dir(out_dir: str) -> None:
+    """The output folder, made before anything runs: a bad one must not cost a bench."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except FileExistsError:
+        _fail(f"--out: {out_dir!r} is a file, not a folder", 2)
+    except OSError as exc:
+        _fail(f"--out: cannot create {out_dir!r}: {exc.strerror}", 2)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        _fail(f"--out: cannot write in {out_dir!r}", 2)
 
 
 @click.command("bench")
@@ -68,6 +81,7 @@ def bench_command(
     """
     import dataclasses  # noqa: PLC0415
 
+    _make_out_dir(out_dir)
     if websocket:
         from .bench.ws_fanout import WsOptions, bench_websocket  # noqa: PLC0415
 

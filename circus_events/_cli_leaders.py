@@ -59,17 +59,20 @@ def read_leases(config: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
 
 
 def leaders_command(
-    common_options: Callable[[Any], Any],
-    bridge_config: Callable[..., Any],
+    reader_options: Callable[[Any], Any],
+    reader_config: Callable[..., Any],
     fail: Callable[..., NoReturn],
 ) -> click.Command:
     """The ``leaders`` command, built with the CLI's shared options and helpers
-    (handed in: this module does not import ``cli``)."""
+    (handed in: this module does not import ``cli``): --dir, --namespace,
+    --redis-url-file, and the config they make."""
 
     @click.command()
-    @common_options
+    @reader_options
     @click.option("--json", "as_json", is_flag=True, help="Print the leases as JSON.")
-    def leaders(dir_: str | None, namespace: str | None, host: str | None, as_json: bool) -> None:
+    def leaders(
+        dir_: str | None, namespace: str | None, redis_url_file: str | None, as_json: bool
+    ) -> None:
         """Show who leads each role: role, holder, host, token, time left.
 
         With Redis, every lease in the namespace (every host); without, the
@@ -80,7 +83,7 @@ def leaders_command(
           circus-events leaders
           circus-events leaders --json
         """
-        config = bridge_config(dir=dir_, namespace=namespace)
+        config = reader_config(dir_, namespace, redis_url_file)
         try:
             if config.redis_url:
                 rows = read_leases(config)

@@ -16,14 +16,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import click
 
 from ._cli_output import format_event
+from ._config import relabel
 from ._event import Event
-from ._exceptions import CircusEventsError
+from ._exceptions import CircusEventsError, ConfigError
+from .protocol import Pattern
 
 __all__ = ["WATCH_INTERVAL", "BridgeWatch", "run_tail"]
 
@@ -32,6 +34,7 @@ WATCH_INTERVAL: Final = 1.0
 #: Seconds a look waits for the bridge's answer: twice the control client's
 #: default, so a bridge slowed by a loaded machine is not reported gone.
 WATCH_TIMEOUT: Final = 2.0
+EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 
@@ -97,6 +100,7 @@ def run_tail(
     count: int | None,
     history: int | None,
     fail: Callable[[str, int], Any],
+    labels: Mapping[str, str],
 ) -> None:
     """The body of ``circus-events tail`` (its options are in ``cli``)."""
     from .client import Bus  # noqa: PLC0415
@@ -124,8 +128,8 @@ def run_tail(
 
     try:
         bus = Bus(**bus_kwargs, on_gap=gap)
-    except CircusEventsError as exc:
-        fail(str(exc), EXIT_USAGE)
+    except CircusEventsError as exc:  # named as given: --flag or CIRCUS_EVENTS_VARIABLE
+        fail(str(relabel(exc, labels) if isinstance(exc, ConfigError) else exc), EXIT_USAGE)
         return
     paths = bus._core.options.paths
     watch = BridgeWatch(os.path.dirname(paths.directory), os.path.basename(paths.directory), say)
@@ -138,11 +142,12 @@ def run_tail(
         fail(str(exc), EXIT_USAGE)
         return
     signal.signal(signal.SIGTERM, lambda *_: seen.set())
+    topics = {Pattern(pattern).topic for pattern in patterns}
     try:
         if not bus.sync(2):
             say("waiting for the bridge (is it running? circus-events status)", "yellow")
         watch.start()
-        while not seen.wait(0.2):
+        while not seen.wait(0.2) and not topics <= bus._core.refused_topics:
             pass
     except KeyboardInterrupt:
         bus.close()
@@ -150,3 +155,7 @@ def run_tail(
     finally:
         watch.stop()
     bus.close()
+    if not seen.is_set():  # nothing would ever come: every subscription was refused
+        fail(
+            f"the bridge refused every subscription of this tail: {bus._core.refused}", EXIT_FAILURE
+        )

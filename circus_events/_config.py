@@ -126,6 +126,8 @@ MIN_STALL_TIMEOUT: Final = 0.01
 MAX_STALL_TIMEOUT: Final = 60.0
 #: AF_UNIX paths are limited to 107 bytes on Linux.
 MAX_IPC_PATH: Final = 107
+#: Joins the keys of a ConfigError that blames two options together.
+KEYS_JOINED: Final = " and "
 
 # The largest value each numeric option takes (a bigger one is a typo or an attack,
 # and some would overflow what they are handed to: a C int in libzmq, a Redis EX).
@@ -220,11 +222,17 @@ def socket_paths(directory: str, namespace: str) -> SocketPaths:
         lock=os.path.join(base, "bridge.lock"),
     )
     longest = max(len(p.encode()) for p in (paths.pull, paths.pub, paths.control))
-    if longest > MAX_IPC_PATH:
+    if longest > MAX_IPC_PATH and namespace == DEFAULT_NAMESPACE:
         raise ConfigError(
             "dir",
             f"{directory!r} is too long: socket paths would be {longest} bytes, "
             f"the system limit is {MAX_IPC_PATH}; choose a shorter directory",
+        )
+    if longest > MAX_IPC_PATH:  # a namespace of its own may be what is long
+        raise ConfigError(
+            f"dir{KEYS_JOINED}namespace",
+            f"{_shown(directory)} and {_shown(namespace)} make socket paths of {longest} "
+            f"bytes, the system limit is {MAX_IPC_PATH}; choose a shorter directory or namespace",
         )
     return paths
 
@@ -493,9 +501,12 @@ NUMERIC_OPTIONS: Final[dict[str, NumberSpec]] = {
 
 
 def relabel(error: ConfigError, labels: Mapping[str, str]) -> ConfigError:
-    """``error`` naming the key as the user wrote it (``--flag``, ``CIRCUS_EVENTS_X``)."""
-    label = labels.get(error.key)
-    return error if label is None else ConfigError(label, error.reason)
+    """``error`` naming the key as the user wrote it (``--flag``, ``CIRCUS_EVENTS_X``);
+    each of two keys blamed together (``dir and namespace``)."""
+    keys = error.key.split(KEYS_JOINED)
+    if not any(key in labels for key in keys):
+        return error
+    return ConfigError(KEYS_JOINED.join(labels.get(key, key) for key in keys), error.reason)
 
 
 #: Variables read by both the bridge and the clients, and the option each sets.

@@ -1,14 +1,14 @@
 """The ``circus-events`` command: run a bridge, tail, publish, inspect.
 
 Exit codes: 0 success, 1 runtime failure (bridge not running, publish timed
-out), 2 usage or configuration error (bad option or variable, named as given:
+out, web's address in use, every tail subscription refused), 2 usage or
+configuration error (bad option or variable, named as given:
 ``--flag`` or ``CIRCUS_EVENTS_VARIABLE``), 130 Ctrl-C. ``bridge`` checks every
 value before it binds anything, so a bad one leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any, Final, NoReturn
@@ -17,7 +17,8 @@ import click
 
 from ._cli_bench import bench_command
 from ._cli_leaders import STATUS_TIMEOUT, leaders_command
-from ._cli_output import print_status
+from ._cli_status import status_command
+from ._client.limits import MAX_TIMEOUT
 from ._config import (
     DEFAULT_MAX_PATTERNS,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -28,7 +29,7 @@ from ._config import (
     environ_options,
     relabel,
 )
-from ._exceptions import CircusEventsError, ConfigError, ControlError
+from ._exceptions import CircusEventsError, ConfigError
 from ._redis_url import read_redis_url_file, refuse_visible_password
 from ._version import __version__
 
@@ -52,15 +53,23 @@ def _bridge_config(labels: dict[str, str] | None = None, **flags: Any) -> Bridge
     """
     options: dict[str, Any] = dict(environ_options())
     options.pop("worker", None)
-    given = {key: value for key, value in flags.items() if value is not None}
-    options.update(given)
-    names = environ_labels()
-    names.update({key: "--" + key.replace("_", "-") for key in given})
-    names.update(labels or {})
+    options.update({key: value for key, value in flags.items() if value is not None})
     try:
         return BridgeConfig.from_options(options)
     except ConfigError as exc:
-        _fail(str(relabel(exc, names)), EXIT_USAGE)
+        _fail_config(exc, {**_labels(flags), **(labels or {})})
+
+
+def _labels(flags: dict[str, Any]) -> dict[str, str]:
+    """Each option's name as the user gave it: ``--flag``, else ``CIRCUS_EVENTS_VARIABLE``."""
+    names = environ_labels()
+    names.update({key: "--" + key.replace("_", "-") for key, v in flags.items() if v is not None})
+    return names
+
+
+def _fail_config(exc: ConfigError, labels: dict[str, str]) -> NoReturn:
+    """Exit 2 naming the key the way the user gave it (``labels``: see :func:`_labels`)."""
+    _fail(str(relabel(exc, labels)), EXIT_USAGE)
 
 
 def _redis_url_flags(url: str | None, url_file: str | None) -> tuple[str | None, dict[str, str]]:
@@ -89,22 +98,58 @@ def _range(option: str) -> str:
     )
 
 
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty value would silently mean the default (or the current folder)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
 _common = [
     click.option(
         "--dir",
         "dir_",
+        callback=_not_empty,
         help="Socket directory [CIRCUS_EVENTS_DIR; /run/circus-events for root, "
         "else $XDG_RUNTIME_DIR/circus-events or /tmp/circus-events-<uid>].",
     ),
-    click.option("--namespace", help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default]."),
-    click.option("--host", help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."),
+    click.option(
+        "--namespace",
+        callback=_not_empty,
+        help="Isolates applications [CIRCUS_EVENTS_NAMESPACE; default].",
+    ),
+    click.option(
+        "--host", callback=_not_empty, help="Host name reported [CIRCUS_EVENTS_HOST; hostname]."
+    ),
 ]
+
+
+_redis_url_file = click.option(
+    "--redis-url-file",
+    metavar="PATH",
+    help="Read the Redis URL (with its password) from this file: one line.",
+)
 
 
 def common_options(function: Any) -> Any:
     for option in reversed(_common):
         function = option(function)
     return function
+
+
+def reader_options(function: Any) -> Any:
+    """--dir, --namespace and --redis-url-file: a command that reads bridges reports no host."""
+    for option in reversed([*_common[:2], _redis_url_file]):
+        function = option(function)
+    return function
+
+
+def _reader_config(
+    dir_: str | None, namespace: str | None, redis_url_file: str | None
+) -> BridgeConfig:
+    """The config of ``status`` or ``leaders``: --redis-url-file over CIRCUS_EVENTS_REDIS_URL."""
+    url, labels = _redis_url_flags(None, redis_url_file)
+    return _bridge_config(labels, dir=dir_, namespace=namespace, redis_url=url)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,11 +178,7 @@ def cli(verbose: int) -> None:
     help="Relay through this Redis [CIRCUS_EVENTS_REDIS_URL]; none: single host. "
     "No password here (`ps` shows it): use the variable or --redis-url-file.",
 )
-@click.option(
-    "--redis-url-file",
-    metavar="PATH",
-    help="Read the Redis URL (with its password) from this file: one line.",
-)
+@_redis_url_file
 @click.option(
     "--mode",
     type=click.Choice(["pubsub", "stream"]),
@@ -299,7 +340,7 @@ def _bus_kwargs(dir_: str | None, namespace: str | None, host: str | None) -> di
 @common_options
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--count", type=int, help="Exit after this many events.")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
 @click.option(
     "--history", type=click.IntRange(min=0), help="First show the last N events (stream mode)."
 )
@@ -326,7 +367,15 @@ def tail(
     from ._cli_tail import run_tail  # noqa: PLC0415
 
     kwargs = _bus_kwargs(dir_, namespace, host)
-    run_tail(kwargs, patterns, as_json=as_json, count=count, history=history, fail=_fail)
+    run_tail(
+        kwargs,
+        patterns,
+        as_json=as_json,
+        count=count,
+        history=history,
+        fail=_fail,
+        labels=_labels(kwargs),
+    )
 
 
 @cli.command()
@@ -338,7 +387,11 @@ def tail(
 )
 @click.option("--raw", is_flag=True, help="Send DATA as a plain string, not JSON.")
 @click.option(
-    "--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the bridge."
+    "--timeout",
+    type=click.FloatRange(0, MAX_TIMEOUT, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the bridge (more than 0).",
 )
 def publish(
     dir_: str | None,
@@ -358,33 +411,37 @@ def publish(
       circus-events publish --raw greetings hello
       tail -f app.log | circus-events publish --raw logs.app -
     """
+    from ._cli_publish import parse_data, publish_lines  # noqa: PLC0415
     from .client import Bus  # noqa: PLC0415
+    from .protocol import validate_channel  # noqa: PLC0415
 
-    def parse(text: str) -> Any:
-        if raw:
-            return text
-        try:
-            return json.loads(text)
-        except ValueError:
-            _fail(f"DATA is not valid JSON: {text[:80]!r} (use --raw for plain text)", EXIT_USAGE)
-
-    lines = (line.rstrip("\n") for line in sys.stdin) if data == "-" else iter([data])
+    try:  # before the bus: bad input is refused without a connection
+        validate_channel(channel)
+        value = None if data == "-" else parse_data(data, raw)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if data == "-" and sys.stdin is None:
+        _fail("DATA '-' reads lines from stdin, and stdin is closed", EXIT_USAGE)
+    kwargs = _bus_kwargs(dir_, namespace, host)
+    stop = None
     try:
-        with Bus(**_bus_kwargs(dir_, namespace, host), publish_timeout=timeout) as bus:
-            sent = 0
-            for line in lines:
-                if data == "-" and not line:
-                    continue
-                bus.publish(channel, parse(line), scope=scope)  # type: ignore[arg-type]
-                sent += 1
-            if not _wait_sent(bus, timeout):
+        with Bus(**kwargs, publish_timeout=timeout) as bus:
+            if data == "-":
+                stop = publish_lines(bus, channel, sys.stdin.buffer, raw=raw, scope=scope)
+            else:
+                bus.publish(channel, value, scope=scope)  # type: ignore[arg-type]
+            if not _wait_sent(bus, timeout):  # what was published goes, even after a bad line
                 _fail(
                     "the bridge did not take the message(s); is it running? (circus-events status)"
                 )
+    except ConfigError as exc:
+        _fail_config(exc, {**_labels(kwargs), "publish_timeout": "--timeout"})
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     except CircusEventsError as exc:
         _fail(str(exc))
+    if stop is not None:
+        _fail(stop.message, stop.code)
 
 
 def _wait_sent(bus: Any, timeout: float) -> bool:
@@ -397,67 +454,13 @@ def _wait_sent(bus: Any, timeout: float) -> bool:
 
 @cli.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-@click.option(
-    "--all", "all_hosts", is_flag=True, help="Every host, from the presence records in Redis."
-)
-def status(
-    dir_: str | None, namespace: str | None, host: str | None, as_json: bool, all_hosts: bool
-) -> None:
-    """Show this host's bridge: workers, counters, Redis state. Exit 1 if it is down.
-
-    \b
-    Examples:
-      circus-events status
-      circus-events status --json | jq .counters
-      circus-events status --all          # every host, through Redis
-    """
-    if all_hosts:
-        _status_all(dir_, namespace, as_json)
-        return
-    from .control import query  # noqa: PLC0415
-
-    config = _bridge_config(dir=dir_, namespace=namespace)
-    try:
-        report = query(config.dir, config.namespace, "status", STATUS_TIMEOUT)
-    except ConfigError as exc:  # the socket folder is not safe to trust
-        _fail(str(exc), EXIT_USAGE)
-    except ControlError as exc:
-        _fail(str(exc))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    print_status(report)
-
-
-def _status_all(dir_: str | None, namespace: str | None, as_json: bool) -> None:
-    config = _bridge_config(dir=dir_, namespace=namespace)
-    if not config.redis_url:
-        _fail("--all needs a Redis: set CIRCUS_EVENTS_REDIS_URL", EXIT_USAGE)
-    from .bridge.redis_side import read_cluster_status  # noqa: PLC0415
-
-    try:
-        hosts = read_cluster_status(config)
-    except CircusEventsError as exc:  # the URL in it has its password masked
-        _fail(f"cannot read cluster status from Redis: {exc}")
-    except Exception as exc:  # an unexpected redis-py error: its text may quote the URL
-        address = config.redis_address
-        shown = str(address.display if address else "")
-        _fail(f"cannot read cluster status from Redis at {shown}: {type(exc).__name__}")
-    if as_json:
-        click.echo(json.dumps(hosts, indent=2))
-        return
-    if not hosts:
-        click.echo("no bridge has reported to Redis")
-    for report in hosts:
-        print_status(report)
-
-
-@cli.command()
-@common_options
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
-    "--bind", default="127.0.0.1", show_default=True, help="Address to listen on (no auth!)."
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_not_empty,
+    help="Address to listen on (no auth!).",
 )
 def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bind: str) -> None:
     """Serve a live page: hosts and workers, event rates, a filterable tail.
@@ -488,16 +491,37 @@ def web(dir_: str | None, namespace: str | None, host: str | None, port: int, bi
         others = [r for r in read_cluster_status(config) if r.get("host") != here.get("host")]
         return sorted([here, *others], key=lambda r: str(r.get("host")))
 
+    kwargs = _bus_kwargs(dir_, namespace, host)
+    sock = _web_socket(bind, port)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
+
     async def run() -> None:
-        async with AsyncBus(**_bus_kwargs(dir_, namespace, host), worker=f"web@{port}") as bus:
-            await serve(bus, hosts, bind=bind, port=port, ready=lambda url: click.echo(url))
+        async with AsyncBus(**kwargs, worker=f"web@{port}") as bus:
+            await serve(bus, hosts, sock=sock, ready=lambda url: click.echo(url))
 
     try:
         asyncio.run(run())
+    except ConfigError as exc:
+        _fail_config(exc, _labels(kwargs))
     except CircusEventsError as exc:
         _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _web_socket(bind: str, port: int) -> Any:
+    """The page's socket, bound now: a bad --bind exits 2, an address in use 1."""
+    import socket  # noqa: PLC0415
+
+    from .web import listen_socket  # noqa: PLC0415
+
+    try:
+        return listen_socket(bind, port)
+    except socket.gaierror as exc:
+        _fail(f"--bind: cannot resolve {bind!r}: {exc.strerror}", EXIT_USAGE)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        _fail(f"cannot listen on {bind}:{port}: {reason}")
 
 
 @cli.command("supervisor-listener")
@@ -522,8 +546,11 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
     logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
     name = host or environ_options().get("host") or socket_module.gethostname()
     worker = f"supervisord@{name}"
+    kwargs = _bus_kwargs(dir_, namespace, host)
     try:
-        bus = Bus(**_bus_kwargs(dir_, namespace, host), worker=worker, publish_timeout=0.5)
+        bus = Bus(**kwargs, worker=worker, publish_timeout=0.5)
+    except ConfigError as exc:
+        _fail_config(exc, _labels(kwargs))
     except CircusEventsError as exc:
         _fail(str(exc), EXIT_USAGE)
     with bus:
@@ -533,7 +560,8 @@ def supervisor_listener(dir_: str | None, namespace: str | None, host: str | Non
 cli.add_command(bench_command)
 
 
-cli.add_command(leaders_command(common_options, _bridge_config, _fail))
+cli.add_command(status_command(reader_options, _reader_config, _fail))
+cli.add_command(leaders_command(reader_options, _reader_config, _fail))
 
 
 def main() -> None:

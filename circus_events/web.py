@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
@@ -21,7 +22,15 @@ from typing import Any, Final
 from .aio import AsyncBus
 from .websocket import Hub
 
-__all__ = ["STATUS_CHANNEL", "STATUS_INTERVAL", "build_app", "live_page", "serve"]
+__all__ = [
+    "STATUS_CHANNEL",
+    "STATUS_INTERVAL",
+    "build_app",
+    "listen_socket",
+    "live_page",
+    "page_url",
+    "serve",
+]
 
 log = logging.getLogger("circus_events.web")
 
@@ -79,6 +88,30 @@ async def publish_status(bus: AsyncBus, source: StatusSource, interval: float) -
         await asyncio.sleep(interval)
 
 
+def listen_socket(bind: str, port: int) -> socket.socket:
+    """A bound socket for the page, made before uvicorn starts: an address in use
+    or unknown is an ``OSError`` for the caller to word (uvicorn would print its
+    traceback), and port 0 gets its real number. ``socket.gaierror``: ``bind``
+    does not resolve."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def page_url(sock: socket.socket) -> str:
+    """The page's address on ``sock``, with its real port."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 async def serve(
     bus: AsyncBus,
     source: StatusSource,
@@ -86,8 +119,10 @@ async def serve(
     bind: str = "127.0.0.1",
     port: int = 8080,
     ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve the live page until cancelled (or SIGINT/SIGTERM through uvicorn)."""
+    """Serve the live page until cancelled (or SIGINT/SIGTERM through uvicorn),
+    on ``sock`` if given (see :func:`listen_socket`), else on ``bind``:``port``."""
     import uvicorn  # noqa: PLC0415
 
     hub = Hub(bus)
@@ -96,12 +131,12 @@ async def serve(
     )
     server = uvicorn.Server(config)
     status = asyncio.create_task(publish_status(bus, source, STATUS_INTERVAL))
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     try:
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)  # poll: uvicorn has no started event
         if server.started and ready is not None:
-            ready(f"http://{bind}:{port}/")
+            ready(f"http://{bind}:{port}/" if sock is None else page_url(sock))
         await serving
     finally:
         status.cancel()

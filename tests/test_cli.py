@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import BridgeProcess
@@ -16,10 +18,17 @@ CLI = [sys.executable, "-m", "circus_events"]
 
 
 def run(
-    *args: str, stdin: str | None = None, timeout: float = 30
+    *args: str, stdin: str | None = None, timeout: float = 30, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The command's outcome; ``env`` is added to this process's environment."""
     return subprocess.run(
-        [*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -137,3 +146,28 @@ def test_help_has_worked_examples() -> None:
         result = run(command, "--help")
         assert result.returncode == 0
         assert "Examples:" in result.stdout and "circus-events" in result.stdout
+
+
+def test_tail_exits_when_the_bridge_refuses_every_subscription(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(args=("--max-patterns", "0"))
+    result = run("tail", "--dir", str(bridge.directory), "x.*", "y.*")
+    assert result.returncode == 1, result.stderr
+    assert "the bridge refused every subscription of this tail" in result.stderr
+    assert "max_patterns (0)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tail_goes_on_while_one_subscription_stands(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    from conftest import wait_until  # noqa: PLC0415
+
+    bridge = bridge_factory(args=("--max-patterns", "0"))
+    tail = start_tail(bridge, "--count", "1", "x.*", "exact")
+    wait_until(lambda: bridge.counters()["refused_subscriptions"] >= 1, 15, "the refusal")
+    wait_for_tail_subscription(bridge)
+    assert run("publish", "--dir", str(bridge.directory), "exact", '"here"').returncode == 0
+    out, err = tail.communicate(timeout=20)
+    assert tail.returncode == 0, err
+    assert "here" in out

@@ -134,8 +134,10 @@ class BusCore(Publisher):
         self.pieces = Reassembler(MAX_MAX_MESSAGE_BYTES + FRAME_SLACK)
         self.received = 0
         self.undecodable = 0
-        #: Why the bridge refused one of this bus's subscriptions (its notice), if it did.
+        #: Why the bridge refused one of this bus's subscriptions (its notice), if it did,
+        #: and the topics it refused (``circus-events tail`` exits once all are).
         self.refused: str | None = None
+        self.refused_topics: set[bytes] = set()
         #: History loads, first one in progress (one at a time per bus).
         self.loads: dict[bytes, HistoryLoad] = {}
         #: Frames the I/O layer must send up the subscription socket, in order.
@@ -294,6 +296,7 @@ class BusCore(Publisher):
         topic = channel_topic(channel) if payload[:1] == b"\x01" else channel.encode()
         if topic in self.topic_refs or topic == self.inbox:
             self.refused = payload[1:].decode(errors="replace")
+            self.refused_topics.add(topic)
             log.error("circus-events: %s", self.refused)
 
     def _report_gap(self, env: Envelope, missed: int, seq: int) -> None:

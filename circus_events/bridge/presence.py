@@ -67,6 +67,7 @@ def presence_record(
         host=config.host,
         node_id=config.node_id.hex(),
         namespace=config.namespace,
+        mode=config.mode,  # the local status says it too: status --all showed "mode ?"
         version=_version(),
         pid=os.getpid(),
         time=time.time(),
