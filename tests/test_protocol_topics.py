@@ -385,6 +385,36 @@ def test_pattern_agrees_with_redis(pieces: list[tuple[str, str]], other: str, ne
     assert pattern.exact is (literal == text)
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("text", "channel", "expected"),
+    [
+        ("*" * 150 + "Z", "x" * 190, False),  # 12 stars took 8 s with a backtracking regex
+        ("*a" * 90 + "b", "a" * 190, False),
+        ("*a" * 90 + "b", "a" * 100 + "b", True),
+        ("*a" * 90 + "*b", "a" * 100 + "b", True),
+        ("*?" * 60 + "Z", "x" * 190, False),
+        ("a*[bc]?*[bc]?*" * 10 + "Z", "ab." * 60, False),
+    ],
+    ids=lambda value: str(value)[:12],
+)
+def test_hostile_patterns_match_in_linear_time(text: str, channel: str, expected: bool) -> None:
+    """Anyone picks patterns (a worker, a browser through the hub): no backtracking blow-up."""
+    pattern = Pattern(text)
+    for _ in range(100):
+        assert pattern.matches(channel) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["*", "a", "b", "?", "[ab]"]), min_size=1, max_size=12),
+    st.text("ab", max_size=10),
+)
+def test_runs_of_stars_and_stretches_agree_with_redis(pieces: list[str], channel: str) -> None:
+    text = "".join(pieces)
+    assert Pattern(text).matches(channel) is redis_glob(text, channel), (text, channel)
+
+
 def test_leadership_changes_are_the_one_system_channel_a_worker_may_subscribe_to() -> None:
     assert Pattern("@leader.billing").exact
     assert Pattern("@leader.*").matches("@leader.billing")

@@ -196,8 +196,16 @@ class Pattern:
 
 
 def _translate(pattern: str) -> tuple[str, str]:
-    """Translate a glob into (literal prefix, regular expression)."""
-    parts: list[str] = []
+    """Translate a glob into (literal prefix, regular expression).
+
+    The expression takes linear time: ``*`` run together count once, and each
+    stretch between two ``*`` is found at its leftmost place and kept there
+    (an atomic group). For a glob that is enough (a later place never helps
+    what follows), and it stops the backtracking that made ``.*.*...Z``
+    take exponential time on a channel it does not match: any worker or
+    browser chooses its patterns.
+    """
+    stretches: list[list[str]] = [[]]  # the single-character pieces between stars
     literal_end: int | None = None
     i = 0
     n = len(pattern)
@@ -205,10 +213,11 @@ def _translate(pattern: str) -> tuple[str, str]:
         c = pattern[i]
         if c == "*":
             literal_end = i if literal_end is None else literal_end
-            parts.append(".*")
+            if stretches[-1] or len(stretches) == 1:
+                stretches.append([])
         elif c == "?":
             literal_end = i if literal_end is None else literal_end
-            parts.append(".")
+            stretches[-1].append(".")
         elif c == "]":
             raise ChannelError(f"pattern {pattern!r} has a ']' without its '['")
         elif c == "[":
@@ -219,13 +228,17 @@ def _translate(pattern: str) -> tuple[str, str]:
             body = pattern[i + 1 : end]
             if body in ("", "^"):
                 raise ChannelError(f"pattern {pattern!r} has an empty character class")
-            parts.append(_translate_class(body))
+            stretches[-1].append(_translate_class(body))
             i = end
         else:
-            parts.append(re.escape(c))
+            stretches[-1].append(re.escape(c))
         i += 1
     literal = pattern if literal_end is None else pattern[:literal_end]
-    return literal, "".join(parts)
+    first, *middle_and_last = ("".join(stretch) for stretch in stretches)
+    if not middle_and_last:
+        return literal, first
+    *middle, last = middle_and_last
+    return literal, first + "".join(f"(?>.*?{m})" for m in middle) + ".*" + last
 
 
 def _translate_class(body: str) -> str:
