@@ -302,6 +302,14 @@ def _parse_list(value: object) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(value).split(",") if part.strip())
 
 
+def _check_dir(value: object) -> str:
+    """The socket folder, absolute; empty would silently mean the current folder."""
+    text = str(value)
+    if not text.strip():
+        raise ConfigError("dir", "is empty: name the socket folder (or leave it unset)")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def _check_namespace(value: object) -> str:
     text = str(value)
     if not text or not all(c.isalnum() or c in "-_." for c in text) or text.startswith("."):
@@ -469,7 +477,7 @@ def _check_redis_prefix(value: object) -> str:
 
 #: Text options: each parsed (and checked) by one function. Numbers are in NUMERIC_OPTIONS.
 _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
-    "dir": lambda v: os.path.abspath(os.path.expanduser(str(v))),
+    "dir": _check_dir,
     "namespace": _check_namespace,
     "host": _check_host,
     "redis_url": _check_redis_url,

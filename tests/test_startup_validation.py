@@ -400,6 +400,11 @@ def test_repr_of_a_config_hides_the_url() -> None:
     assert "hunter2" not in repr(config)
 
 
+def test_an_empty_dir_is_refused_not_taken_as_the_current_folder() -> None:
+    with pytest.raises(ConfigError, match="dir: is empty"):
+        BridgeConfig.from_options({"dir": " "})
+
+
 def test_a_signing_key_is_refused_while_signing_is_not_implemented() -> None:
     with pytest.raises(ConfigError, match="signing_key: message signing is not implemented"):
         BridgeConfig.from_options({"signing_key": "k3y"})
