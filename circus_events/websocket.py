@@ -23,7 +23,8 @@ lost the events as ``gap`` frames too. Ping/pong: the
 ``websockets`` adapter pings every ``ping_interval`` and drops a peer that
 does not answer within the next one; under uvicorn, the server pings: run it
 with ``ws_ping_interval=ping_interval, ws_ping_timeout=ping_interval`` (see
-:meth:`Hub.uvicorn_options`).
+:meth:`Hub.uvicorn_options`), and the hub cuts the TCP connection its close
+would leave waiting on a peer that does not read.
 
 Socket ids are ``<worker id>#<n>.<random>``: unique across the cluster, and
 :meth:`Hub.send_to` routes to the owning worker with the bus's ``send_to``.
@@ -44,6 +45,7 @@ from typing import Any, Final
 from ._event import Event, Gap
 from ._exceptions import BusClosed, CircusEventsError
 from ._ws_adapters import (
+    CLOSE_TIMEOUT,
     AsgiApp,
     StarletteTransport,
     Transport,
@@ -82,9 +84,6 @@ TRANSPORT_FRAME_FACTOR: Final = 4
 #: for all of them), and their frames' bytes at most.
 FANOUT_BATCH_EVENTS: Final = 64
 FANOUT_BATCH_BYTES: Final = 32 * 1024
-#: Longest wait for a closing socket's close handshake before the TCP
-#: connection is cut (a peer that never reads never answers).
-CLOSE_TIMEOUT: Final = 2.0
 
 Principal = Any
 Authorize = Callable[[Any], Principal | Awaitable[Principal | None] | None]
@@ -267,8 +266,7 @@ class Hub:
 
     async def serve_websockets(self, connection: Any) -> None:
         """Handler for ``websockets.serve`` (``websockets.asyncio.server``)."""
-        transport = WebsocketsTransport(connection)
-        await self._run(transport, connection, keepalive=transport)
+        await self._run(WebsocketsTransport(connection), connection)
 
     def process_request(self, connection: Any, request: Any) -> Any:
         """``process_request`` for ``websockets.serve``: answers ``GET .../client.js``."""
@@ -288,9 +286,7 @@ class Hub:
 
     # -- one socket ------------------------------------------------------------------
 
-    async def _run(
-        self, transport: Transport, handle: Any, keepalive: WebsocketsTransport | None = None
-    ) -> None:
+    async def _run(self, transport: Transport, handle: Any) -> None:
         try:
             principal = None
             if self._authorize is not None:
@@ -321,8 +317,8 @@ class Hub:
         self.counters["accepted"] += 1
         self._ensure_direct()
         socket.tasks.append(asyncio.create_task(self._write(socket)))
-        if keepalive is not None:
-            socket.tasks.append(asyncio.create_task(self._ping(socket, keepalive)))
+        keepalive = transport.keepalive(self.limits.ping_interval, socket_id)
+        socket.tasks.append(asyncio.create_task(keepalive))
         socket.wake.set()  # the welcome frame
         connection = socket.connection
         try:
@@ -399,20 +395,6 @@ class Hub:
             for frame in connection.take():
                 await transport.send(frame)
         await self._close_transport(socket)
-
-    async def _ping(self, socket: Socket, transport: WebsocketsTransport) -> None:
-        interval = self.limits.ping_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                pong = await transport.connection.ping()
-                await asyncio.wait_for(pong, interval)
-            except TimeoutError:
-                log.info("%s: no pong within %gs: dropped", socket.connection.socket_id, interval)
-                transport.abort()
-                return
-            except Exception:
-                return
 
     async def _close_transport(self, socket: Socket) -> None:
         connection = socket.connection
