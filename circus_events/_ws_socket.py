@@ -17,7 +17,7 @@ from ._exceptions import ArgumentError, BridgeError, BusClosed, CircusEventsErro
 from ._ws_adapters import DIRECT_HIGH_WATER, Transport
 from .aio import AsyncBus, AsyncSubscription
 from .protocol.wsframe import text_frame
-from .protocol.wsproto import OPEN, Connection, Limits, Subscribe, encode_event
+from .protocol.wsproto import MAX_LAST_TIME, OPEN, Connection, Limits, Subscribe, encode_event
 from .protocol.wsresume import Resume
 
 __all__ = [
@@ -87,7 +87,9 @@ class Socket:
     def start_resume(self, bus: AsyncBus, request: Subscribe, limits: Limits) -> None:
         """Replay what the socket missed after ``request.last_id``, then join the live feed."""
         assert request.last_id is not None
-        since = None if request.last_time is None else request.last_time - RESUME_SLACK
+        since = None
+        if request.last_time is not None and 0 <= request.last_time <= MAX_LAST_TIME:
+            since = max(0.0, request.last_time - RESUME_SLACK)  # in range: cannot raise
         resume = Resume(request.pattern, request.last_id, limits.queue_bytes)
         # Made right after the shared subscription exists, before any await: the
         # replay's live part and the shared feed start at the same event.
