@@ -9,7 +9,7 @@ that fills its hole when it comes back with ``last_id``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final
 
 from ._event import Event
@@ -57,6 +57,7 @@ class Socket:
         "tasks",
         "transport",
         "wake",
+        "writer",
     )
 
     def __init__(self, connection: Connection, transport: Transport, principal: Any) -> None:
@@ -68,9 +69,19 @@ class Socket:
         #: True while the writer task has taken frames it has not sent yet: a
         #: direct write now would overtake them.
         self.busy = False
-        self.tasks: list[asyncio.Task[None]] = []
+        #: Running tasks only (each leaves when done): a socket that resumes
+        #: again and again must not keep every finished replay.
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writer: asyncio.Task[None] | None = None
         #: pattern -> (the resume seam, its replay subscription).
         self.resumes: dict[str, tuple[Resume, AsyncSubscription]] = {}
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as one of the socket's tasks (cancelled when it goes)."""
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def push(self, frames: list[str], channel: str) -> None:
         for frame in frames:
@@ -102,7 +113,7 @@ class Socket:
             queue_max_bytes=max(limits.queue_bytes * 4, REPLAY_QUEUE_BYTES),
         )
         self.resumes[request.pattern] = (resume, replay)
-        self.tasks.append(asyncio.create_task(self._replay(resume, replay)))
+        self.spawn(self._replay(resume, replay))
 
     async def _replay(self, resume: Resume, replay: AsyncSubscription) -> None:
         pattern = resume.pattern

@@ -316,9 +316,8 @@ class Hub:
         self._sockets[socket_id] = socket
         self.counters["accepted"] += 1
         self._ensure_direct()
-        socket.tasks.append(asyncio.create_task(self._write(socket)))
-        keepalive = transport.keepalive(self.limits.ping_interval, socket_id)
-        socket.tasks.append(asyncio.create_task(keepalive))
+        socket.writer = socket.spawn(self._write(socket))
+        socket.spawn(transport.keepalive(self.limits.ping_interval, socket_id))
         socket.wake.set()  # the welcome frame
         connection = socket.connection
         try:
@@ -337,7 +336,7 @@ class Hub:
             if connection.state != OPEN and connection.close_code == CLOSE_POLICY:
                 self.counters["closed_abuse"] += 1
                 # Let the writer send the last error frames and the close itself.
-                await asyncio.wait(socket.tasks[:1], timeout=CLOSE_TIMEOUT)
+                await asyncio.wait([socket.writer], timeout=CLOSE_TIMEOUT)
             await self._shut(socket)
 
     async def _handle(self, socket: Socket, request: Subscribe | Unsubscribe | Publish) -> None:
@@ -414,7 +413,7 @@ class Hub:
         for pattern in self._fan.remove_all(connection):
             self._close_reader(pattern)
         current = asyncio.current_task()
-        for task in socket.tasks:
+        for task in list(socket.tasks):
             if task is not current:
                 task.cancel()
         if connection.state == OPEN:

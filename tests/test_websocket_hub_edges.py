@@ -34,3 +34,22 @@ def test_last_times_no_clock_gives_are_refused_never_raised(
     with caplog.at_level(logging.ERROR):
         asyncio.run(scenario())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_resuming_again_and_again_keeps_no_finished_task(bridge: BridgeProcess) -> None:
+    async def scenario() -> None:
+        async with hub_server(bridge.directory) as (hub, url):
+            client = await open_client(url)
+            for _ in range(300):
+                await client.send(type="subscribe", pattern="news.*", last_id="x", last_time=1)
+                await client.send(type="unsubscribe", pattern="news.*")
+            await client.send(type="shout")  # answered once the hub read all the rest
+            await wait_for(lambda: client.of("error"), 10, "the hub to read every frame")
+            socket = hub._sockets[client.socket_id]
+            # The writer and the keepalive stay; every replay's task is gone.
+            await wait_for(lambda: len(socket.tasks) == 2, 10, "the replays to finish")
+            assert socket.writer in socket.tasks
+            assert not socket.resumes
+            await client.ws.close()
+
+    asyncio.run(scenario())
