@@ -16,6 +16,7 @@ from ._event import Event
 from ._exceptions import ArgumentError, BridgeError, BusClosed, CircusEventsError
 from ._ws_adapters import DIRECT_HIGH_WATER, Transport
 from .aio import AsyncBus, AsyncSubscription
+from .protocol.topics import SYSTEM_PREFIX
 from .protocol.wsframe import text_frame
 from .protocol.wsproto import MAX_LAST_TIME, OPEN, Connection, Limits, Subscribe, encode_event
 from .protocol.wsresume import Resume
@@ -126,6 +127,8 @@ class Socket:
             except (BridgeError, BusClosed):  # pub/sub mode, Redis away: no history
                 self.push(resume.failed(), pattern)
                 break
+            if event.channel.startswith(SYSTEM_PREFIX):  # the bus's own: never to browsers
+                continue
             self.push(
                 resume.replayed(str(event.id), encode_bus_event(event, pattern)), event.channel
             )

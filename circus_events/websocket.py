@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ._event import Event, Gap
-from ._exceptions import BusClosed, CircusEventsError
+from ._exceptions import BusClosed, ChannelError, CircusEventsError
 from ._ws_adapters import (
     CLOSE_TIMEOUT,
     AsgiApp,
@@ -54,7 +54,7 @@ from ._ws_adapters import (
 )
 from ._ws_socket import Frame, Socket, check_hub_arguments, deliver, encode_bus_event
 from .aio import AsyncBus, AsyncSubscription
-from .protocol.topics import Pattern
+from .protocol.topics import SYSTEM_PREFIX, Pattern
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -178,6 +178,8 @@ class Hub:
     def relay(self, pattern: str) -> None:
         """Every socket on this worker gets the bus events matching ``pattern``."""
         self._check_open()
+        if pattern.startswith(SYSTEM_PREFIX):  # never fanned out: it would relay nothing
+            raise ChannelError(f"pattern {pattern!r}: '@' channels never reach browsers")
         if self._fan.relay(pattern):
             self._open_reader(pattern)
 
@@ -456,7 +458,9 @@ class Hub:
             size = 0
             event: Event | None = first
             while event is not None:
-                if not event.direct:  # a send_to for this worker: never fanned out
+                # Neither a send_to for this worker nor the bus's own channels
+                # (@leader.*, which "*" and "?leader.*" match too) go to browsers.
+                if not event.direct and not event.channel.startswith(SYSTEM_PREFIX):
                     frame = encode_bus_event(event, pattern)
                     frames.append((str(event.id), event.channel, frame))
                     size += len(frame)
@@ -484,7 +488,11 @@ class Hub:
         subscriptions): every socket that wanted them gets a ``gap`` frame,
         once, however many of its patterns match."""
         try:
-            if not self.closed and gap.channel != DIRECT_CHANNEL:
+            if not (
+                self.closed
+                or gap.channel == DIRECT_CHANNEL
+                or gap.channel.startswith(SYSTEM_PREFIX)
+            ):
                 self._report_gap(gap)
         finally:
             if self._chained_on_gap is not None:

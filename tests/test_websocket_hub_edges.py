@@ -8,8 +8,11 @@ import logging
 
 import pytest
 from conftest import BridgeProcess
-from test_websocket import open_client, wait_for
+from test_websocket import open_client, probe_until_all_hear, wait_for
 from test_websocket_hub import hub_server
+
+from circus_events import AsyncBus
+from circus_events._exceptions import ChannelError
 
 BAD_LAST_TIMES = ["9" * 400, "1e999", "-1e999", "NaN", "-Infinity", "1e308", "-1e308", "-5"]
 
@@ -51,5 +54,38 @@ def test_resuming_again_and_again_keeps_no_finished_task(bridge: BridgeProcess) 
             assert socket.writer in socket.tasks
             assert not socket.resumes
             await client.ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_leader_events_never_reach_a_browser_whatever_its_pattern(bridge: BridgeProcess) -> None:
+    """'@leader.*' itself is refused; '*', '?leader.*', '[@]leader.*' and a relayed
+    '*' match it too, but the hub's feeds never carry an '@' channel."""
+
+    async def scenario() -> None:
+        async with (
+            hub_server(bridge.directory) as (hub, url),
+            AsyncBus(dir=str(bridge.directory), worker="runner") as runner,
+        ):
+            with pytest.raises(ChannelError, match="never reach browsers"):
+                hub.relay("@leader.*")
+            hub.relay("*")
+            clients = [await open_client(url) for _ in range(4)]
+            patterns = ["*", "?leader.*", "[@]leader.*", None]  # None: the relay's only
+            for client, pattern in zip(clients, patterns, strict=True):
+                if pattern is not None:
+                    await client.send(type="subscribe", pattern=pattern)
+                    await client.send(type="subscribe", pattern="probe*")
+            await probe_until_all_hear(runner, clients, "probe.before")
+            watcher = runner.subscribe("@leader.job")
+            await runner.sync()
+            async with runner.leader("job", ttl=0.6) as leadership:
+                assert await leadership.wait(15)
+                assert (await watcher.get(timeout=5)).data["event"] == "elected"
+                # Later on every feed (the leader event went to all of them first).
+                await probe_until_all_hear(runner, clients, "probe.after")
+            for client in clients:
+                assert not [f for f in client.frames if "@" in f.get("channel", "")]
+                await client.ws.close()
 
     asyncio.run(scenario())
