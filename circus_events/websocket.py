@@ -305,7 +305,10 @@ class Hub:
             # Accepted then closed, so that a browser sees the code (a refused
             # handshake shows as 1006, with no reason).
             self.counters["refused"] += 1
-            await transport.close(CLOSE_POLICY, "unauthorized" if refused else "shutting down")
+            if refused:
+                await transport.close(CLOSE_POLICY, "unauthorized")
+            else:  # not final: the JS client comes back (to another worker, or later)
+                await transport.close(CLOSE_GOING_AWAY, "shutting down")
             return
         if len(self._sockets) >= self.limits.max_connections:
             self.counters["full"] += 1

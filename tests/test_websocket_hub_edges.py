@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 import pytest
+import websockets
 from conftest import BridgeProcess
 from test_websocket import open_client, probe_until_all_hear, wait_for
 from test_websocket_hub import hub_server
@@ -87,5 +88,20 @@ def test_leader_events_never_reach_a_browser_whatever_its_pattern(bridge: Bridge
             for client in clients:
                 assert not [f for f in client.frames if "@" in f.get("channel", "")]
                 await client.ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_hub_turns_new_sockets_away_with_going_away(bridge: BridgeProcess) -> None:
+    """1001, not 1008: the JS client takes 1008 as final and would never come back."""
+
+    async def scenario() -> None:
+        async with hub_server(bridge.directory) as (hub, url):
+            await hub.close()
+            async with websockets.connect(url) as late:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await late.recv()
+                assert late.close_code == 1001
+            assert hub.stats()["refused"] == 1
 
     asyncio.run(scenario())
