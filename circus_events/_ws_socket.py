@@ -132,12 +132,17 @@ class Socket:
             self.push(
                 resume.replayed(str(event.id), encode_bus_event(event, pattern)), event.channel
             )
-        self.end_resume(pattern)
+        self.end_resume(pattern, resume)
 
-    def end_resume(self, pattern: str) -> None:
-        entry = self.resumes.pop(pattern, None)
-        if entry is not None:
-            entry[1].close()
+    def end_resume(self, pattern: str, resume: Resume | None = None) -> None:
+        """Stop ``pattern``'s resume (only if it is ``resume``, when given: an
+        old replay ending must not end the one a new subscribe started)."""
+        entry = self.resumes.get(pattern)
+        if entry is None or (resume is not None and entry[0] is not resume):
+            return
+        del self.resumes[pattern]
+        entry[0].cancel()  # its replay task stops, without a gap
+        entry[1].close()
 
 
 def encode_bus_event(event: Event, pattern: str) -> str:
@@ -172,7 +177,7 @@ def deliver(
             for event_id, channel, frame in frames:
                 socket.push(resume[0].live(event_id, frame), channel)
             if resume[0].done:
-                socket.end_resume(pattern)
+                socket.end_resume(pattern, resume[0])
             continue
         direct = socket.direct
         if direct is not None and not socket.busy and not connection.pending:

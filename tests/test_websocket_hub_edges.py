@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 import websockets
-from conftest import BridgeProcess
+from conftest import BridgeProcess, RedisServer
 from test_websocket import open_client, probe_until_all_hear, wait_for
 from test_websocket_hub import hub_server
 
@@ -103,5 +104,42 @@ def test_a_closed_hub_turns_new_sockets_away_with_going_away(bridge: BridgeProce
                     await late.recv()
                 assert late.close_code == 1001
             assert hub.stats()["refused"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_resubscribing_while_resuming_gets_the_new_resume_not_the_old_gap(
+    redis_server: RedisServer, bridge_factory: Callable[..., BridgeProcess]
+) -> None:
+    """subscribe(last_id), unsubscribe, subscribe(last_id) again: the first replay,
+    cut short, must neither end the second nor leave its gap behind."""
+    bridge = bridge_factory("host-a", redis_url=redis_server.url, args=("--mode", "stream"))
+
+    async def scenario() -> None:
+        async with (
+            hub_server(bridge.directory) as (_hub, url),
+            AsyncBus(dir=str(bridge.directory), worker="pub") as bus,
+        ):
+            for n in range(3):
+                await bus.publish("race.a", {"n": n})
+            assert await bus.flush()
+            first = await open_client(url)
+            await first.send(type="subscribe", pattern="race.*", last_id="nothing-like-it")
+            await wait_for(lambda: len(first.events("race")) == 3, 10, "the history")
+            zero = first.events("race")[0]
+            client = await open_client(url)
+            again = {"pattern": "race.*", "last_id": zero["id"], "last_time": zero["time"]}
+            await client.send(type="subscribe", **again)
+            await client.send(type="unsubscribe", pattern="race.*")
+            await client.send(type="subscribe", **again)
+            await wait_for(lambda: len(client.events("race")) >= 2, 10, "the second replay")
+            await bus.publish("race.a", {"n": 3})  # and the live feed after it
+            await wait_for(lambda: client.events("race")[-1]["data"]["n"] == 3, 10, "live")
+            got = [e["data"]["n"] for e in client.events("race")]
+            # The first replay may have sent 1, 2 before the unsubscribe was read.
+            assert got[-3:] == [1, 2, 3] and set(got) == {1, 2, 3}
+            assert not client.of("gap")
+            for each in (first, client):
+                await each.ws.close()
 
     asyncio.run(scenario())
