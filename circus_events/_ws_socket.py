@@ -41,7 +41,8 @@ RESUME_SLACK: Final = 5.0
 #: it, the socket gets a ``gap`` and what was replayed.
 RESUME_SETTLE: Final = 0.5
 #: A replay's queue holds ``resume_max_events`` plus this many live events,
-#: in at most this many bytes (or 4 send queues): it is read as it fills.
+#: in at most this many bytes or 4 send queues, whichever is more (the README's
+#: limits table says so): it is read as it fills.
 REPLAY_QUEUE_SLACK: Final = 10_000
 REPLAY_QUEUE_BYTES: Final = 16 * 1024 * 1024
 

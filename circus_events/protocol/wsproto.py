@@ -77,7 +77,8 @@ CLOSE_POLICY: Final = 1008
 CLOSE_ABUSE: Final = 1008
 #: Close code for a socket that fell too far behind (RFC 6455: try again later).
 CLOSE_TRY_AGAIN: Final = 1013
-#: Close code when the hub shuts down, or the worker is full.
+#: Close code when the hub shuts down (its sockets, and any that come after).
+#: A full worker closes with CLOSE_TRY_AGAIN (1013).
 CLOSE_GOING_AWAY: Final = 1001
 
 #: Largest frame a browser may send, in bytes (a subscribe or a publish with its data).
