@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, MutableMapping
 from importlib import resources
 from typing import Any, Final, Protocol
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "DIRECT_HIGH_WATER",
     "AsgiApp",
     "DirectWriter",
@@ -26,6 +28,11 @@ __all__ = [
 #: directly: past it, frames wait in the hub's bounded queue and go through the
 #: server library's own flow-controlled send.
 DIRECT_HIGH_WATER: Final = 64 * 1024
+#: Longest wait for a closing socket's close handshake before the TCP
+#: connection is cut (a peer that never reads never answers).
+CLOSE_TIMEOUT: Final = 2.0
+
+log = logging.getLogger("circus_events.websocket")
 
 
 class Transport(Protocol):
@@ -38,6 +45,7 @@ class Transport(Protocol):
     async def send(self, text: str) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
     def abort(self) -> None: ...
+    async def keepalive(self, interval: float, name: str) -> None: ...
 
 
 class Servable(Protocol):
@@ -123,13 +131,21 @@ class DirectWriter:
         self.transport.write(frame)
 
 
-def _uvicorn_direct(receive: Any) -> DirectWriter | None:
+def _uvicorn_transport(receive: Any) -> asyncio.Transport | None:
+    """The asyncio transport under a uvicorn websocket protocol, else None."""
+    protocol: Any = getattr(receive, "__self__", None)
+    if not type(protocol).__module__.startswith("uvicorn.protocols.websockets."):
+        return None
+    transport = getattr(protocol, "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
+
+
+def _uvicorn_direct(receive: Any, transport: asyncio.Transport | None) -> DirectWriter | None:
     """The direct writer under uvicorn's websockets-sansio protocol, else None."""
     protocol: Any = getattr(receive, "__self__", None)
     if type(protocol).__module__ != "uvicorn.protocols.websockets.websockets_sansio_impl":
         return None
-    transport = getattr(protocol, "transport", None)
-    if not isinstance(transport, asyncio.WriteTransport) or not all(
+    if transport is None or not all(
         hasattr(protocol, name) for name in ("handshake_complete", "close_sent", "disconnected")
     ):
         return None
@@ -160,8 +176,10 @@ class StarletteTransport:
         self.websocket = websocket
         # Starlette keeps the server's receive callable as it came (its
         # exception handling wraps only send): under uvicorn, a bound method
-        # of the connection's protocol.
-        self.direct = _uvicorn_direct(getattr(websocket, "_receive", None))
+        # of the connection's protocol, which holds the asyncio transport.
+        receive = getattr(websocket, "_receive", None)
+        self.raw = _uvicorn_transport(receive)
+        self.direct = _uvicorn_direct(receive, self.raw)
 
     async def accept(self) -> None:
         await self.websocket.accept()
@@ -182,11 +200,31 @@ class StarletteTransport:
         await self.websocket.send_text(text)
 
     async def close(self, code: int, reason: str) -> None:
+        """uvicorn then closes its transport, which waits for the unsent bytes
+        to go: to a peer that does not read, never. It is cut after CLOSE_TIMEOUT."""
         with contextlib.suppress(Exception):
             await self.websocket.close(code, reason)
+        self._abort_later()
 
     def abort(self) -> None:
-        """ASGI has no abort: the server's ping timeout ends a peer that does not read."""
+        """Cut the TCP connection now: its file descriptor and buffers go at once."""
+        if self.raw is not None:
+            self.raw.abort()
+
+    def _abort_later(self) -> None:
+        if self.raw is not None:  # a no-op on a transport that closed by itself
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.raw.abort)
+
+    async def keepalive(self, interval: float, name: str) -> None:
+        """uvicorn pings, and on a ping timeout closes its transport without a
+        word to the app, waiting for a peer that may never read: cut it."""
+        raw = self.raw
+        if raw is None:  # another server: its own keepalive is all there is
+            return
+        while not raw.is_closing():
+            await asyncio.sleep(interval / 2)
+        log.info("%s: closed by the server (ping timeout?): cut in %gs", name, CLOSE_TIMEOUT)
+        self._abort_later()
 
 
 class WebsocketsTransport:
@@ -211,3 +249,17 @@ class WebsocketsTransport:
         transport = getattr(self.connection, "transport", None)
         if transport is not None:
             transport.abort()
+
+    async def keepalive(self, interval: float, name: str) -> None:
+        """Ping every ``interval``; a peer that does not answer within the next is cut."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                pong = await self.connection.ping()
+                await asyncio.wait_for(pong, interval)
+            except TimeoutError:
+                log.info("%s: no pong within %gs: dropped", name, interval)
+                self.abort()
+                return
+            except Exception:
+                return

@@ -9,15 +9,16 @@ that fills its hole when it comes back with ``last_id``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final
 
 from ._event import Event
 from ._exceptions import ArgumentError, BridgeError, BusClosed, CircusEventsError
 from ._ws_adapters import DIRECT_HIGH_WATER, Transport
 from .aio import AsyncBus, AsyncSubscription
+from .protocol.topics import SYSTEM_PREFIX
 from .protocol.wsframe import text_frame
-from .protocol.wsproto import OPEN, Connection, Limits, Subscribe, encode_event
+from .protocol.wsproto import MAX_LAST_TIME, OPEN, Connection, Limits, Subscribe, encode_event
 from .protocol.wsresume import Resume
 
 __all__ = [
@@ -40,7 +41,8 @@ RESUME_SLACK: Final = 5.0
 #: it, the socket gets a ``gap`` and what was replayed.
 RESUME_SETTLE: Final = 0.5
 #: A replay's queue holds ``resume_max_events`` plus this many live events,
-#: in at most this many bytes (or 4 send queues): it is read as it fills.
+#: in at most this many bytes or 4 send queues, whichever is more (the README's
+#: limits table says so): it is read as it fills.
 REPLAY_QUEUE_SLACK: Final = 10_000
 REPLAY_QUEUE_BYTES: Final = 16 * 1024 * 1024
 
@@ -57,6 +59,7 @@ class Socket:
         "tasks",
         "transport",
         "wake",
+        "writer",
     )
 
     def __init__(self, connection: Connection, transport: Transport, principal: Any) -> None:
@@ -68,9 +71,19 @@ class Socket:
         #: True while the writer task has taken frames it has not sent yet: a
         #: direct write now would overtake them.
         self.busy = False
-        self.tasks: list[asyncio.Task[None]] = []
+        #: Running tasks only (each leaves when done): a socket that resumes
+        #: again and again must not keep every finished replay.
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writer: asyncio.Task[None] | None = None
         #: pattern -> (the resume seam, its replay subscription).
         self.resumes: dict[str, tuple[Resume, AsyncSubscription]] = {}
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as one of the socket's tasks (cancelled when it goes)."""
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def push(self, frames: list[str], channel: str) -> None:
         for frame in frames:
@@ -87,7 +100,9 @@ class Socket:
     def start_resume(self, bus: AsyncBus, request: Subscribe, limits: Limits) -> None:
         """Replay what the socket missed after ``request.last_id``, then join the live feed."""
         assert request.last_id is not None
-        since = None if request.last_time is None else request.last_time - RESUME_SLACK
+        since = None
+        if request.last_time is not None and 0 <= request.last_time <= MAX_LAST_TIME:
+            since = max(0.0, request.last_time - RESUME_SLACK)  # in range: cannot raise
         resume = Resume(request.pattern, request.last_id, limits.queue_bytes)
         # Made right after the shared subscription exists, before any await: the
         # replay's live part and the shared feed start at the same event.
@@ -100,7 +115,7 @@ class Socket:
             queue_max_bytes=max(limits.queue_bytes * 4, REPLAY_QUEUE_BYTES),
         )
         self.resumes[request.pattern] = (resume, replay)
-        self.tasks.append(asyncio.create_task(self._replay(resume, replay)))
+        self.spawn(self._replay(resume, replay))
 
     async def _replay(self, resume: Resume, replay: AsyncSubscription) -> None:
         pattern = resume.pattern
@@ -113,15 +128,22 @@ class Socket:
             except (BridgeError, BusClosed):  # pub/sub mode, Redis away: no history
                 self.push(resume.failed(), pattern)
                 break
+            if event.channel.startswith(SYSTEM_PREFIX):  # the bus's own: never to browsers
+                continue
             self.push(
                 resume.replayed(str(event.id), encode_bus_event(event, pattern)), event.channel
             )
-        self.end_resume(pattern)
+        self.end_resume(pattern, resume)
 
-    def end_resume(self, pattern: str) -> None:
-        entry = self.resumes.pop(pattern, None)
-        if entry is not None:
-            entry[1].close()
+    def end_resume(self, pattern: str, resume: Resume | None = None) -> None:
+        """Stop ``pattern``'s resume (only if it is ``resume``, when given: an
+        old replay ending must not end the one a new subscribe started)."""
+        entry = self.resumes.get(pattern)
+        if entry is None or (resume is not None and entry[0] is not resume):
+            return
+        del self.resumes[pattern]
+        entry[0].cancel()  # its replay task stops, without a gap
+        entry[1].close()
 
 
 def encode_bus_event(event: Event, pattern: str) -> str:
@@ -156,7 +178,7 @@ def deliver(
             for event_id, channel, frame in frames:
                 socket.push(resume[0].live(event_id, frame), channel)
             if resume[0].done:
-                socket.end_resume(pattern)
+                socket.end_resume(pattern, resume[0])
             continue
         direct = socket.direct
         if direct is not None and not socket.busy and not connection.pending:

@@ -23,7 +23,8 @@ lost the events as ``gap`` frames too. Ping/pong: the
 ``websockets`` adapter pings every ``ping_interval`` and drops a peer that
 does not answer within the next one; under uvicorn, the server pings: run it
 with ``ws_ping_interval=ping_interval, ws_ping_timeout=ping_interval`` (see
-:meth:`Hub.uvicorn_options`).
+:meth:`Hub.uvicorn_options`), and the hub cuts the TCP connection its close
+would leave waiting on a peer that does not read.
 
 Socket ids are ``<worker id>#<n>.<random>``: unique across the cluster, and
 :meth:`Hub.send_to` routes to the owning worker with the bus's ``send_to``.
@@ -42,8 +43,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ._event import Event, Gap
-from ._exceptions import BusClosed, CircusEventsError
+from ._exceptions import BusClosed, ChannelError, CircusEventsError
 from ._ws_adapters import (
+    CLOSE_TIMEOUT,
     AsgiApp,
     StarletteTransport,
     Transport,
@@ -52,7 +54,7 @@ from ._ws_adapters import (
 )
 from ._ws_socket import Frame, Socket, check_hub_arguments, deliver, encode_bus_event
 from .aio import AsyncBus, AsyncSubscription
-from .protocol.topics import Pattern
+from .protocol.topics import SYSTEM_PREFIX, Pattern
 from .protocol.wsproto import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -82,9 +84,6 @@ TRANSPORT_FRAME_FACTOR: Final = 4
 #: for all of them), and their frames' bytes at most.
 FANOUT_BATCH_EVENTS: Final = 64
 FANOUT_BATCH_BYTES: Final = 32 * 1024
-#: Longest wait for a closing socket's close handshake before the TCP
-#: connection is cut (a peer that never reads never answers).
-CLOSE_TIMEOUT: Final = 2.0
 
 Principal = Any
 Authorize = Callable[[Any], Principal | Awaitable[Principal | None] | None]
@@ -179,6 +178,8 @@ class Hub:
     def relay(self, pattern: str) -> None:
         """Every socket on this worker gets the bus events matching ``pattern``."""
         self._check_open()
+        if pattern.startswith(SYSTEM_PREFIX):  # never fanned out: it would relay nothing
+            raise ChannelError(f"pattern {pattern!r}: '@' channels never reach browsers")
         if self._fan.relay(pattern):
             self._open_reader(pattern)
 
@@ -267,8 +268,7 @@ class Hub:
 
     async def serve_websockets(self, connection: Any) -> None:
         """Handler for ``websockets.serve`` (``websockets.asyncio.server``)."""
-        transport = WebsocketsTransport(connection)
-        await self._run(transport, connection, keepalive=transport)
+        await self._run(WebsocketsTransport(connection), connection)
 
     def process_request(self, connection: Any, request: Any) -> Any:
         """``process_request`` for ``websockets.serve``: answers ``GET .../client.js``."""
@@ -288,9 +288,7 @@ class Hub:
 
     # -- one socket ------------------------------------------------------------------
 
-    async def _run(
-        self, transport: Transport, handle: Any, keepalive: WebsocketsTransport | None = None
-    ) -> None:
+    async def _run(self, transport: Transport, handle: Any) -> None:
         try:
             principal = None
             if self._authorize is not None:
@@ -307,7 +305,10 @@ class Hub:
             # Accepted then closed, so that a browser sees the code (a refused
             # handshake shows as 1006, with no reason).
             self.counters["refused"] += 1
-            await transport.close(CLOSE_POLICY, "unauthorized" if refused else "shutting down")
+            if refused:
+                await transport.close(CLOSE_POLICY, "unauthorized")
+            else:  # not final: the JS client comes back (to another worker, or later)
+                await transport.close(CLOSE_GOING_AWAY, "shutting down")
             return
         if len(self._sockets) >= self.limits.max_connections:
             self.counters["full"] += 1
@@ -320,9 +321,8 @@ class Hub:
         self._sockets[socket_id] = socket
         self.counters["accepted"] += 1
         self._ensure_direct()
-        socket.tasks.append(asyncio.create_task(self._write(socket)))
-        if keepalive is not None:
-            socket.tasks.append(asyncio.create_task(self._ping(socket, keepalive)))
+        socket.writer = socket.spawn(self._write(socket))
+        socket.spawn(transport.keepalive(self.limits.ping_interval, socket_id))
         socket.wake.set()  # the welcome frame
         connection = socket.connection
         try:
@@ -341,7 +341,7 @@ class Hub:
             if connection.state != OPEN and connection.close_code == CLOSE_POLICY:
                 self.counters["closed_abuse"] += 1
                 # Let the writer send the last error frames and the close itself.
-                await asyncio.wait(socket.tasks[:1], timeout=CLOSE_TIMEOUT)
+                await asyncio.wait([socket.writer], timeout=CLOSE_TIMEOUT)
             await self._shut(socket)
 
     async def _handle(self, socket: Socket, request: Subscribe | Unsubscribe | Publish) -> None:
@@ -400,20 +400,6 @@ class Hub:
                 await transport.send(frame)
         await self._close_transport(socket)
 
-    async def _ping(self, socket: Socket, transport: WebsocketsTransport) -> None:
-        interval = self.limits.ping_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                pong = await transport.connection.ping()
-                await asyncio.wait_for(pong, interval)
-            except TimeoutError:
-                log.info("%s: no pong within %gs: dropped", socket.connection.socket_id, interval)
-                transport.abort()
-                return
-            except Exception:
-                return
-
     async def _close_transport(self, socket: Socket) -> None:
         connection = socket.connection
         try:
@@ -432,7 +418,7 @@ class Hub:
         for pattern in self._fan.remove_all(connection):
             self._close_reader(pattern)
         current = asyncio.current_task()
-        for task in socket.tasks:
+        for task in list(socket.tasks):
             if task is not current:
                 task.cancel()
         if connection.state == OPEN:
@@ -475,7 +461,9 @@ class Hub:
             size = 0
             event: Event | None = first
             while event is not None:
-                if not event.direct:  # a send_to for this worker: never fanned out
+                # Neither a send_to for this worker nor the bus's own channels
+                # (@leader.*, which "*" and "?leader.*" match too) go to browsers.
+                if not event.direct and not event.channel.startswith(SYSTEM_PREFIX):
                     frame = encode_bus_event(event, pattern)
                     frames.append((str(event.id), event.channel, frame))
                     size += len(frame)
@@ -503,7 +491,11 @@ class Hub:
         subscriptions): every socket that wanted them gets a ``gap`` frame,
         once, however many of its patterns match."""
         try:
-            if not self.closed and gap.channel != DIRECT_CHANNEL:
+            if not (
+                self.closed
+                or gap.channel == DIRECT_CHANNEL
+                or gap.channel.startswith(SYSTEM_PREFIX)
+            ):
                 self._report_gap(gap)
         finally:
             if self._chained_on_gap is not None:

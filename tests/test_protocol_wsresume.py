@@ -105,3 +105,14 @@ def test_resume_does_not_send_a_dropped_replayed_event_late_from_the_live_feed()
     resume.replayed(*ev(3))  # frame1 dropped: 18 bytes past 14
     out = resume.live(*ev(1)) + resume.live(*ev(4)) + resume.live(*ev(5))  # 18 held: join
     assert out[1:] == ["frame2", "frame3", "frame4", "frame5"]
+
+
+def test_a_cancelled_resume_sends_nothing_more_not_even_its_gap() -> None:
+    """Unsubscribed mid-replay: what it held and looked at is forgotten."""
+    resume = Resume("c", last_id="gone")
+    assert resume.live(*ev(5)) == []
+    assert resume.replayed(*ev(1)) == []
+    resume.cancel()
+    assert resume.done
+    assert resume.settle() == [] and resume.failed() == []
+    assert resume.replayed(*ev(5)) == []

@@ -58,6 +58,7 @@ __all__ = [
     "CLOSE_POLICY",
     "CLOSE_TRY_AGAIN",
     "DEFAULT_LIMITS",
+    "MAX_LAST_TIME",
     "Connection",
     "FanOut",
     "Limits",
@@ -76,7 +77,8 @@ CLOSE_POLICY: Final = 1008
 CLOSE_ABUSE: Final = 1008
 #: Close code for a socket that fell too far behind (RFC 6455: try again later).
 CLOSE_TRY_AGAIN: Final = 1013
-#: Close code when the hub shuts down, or the worker is full.
+#: Close code when the hub shuts down (its sockets, and any that come after).
+#: A full worker closes with CLOSE_TRY_AGAIN (1013).
 CLOSE_GOING_AWAY: Final = 1001
 
 #: Largest frame a browser may send, in bytes (a subscribe or a publish with its data).
@@ -98,6 +100,9 @@ MAX_CONNECTIONS: Final = 10_000
 PING_INTERVAL: Final = 20.0
 #: Replayed events one resume asks for at most (newest first); more missed: a gap.
 RESUME_MAX_EVENTS: Final = 10_000
+#: Largest ``last_time`` a browser may send (Unix seconds, the year 5138): a
+#: bound that keeps it a float and in milliseconds an int Redis takes.
+MAX_LAST_TIME: Final = 1e11
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,9 +331,11 @@ class Connection:
             self.refuse("subscribe: 'last_id' must be a string")
             return None
         if last_time is not None and (
-            isinstance(last_time, bool) or not isinstance(last_time, int | float)
+            isinstance(last_time, bool)
+            or not isinstance(last_time, int | float)
+            or not 0 <= last_time <= MAX_LAST_TIME  # also NaN; ints of any size compare
         ):
-            self.refuse("subscribe: 'last_time' must be a number")
+            self.refuse(f"subscribe: 'last_time' must be a Unix time from 0 to {MAX_LAST_TIME:g}")
             return None
         try:
             Pattern(pattern)

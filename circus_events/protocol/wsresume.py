@@ -109,6 +109,16 @@ class Resume:
             return []
         return self._give_up()
 
+    def cancel(self) -> None:
+        """The socket unsubscribed (or went): nothing more, not even a gap."""
+        self.done = True
+        self._seek = None
+        self._seek_bytes = 0
+        self._held.clear()
+        self._held_ids.clear()
+        self._held_bytes = 0
+        self._passed_ids.clear()
+
     def _give_up(self) -> list[str]:
         frames = [encode_gap(self.pattern, None)] if self._seek is not None else []
         for event_id, frame in self._seek or ():

@@ -6,7 +6,8 @@
 //   events.addEventListener("gap", (e) => console.warn("missed", e.detail));
 //
 // Reconnects by itself with jittered exponential backoff (0.5 s doubling to
-// 30 s) and resumes every subscription from the last event id it saw: in
+// 30 s; back to 0.5 s only after a connection that lasted 5 s and did not end
+// with 1013) and resumes every subscription from the last event id it saw: in
 // stream mode the hub replays what was missed, in pub/sub mode it answers
 // with a "gap" frame. Events: "open" (detail: socket_id), "close" (detail:
 // {code, reason}), "gap", "error" (server error frames), "event" (every event).
@@ -17,6 +18,10 @@
   const MAX_DELAY = 30000;
   // Close codes after which reconnecting cannot help.
   const FINAL_CODES = new Set([1008]);
+  // A connection must last this long before the backoff starts over: a server
+  // that welcomes then closes at once (1013: too slow, too many) is not hammered.
+  const STABLE_AFTER = 5000;
+  const TRY_AGAIN = 1013;
 
   class CircusEvents extends EventTarget {
     constructor(url, options) {
@@ -25,11 +30,13 @@
       this.url = url;
       this.minDelay = options.minDelay || MIN_DELAY;
       this.maxDelay = options.maxDelay || MAX_DELAY;
+      this.stableAfter = options.stableAfter || STABLE_AFTER;
       this.socketId = null;
       this.closed = false;
       this._subs = new Map(); // pattern -> {handlers: Set, lastId, lastTime}
       this._outbox = [];
       this._attempt = 0;
+      this._welcomedAt = null; // when the current connection got its welcome
       this._timer = null;
       this._connect();
     }
@@ -81,6 +88,9 @@
         this.socketId = null;
         this._emit("close", { code: close.code, reason: close.reason });
         if (this.closed || FINAL_CODES.has(close.code)) return;
+        const lasted = this._welcomedAt === null ? 0 : Date.now() - this._welcomedAt;
+        this._welcomedAt = null;
+        if (lasted >= this.stableAfter && close.code !== TRY_AGAIN) this._attempt = 0;
         const ceiling = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt++);
         this._timer = setTimeout(() => this._connect(), ceiling / 2 + Math.random() * ceiling / 2);
       };
@@ -97,7 +107,7 @@
         this._dispatchEvent(frame);
       } else if (frame.type === "welcome") {
         this.socketId = frame.socket_id;
-        this._attempt = 0;
+        this._welcomedAt = Date.now();
         for (const [pattern, sub] of this._subs) {
           const message = { type: "subscribe", pattern: pattern };
           if (sub.lastId !== null) {
@@ -141,39 +151,76 @@
   }
 
   // The hub's glob patterns (circus_events.protocol.Pattern): * ? [abc] [^a] [a-z].
+  // Matched without RegExp: one pass with a single backtrack point (the last
+  // "*"), so no pattern takes more than pattern x channel steps. A pattern the
+  // hub would refuse (an unclosed "[", a stray "]", an empty class) matches nothing.
   const compiled = new Map();
-  const escape = (c) => c.replace(/[.*+?^${}()|[\]\\\/-]/g, "\\$&");
-  function translateClass(body) {
+  function parseClass(body) {
     const negate = body[0] === "^";
     if (negate) body = body.slice(1);
-    let out = "";
+    if (body.length === 0) return null;
+    const ranges = [];
     for (let i = 0; i < body.length; i++) {
       if (i + 2 < body.length && body[i + 1] === "-") {
         const [lo, hi] = [body[i], body[i + 2]].sort();
-        out += escape(lo) + "-" + escape(hi);
+        ranges.push([lo, hi]);
         i += 2;
-      } else out += escape(body[i]);
+      } else ranges.push([body[i], body[i]]);
     }
-    return (negate ? "[^" : "[") + out + "]";
+    return { negate: negate, ranges: ranges };
+  }
+  function parse(pattern) {
+    const chars = Array.from(pattern); // code points, as the hub counts them
+    const tokens = [];
+    for (let i = 0; i < chars.length; i++) {
+      const c = chars[i];
+      if (c === "*") {
+        if (tokens.length === 0 || tokens[tokens.length - 1] !== "*") tokens.push("*");
+      } else if (c === "?") tokens.push({ any: true });
+      else if (c === "]") return null;
+      else if (c === "[") {
+        const end = chars.indexOf("]", i + 1);
+        if (end < 0) return null;
+        const set = parseClass(chars.slice(i + 1, end));
+        if (set === null) return null;
+        tokens.push(set);
+        i = end;
+      } else tokens.push({ literal: c });
+    }
+    return tokens;
+  }
+  function one(token, c) {
+    if (token.any) return true;
+    if (token.literal !== undefined) return token.literal === c;
+    const inside = token.ranges.some(([lo, hi]) => lo <= c && c <= hi);
+    return inside !== token.negate;
   }
   function matches(pattern, channel) {
-    let regex = compiled.get(pattern);
-    if (!regex) {
-      let source = "";
-      for (let i = 0; i < pattern.length; i++) {
-        const c = pattern[i];
-        if (c === "*") source += ".*";
-        else if (c === "?") source += ".";
-        else if (c === "[") {
-          const end = pattern.indexOf("]", i + 1);
-          source += translateClass(pattern.slice(i + 1, end));
-          i = end;
-        } else source += escape(c);
-      }
-      regex = new RegExp("^" + source + "$", "s");
-      compiled.set(pattern, regex);
+    let tokens = compiled.get(pattern);
+    if (tokens === undefined) {
+      tokens = parse(pattern);
+      compiled.set(pattern, tokens);
     }
-    return regex.test(channel);
+    if (tokens === null) return false;
+    const chars = Array.from(channel);
+    let t = 0;
+    let c = 0;
+    let starT = -1;
+    let starC = 0;
+    while (c < chars.length) {
+      if (t < tokens.length && tokens[t] === "*") {
+        starT = t++;
+        starC = c;
+      } else if (t < tokens.length && one(tokens[t], chars[c])) {
+        t++;
+        c++;
+      } else if (starT >= 0) {
+        t = starT + 1; // the last "*" takes one more character
+        c = ++starC;
+      } else return false;
+    }
+    while (t < tokens.length && tokens[t] === "*") t++;
+    return t === tokens.length;
   }
 
   CircusEvents.matches = matches;
