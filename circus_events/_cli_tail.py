@@ -108,13 +108,21 @@ def run_tail(
     seen = threading.Event()
     printed = 0
     lock = threading.Lock()
+    gone = threading.Event()  # stdout's reader went away (``tail | head -n 1``)
 
     def show(event: Event) -> None:
         nonlocal printed
         with lock:
-            if count is not None and printed >= count:
+            if gone.is_set() or (count is not None and printed >= count):
                 return
-            click.echo(format_event(event, as_json), color=None if not as_json else False)
+            try:
+                click.echo(format_event(event, as_json), color=None if not as_json else False)
+            except BrokenPipeError:
+                # Raised here, the bus's handler guard would log it for every
+                # later event and tail would never end: stop as a pipe does.
+                gone.set()
+                seen.set()
+                return
             printed += 1
             if count is not None and printed >= count:
                 seen.set()
@@ -155,7 +163,20 @@ def run_tail(
     finally:
         watch.stop()
     bus.close()
+    if gone.is_set():
+        quiet_stdout()
+        sys.exit(0)
     if not seen.is_set():  # nothing would ever come: every subscription was refused
         fail(
             f"the bridge refused every subscription of this tail: {bus._core.refused}", EXIT_FAILURE
         )
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush of what is still
+    buffered for a closed pipe would print "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

@@ -171,3 +171,31 @@ def test_tail_goes_on_while_one_subscription_stands(
     out, err = tail.communicate(timeout=20)
     assert tail.returncode == 0, err
     assert "here" in out
+
+
+def test_tail_stops_quietly_when_its_reader_goes(bridge: BridgeProcess) -> None:
+    """``circus-events tail '*' | head -n 1``: once stdout's pipe is closed, the next
+    event ends tail (status 0, no traceback) rather than a logged error per event."""
+    from conftest import wait_until  # noqa: PLC0415
+
+    tail = start_tail(bridge, "*")
+    assert tail.stdout is not None and tail.stderr is not None
+    try:
+        wait_for_tail_subscription(bridge)
+        with Bus(dir=str(bridge.directory), worker="piped") as bus:
+            bus.publish("first", 1)
+            assert bus.flush()
+            assert "first" in tail.stdout.readline()
+            tail.stdout.close()  # what `head -n 1` does after its line
+            for n in range(5):
+                bus.publish("later", n)
+            assert bus.flush()
+            wait_until(lambda: tail.poll() is not None, 15, "tail to exit")
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait(10)
+    err = tail.stderr.read()
+    tail.stderr.close()
+    assert tail.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception" not in err
