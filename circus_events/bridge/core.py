@@ -219,13 +219,12 @@ class Bridge:
         with contextlib.suppress(ValueError, RuntimeError):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(signum)
-        # 2. Forward what is already queued from workers, so nothing accepted is lost;
-        #    let out what the rejoin hold kept, and save who is connected.
+        # 2. Unbind PULL and forward all workers handed over, so nothing accepted
+        #    is lost; let out what the rejoin hold kept, save who is connected.
         for watcher in (self._pacer, self._backlog):
             if watcher is not None:
                 watcher.close()
-        while self._drain_pull():
-            pass
+        sockets.stop_intake(self._drain_pull)
         if self._hold is not None:
             self._hold.close()
         # 3. Give the Redis side its chance to flush, then close it.
@@ -240,7 +239,7 @@ class Bridge:
         sockets.close()
         assert self._context is not None
         self._context.term()
-        log.info("bridge stopped")
+        log.info("bridge stopped (took %d message(s) from workers)", self.counters["accepted"])
 
     def _make_redis_side(self) -> RedisPort:
         # Imported only with redis_url.

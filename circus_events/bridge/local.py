@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -62,6 +63,11 @@ CONTROL_REPLY_HWM: Final = 2
 UPSTREAM_HWM: Final = 16
 #: How long queued deliveries may take to leave on shutdown.
 CLOSE_LINGER_MS: Final = 1000
+#: On shutdown, once PULL is unbound: frames libzmq had read before its
+#: connections closed keep arriving for a moment; the drain ends after this
+#: long without one (or after STOP_DRAIN_MAX_MS in all).
+STOP_QUIET_MS: Final = 20
+STOP_DRAIN_MAX_MS: Final = 2000
 
 
 class LocalSockets:
@@ -135,6 +141,25 @@ class LocalSockets:
             publisher_max_bytes=config.publisher_max_bytes,
             group=config.group,
         )
+
+    def stop_intake(self, drain: Callable[[], bool]) -> None:
+        """Take every frame workers already handed over, and no more.
+
+        ``drain`` handles a batch from PULL (True: more may wait). Draining
+        first, then unbinding PULL, then draining until it stays quiet: once
+        unbound, workers' PUSH sockets keep what they have not sent for the
+        next bridge, and what libzmq already read from them is still
+        delivered here. Before this, PULL kept accepting frames after the
+        last drain, and closing it (LINGER 0) dropped them unseen.
+        """
+        while drain():
+            pass
+        with contextlib.suppress(zmq.ZMQError):
+            self.pull.unbind("ipc://" + self.paths.pull)
+        deadline = time.monotonic() + STOP_DRAIN_MAX_MS / 1000
+        while self.pull.poll(STOP_QUIET_MS, zmq.POLLIN) and time.monotonic() < deadline:
+            while drain():
+                pass
 
     def close(self) -> None:
         """Close the sockets, remove their files, release the lock."""
