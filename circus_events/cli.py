@@ -291,8 +291,8 @@ def bridge(
       circus-events bridge --redis-url-file /etc/circus-events/redis-url
       circus-events bridge --namespace shop --dir /run/circus-events -v
 
-    SIGTERM or SIGINT stops intake, forwards what workers already sent,
-    removes the sockets and exits 0.
+    SIGTERM, SIGINT or SIGHUP stops intake, forwards what workers already
+    sent, removes the sockets and exits 0.
     """
     from .bridge.core import run_bridge  # noqa: PLC0415
 

@@ -233,3 +233,14 @@ def test_sigint_stops_the_bridge_too(bridge: BridgeProcess) -> None:
     bridge.process.send_signal(signal.SIGINT)
     assert bridge.process.wait(15) == 0
     bridge.process = None
+
+
+def test_sighup_stops_the_bridge_cleanly_and_removes_the_sockets(bridge: BridgeProcess) -> None:
+    """A bridge under a terminal that closes gets SIGHUP: a clean stop, not a kill."""
+    assert bridge.process is not None
+    bridge.process.send_signal(signal.SIGHUP)
+    assert bridge.process.wait(15) == 0
+    bridge.process = None
+    leftovers = sorted(p.name for p in (bridge.directory / "default").iterdir())
+    assert leftovers == ["bridge.lock", "workers.json"]
+    assert "bridge stopped" in bridge.log.read_text()

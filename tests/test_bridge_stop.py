@@ -71,7 +71,7 @@ def taken(log: Path) -> list[int]:
     return [int(n) for n in found]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_under_load_forwards_what_workers_handed_over(
     bridge_factory: Callable[..., BridgeProcess], redis_server: RedisServer, signum: int
 ) -> None:

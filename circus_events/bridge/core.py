@@ -85,6 +85,8 @@ log = logging.getLogger("circus_events.bridge")
 
 #: Frames handled per socket per loop turn before the others get a turn.
 BATCH: Final = 2000
+#: Each stops the bridge cleanly (SIGHUP: its terminal closed).
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: ... and bytes: 2,000 frames of 1 MiB would hold the loop for a second
 #: (``status`` unanswered); 8 MiB is a few milliseconds of copying.
 BATCH_BYTES: Final = 8 * 1024 * 1024
@@ -146,7 +148,7 @@ class Bridge:
     # -- lifecycle ------------------------------------------------------------
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Bind, serve until stopped (SIGTERM/SIGINT or :meth:`stop`), then shut down."""
+        """Bind, serve until stopped (SIGTERM/SIGINT/SIGHUP or :meth:`stop`), then shut down."""
         self._loop = asyncio.get_running_loop()
         self._context = zmq.Context()
         try:
@@ -157,7 +159,7 @@ class Bridge:
             self._context.destroy(linger=0)
             raise
         if install_signal_handlers:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 self._loop.add_signal_handler(signum, self.stop)
         redis_task: asyncio.Task[None] | None = None
         trim_task = asyncio.create_task(self._trim_now_and_then(), name="circus-events-trim")
@@ -217,7 +219,7 @@ class Bridge:
         for sock in (sockets.pull, sockets.xpub, sockets.control):
             self._loop.remove_reader(_fd(sock))
         with contextlib.suppress(ValueError, RuntimeError):
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 self._loop.remove_signal_handler(signum)
         # 2. Unbind PULL and forward all workers handed over, so nothing accepted
         #    is lost; let out what the rejoin hold kept, save who is connected.
@@ -586,7 +588,7 @@ class Bridge:
 
 
 def run_bridge(config: BridgeConfig, *, ready: Callable[[], None] | None = None) -> None:
-    """Run a bridge in this thread until SIGTERM/SIGINT (the CLI's entry point)."""
+    """Run a bridge in this thread until SIGTERM/SIGINT/SIGHUP (the CLI's entry point)."""
 
     async def main() -> None:
         bridge = Bridge(config)
