@@ -521,6 +521,13 @@ class AsyncBus(BusBase[AsyncSubscription]):
                 await asyncio.wait_for(self._push.send(frame), seconds)
             except TimeoutError:
                 raise self._timed_out(seconds) from None
+            except asyncio.CancelledError:
+                # close() closed the socket under us (pyzmq cancels the send):
+                # that is BusClosed, unless this task itself is being cancelled.
+                task = asyncio.current_task()
+                if self.closed and task is not None and not task.cancelling():
+                    raise BusClosed("the bus is closed") from None
+                raise
         self._count_sent(len(frame))
 
     async def _read_loop(self) -> None:

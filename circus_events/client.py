@@ -42,6 +42,7 @@ from ._client.plans import (
     flush_plan,
     sync_plan,
 )
+from ._client.sync_calls import close_inherited_connections, held_here, not_reentered
 from ._client.sync_queue import Subscription
 from ._client.threaded import LIVE_BUSES, MAX_PENDING_COMMANDS, ThreadedBus
 from ._client.transport import transport_error
@@ -87,8 +88,11 @@ class Bus(ThreadedBus):
         """
         if self.closed:
             raise BusClosed("the bus is closed")
+        lock = self._lock
+        if lock._is_owned():  # type: ignore[attr-defined]  # a signal handler interrupted us
+            not_reentered(lock)
         try:
-            with self._lock:  # the hot path of a burst: the message joins the open batch
+            with lock:  # the hot path of a burst: the message joins the open batch
                 now = _monotonic()
                 # Within HOT_GAP of a publish in this process: no fork can have come
                 # between (the at-fork hook covers os.fork anyway), so no getpid().
@@ -187,8 +191,12 @@ class Bus(ThreadedBus):
         Waits for a handler still running (up to RECEIVER_JOIN_TIMEOUT, 5 s,
         before the held messages go anyway), then up to PUBLISH_LINGER (1 s)
         for the held batch and up to as long for the queued messages to
-        reach the bridge. Safe twice, from any thread, from a handler or an
-        ``on_gap`` callback.
+        reach the bridge; a handler still running after that keeps the
+        receiver thread, which ends the context once it returns. Safe twice,
+        from any thread, from a handler or an ``on_gap`` callback, and from a
+        signal handler that interrupted a publish (then that call's held
+        messages are lost, counted, and queued ones leave only while the
+        process lives: the interrupted call still has the socket).
         """
         if self.closed:
             return
@@ -202,6 +210,9 @@ class Bus(ThreadedBus):
         # On the thread that holds the sockets (a handler, on_gap), waiting for
         # the receiver thread would wait for ourselves: it ends the context.
         on_io = self._on_io_thread()
+        if held_here(self._lock):
+            self._close_interrupted(on_io)
+            return
         try:
             self._commands.put(("stop", None))
             self._poke()
@@ -212,18 +223,36 @@ class Bus(ThreadedBus):
             with self._lock:
                 if self._core.batch is not None:
                     try:
-                        self._send_batch(wait=True, timeout=PUBLISH_LINGER)
+                        self._send_batch(wait=True, timeout=PUBLISH_LINGER, closing=True)
                     except PublishTimeout:
                         self._lost_on_close()
                 self._push.close()
             with self._wake_lock:
                 self._wake.close(linger=0)
-            if on_io:
-                self._term_on_exit = True
-            else:
-                self._context.term()
+            # Ends the context unless the receiver thread still runs (a handler
+            # past RECEIVER_JOIN_TIMEOUT, or close() on it): then it ends it.
+            self._release_context()
         except zmq.ZMQError:  # closing anyway: nothing left to tell the caller
             log.debug("closing the bus", exc_info=True)
+
+    def _close_interrupted(self, on_io: bool) -> None:
+        """close() from a signal handler that interrupted this thread in a send.
+
+        The interrupted call holds the lock and may be inside the PUSH socket:
+        leave both alone (and the context they keep) rather than wait for it
+        forever; stop the receiver and count the held batch lost.
+        """
+        try:
+            self._commands.put(("stop", None))
+            self._poke()
+            self._receiver_wakeup.set()
+            if not on_io:
+                self._thread.join(RECEIVER_JOIN_TIMEOUT)
+        except zmq.ZMQError:
+            log.debug("closing the bus", exc_info=True)
+        self._end_subscriptions()
+        if self._core.batch is not None:
+            self._lost_on_close()
 
     def __enter__(self) -> Bus:
         return self
@@ -238,6 +267,17 @@ class Bus(ThreadedBus):
 
 
 def _reopen_in_children() -> None:
+    # First drop the parent's connections (all buses' at once: a bus reopened
+    # first makes new ones to the same paths), so the bridge sees them go
+    # when the parent closes, not when this child exits.
+    paths = {
+        path
+        for bus in list(LIVE_BUSES)
+        if not bus.closed
+        for path in (bus._core.options.paths.pull, bus._core.options.paths.pub)
+    }
+    if paths:
+        close_inherited_connections(paths)
     for bus in list(LIVE_BUSES):
         if not bus.closed:
             try:

@@ -37,6 +37,8 @@ from .driver import BusBase, new_epoch
 from .limits import CONFIRM_POLL, HISTORY_POLL, RECEIVE_BATCH
 from .plans import ASK_CREDIT, NOW, AwaitCredit, advance, credit_plan
 from .queues import Subscriber
+from .sync_calls import guarded as _guarded
+from .sync_calls import not_reentered
 from .sync_queue import Subscription
 from .transport import connect_push, connect_sub, send_up, transport_error
 
@@ -56,6 +58,8 @@ _IO_WAIT: Final = 0.002
 #: How often (s) a caller held back by MAX_PENDING_COMMANDS looks whether the
 #: bus closed meanwhile.
 _COMMANDS_POLL: Final = 0.1
+#: Longest single wait (s) of a send for room, so it notices close() meanwhile.
+_SEND_SLICE: Final = 0.05
 #: While publishes come in bursts, the receiver thread looks for a held batch
 #: this often (ms) instead of being woken for each one: one wake-up per batch
 #: cost the publisher more than the batching saved.
@@ -89,7 +93,9 @@ class ThreadedBus(BusBase[Subscription]):
     def _open_io(self) -> None:
         options = self._core.options
         self._pid = _getpid()
-        self._lock = threading.Lock()  # guards the PUSH socket and the open batch
+        #: Guards the PUSH socket and the open batch. Reentrant only so that a
+        #: signal handler can tell it interrupted its own thread (sync_calls).
+        self._lock = threading.RLock()
         #: Notified when a credit marker comes back (publishers wait on it).
         self._credit_back = threading.Condition(threading.Lock())
         #: The receiver thread is asked to send the open batch (see _hold).
@@ -101,9 +107,10 @@ class ThreadedBus(BusBase[Subscription]):
         #: Callers waiting for the receiver to take commands (MAX_PENDING_COMMANDS).
         self._commands_taken = threading.Condition(threading.Lock())
         self._command_waiters = 0
-        #: close() ran on the thread that holds the sockets: the receiver
-        #: thread ends the context once it has closed them.
-        self._term_on_exit = False
+        #: Who still uses the context (the receiver thread, close()): the
+        #: last to let go ends it, so close() never waits for a stuck handler.
+        self._context_users = 2
+        self._context_users_lock = threading.Lock()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._push = self._push_now = self._context.socket(zmq.PUSH)
         connect_push(self._push, options)
@@ -166,6 +173,14 @@ class ThreadedBus(BusBase[Subscription]):
     def _guard(self, handler: Callable[[Event], Any]) -> Callable[[Event], None]:
         return _guarded(handler)
 
+    def _release_context(self) -> None:
+        """One user of the context is done with its sockets; the last one ends it."""
+        with self._context_users_lock:
+            self._context_users -= 1
+            last = self._context_users == 0
+        if last:
+            self._context.term()
+
     def _publish(self, prepared: Prepared) -> None:
         """Send one message now, or hold it in a batch when publishes come in a burst.
 
@@ -175,6 +190,7 @@ class ThreadedBus(BusBase[Subscription]):
         most about BATCH_MAX_WAIT plus one look of the receiver thread.
         """
         core = self._core
+        not_reentered(self._lock)
         if core.credit.exhausted and not self._on_io_thread():
             # On the receiving thread no credit could come back while we wait.
             self._wait_for_credit()
@@ -207,16 +223,19 @@ class ThreadedBus(BusBase[Subscription]):
 
     def _send(self, frame: bytes, timeout: float | None = None) -> None:
         """Send a frame made elsewhere (a flush marker), after any held batch."""
+        not_reentered(self._lock)
         with self._lock:
             if self._core.batch is not None:
                 self._send_batch(wait=True, timeout=timeout)
             self._send_locked(frame, timeout)
 
-    def _send_batch(self, *, wait: bool, timeout: float | None = None) -> None:
+    def _send_batch(
+        self, *, wait: bool, timeout: float | None = None, closing: bool = False
+    ) -> None:
         """Send the open batch; without ``wait`` it stays open if the pipe is full."""
         frame = self._core.batch_frame()
         if wait:
-            self._send_locked(frame, timeout)
+            self._send_locked(frame, timeout, closing=closing)
         else:
             try:
                 self._push.send(frame, zmq.NOBLOCK)
@@ -228,15 +247,24 @@ class ThreadedBus(BusBase[Subscription]):
             self._count_sent(len(frame))
         self._core.batch_sent(frame)
 
-    def _send_locked(self, frame: bytes, timeout: float | None = None) -> None:
-        """Send now if the pipe has room, else wait for it (PublishTimeout)."""
+    def _send_locked(
+        self, frame: bytes, timeout: float | None = None, *, closing: bool = False
+    ) -> None:
+        """Send now if the pipe has room, else wait for it (PublishTimeout), in
+        slices: a close() meanwhile (it needs the lock) stops it (BusClosed)."""
         push = self._push
         try:
             push.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             seconds = self._send_timeout(timeout)
-            if not push.poll(int(seconds * 1000), zmq.POLLOUT):
-                raise self._timed_out(seconds) from None
+            deadline = _monotonic() + seconds
+            while not push.poll(
+                max(int(min(_SEND_SLICE, deadline - _monotonic()) * 1000), 0), zmq.POLLOUT
+            ):
+                if self.closed and not closing:
+                    raise BusClosed("the bus is closed") from None
+                if _monotonic() >= deadline:
+                    raise self._timed_out(seconds) from None
             push.send(frame, zmq.NOBLOCK)
         self._count_sent(len(frame))
 
@@ -390,8 +418,7 @@ class ThreadedBus(BusBase[Subscription]):
             with self._io:
                 self._sub.close(linger=0)
                 self._woken.close(linger=0)
-            if self._term_on_exit:  # close() ran on the thread that held the sockets
-                self._context.term()
+            self._release_context()
 
     def _receive_for(self, items: collections.deque[Any], deadline: float | None) -> bool:
         """Receive on the calling thread until ``items`` has something or the deadline passes.
@@ -499,6 +526,8 @@ class ThreadedBus(BusBase[Subscription]):
                     frame = sub.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if self.closed:  # closed while a handler ran: no more handlers
+                    break
                 handled = deliver(frame)
                 if handled is not None:  # handlers to call, on this thread
                     events, handlers = handled
@@ -566,15 +595,3 @@ class ThreadedBus(BusBase[Subscription]):
             if self._command_waiters:
                 with self._commands_taken:
                     self._commands_taken.notify_all()
-
-
-def _guarded(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
-    """Run a handler; its exception is logged, never kills the receiver thread."""
-
-    def call(event: Event) -> None:
-        try:
-            handler(event)
-        except Exception:
-            log.exception("handler %r failed on %r", handler, event)
-
-    return call
