@@ -214,11 +214,7 @@ class Bus(ThreadedBus):
             self._close_interrupted(on_io)
             return
         try:
-            self._commands.put(("stop", None))
-            self._poke()
-            self._receiver_wakeup.set()
-            if not on_io:
-                self._thread.join(RECEIVER_JOIN_TIMEOUT)
+            self._stop_receiver(on_io)
             self._end_subscriptions()
             with self._lock:
                 if self._core.batch is not None:
@@ -243,16 +239,21 @@ class Bus(ThreadedBus):
         forever; stop the receiver and count the held batch lost.
         """
         try:
-            self._commands.put(("stop", None))
-            self._poke()
-            self._receiver_wakeup.set()
-            if not on_io:
-                self._thread.join(RECEIVER_JOIN_TIMEOUT)
+            self._stop_receiver(on_io)
         except zmq.ZMQError:
             log.debug("closing the bus", exc_info=True)
         self._end_subscriptions()
         if self._core.batch is not None:
             self._lost_on_close()
+
+    def _stop_receiver(self, on_io: bool) -> None:
+        """Tell the receiver thread to stop; wait for it (a running handler:
+        RECEIVER_JOIN_TIMEOUT at most) unless this is that thread."""
+        self._commands.put(("stop", None))
+        self._poke()
+        self._receiver_wakeup.set()
+        if not on_io:
+            self._thread.join(RECEIVER_JOIN_TIMEOUT)
 
     def __enter__(self) -> Bus:
         return self
